@@ -1,0 +1,256 @@
+//! Types shared by the XDP program (`sensor-ebpf`) and the agent (`sensor`).
+//!
+//! Everything here is `#[repr(C)]`, padding-free and made of plain integers, so that the kernel
+//! writes the exact bytes the agent reads. Multi-byte numbers are in host byte order (the kernel
+//! side converts from network order once); addresses and TCP option bytes are kept as they were on
+//! the wire.
+#![no_std]
+
+/// Bytes of L4 payload a record can hold.
+///
+/// 1024 holds every scanner request in the reference corpus whole, SDP bodies included (svwar and
+/// sippts INVITEs, the SIPScan INVITE of the second seed are 600 to 800 bytes; svmap OPTIONS about
+/// 400, nmap NSE about 550), so header order and the body's `s=` line survive. A power of two
+/// because the kernel masks the copy length with `PAYLOAD_CAPACITY - 1` to keep the verifier happy.
+pub const PAYLOAD_CAPACITY: usize = 1024;
+
+/// The default number of payload bytes captured per record (`--prefix-len`).
+pub const DEFAULT_PREFIX_LEN: u16 = PAYLOAD_CAPACITY as u16;
+
+/// TCP options are at most 40 bytes (data offset 15 words minus the fixed 20-byte header).
+pub const TCP_OPTIONS_CAPACITY: usize = 40;
+
+/// Ports are held as a bitmap of 65536 bits in 1024 array slots of 64 bits.
+pub const PORT_BITMAP_WORDS: u32 = 1024;
+
+/// Default ring buffer size: 64 MiB holds about 57,000 records, over a second of a 50 kpps scan
+/// burst with the agent stalled.
+pub const DEFAULT_RING_BYTES: u32 = 64 * 1024 * 1024;
+
+/// Names of the maps in the object, used by the agent to find them.
+pub mod map_names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const PORTS: &str = "PORTS";
+}
+
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "sip_sensor";
+
+/// What to do with a frame whose port matched.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchAction {
+    /// XDP_DROP: the darknet default, nothing listens behind the sensor.
+    Drop = 0,
+    /// XDP_PASS: hand the frame on to the kernel stack.
+    Pass = 1,
+}
+
+/// The agent's settings for the kernel program: slot 0 of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SensorConfig {
+    /// A [`MatchAction`] value.
+    pub action: u32,
+    /// Non-zero: a frame also matches when its source port is in the set (mirrored links).
+    pub match_source_port: u32,
+    /// Payload bytes to capture, 1..=[`PAYLOAD_CAPACITY`].
+    pub prefix_len: u32,
+    pub reserved: u32,
+}
+
+impl SensorConfig {
+    pub const fn new(action: MatchAction, match_source_port: bool, prefix_len: u16) -> Self {
+        Self {
+            action: action as u32,
+            match_source_port: match_source_port as u32,
+            prefix_len: prefix_len as u32,
+            reserved: 0,
+        }
+    }
+}
+
+/// Indexes of the per-CPU counters in the `COUNTERS` map.
+///
+/// Every frame increments `FramesSeen` and exactly one of the outcome counters (from `NonIp` to
+/// `Matched`); every matched frame increments exactly one of `Emitted` and `RingFull`. So
+/// `seen = sum(outcomes)` and `matched = emitted + ring_full` hold at any quiescent moment.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    FramesSeen = 0,
+    /// Not IPv4 or IPv6 after at most two VLAN tags (ARP, LLDP, a third VLAN tag, ...).
+    NonIp = 1,
+    /// A header the frame announces is cut short by the end of the frame.
+    Truncated = 2,
+    /// A header with impossible values (IP version mismatch, IHL < 5, TCP data offset < 5,
+    /// IPv4 total length shorter than its header, UDP length < 8).
+    Malformed = 3,
+    /// IPv4 or IPv6 fragments with a non-zero offset: they carry no ports to match.
+    NonFirstFragment = 4,
+    /// IP packets that are neither UDP nor TCP (ICMP, ESP, ...).
+    OtherL4 = 5,
+    /// IPv6 packets whose extension header chain is longer than the program follows.
+    Ipv6ExtensionLimit = 6,
+    /// UDP or TCP whose ports are not in the set.
+    PortMiss = 7,
+    Matched = 8,
+    Emitted = 9,
+    /// Matched, but the ring buffer had no room: the record is lost, and counted here.
+    RingFull = 10,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 11;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::FramesSeen,
+        Counter::NonIp,
+        Counter::Truncated,
+        Counter::Malformed,
+        Counter::NonFirstFragment,
+        Counter::OtherL4,
+        Counter::Ipv6ExtensionLimit,
+        Counter::PortMiss,
+        Counter::Matched,
+        Counter::Emitted,
+        Counter::RingFull,
+    ];
+
+    /// Stable snake_case name, used in JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::FramesSeen => "frames_seen",
+            Counter::NonIp => "non_ip",
+            Counter::Truncated => "truncated",
+            Counter::Malformed => "malformed",
+            Counter::NonFirstFragment => "non_first_fragment",
+            Counter::OtherL4 => "other_l4",
+            Counter::Ipv6ExtensionLimit => "ipv6_extension_limit",
+            Counter::PortMiss => "port_miss",
+            Counter::Matched => "matched",
+            Counter::Emitted => "emitted",
+            Counter::RingFull => "ring_full",
+        }
+    }
+}
+
+/// `CaptureRecord::ip_flags` bits.
+pub mod ip_flags {
+    /// IPv4 Don't Fragment.
+    pub const DF: u8 = 1 << 0;
+    /// More Fragments (IPv4 flag or IPv6 fragment header).
+    pub const MF: u8 = 1 << 1;
+    /// The IPv4 reserved ("evil") bit: never set by real stacks, set by some crafted packets.
+    pub const RESERVED: u8 = 1 << 2;
+    /// IPv6 packet carried a fragment header.
+    pub const IPV6_FRAGMENT_HEADER: u8 = 1 << 3;
+}
+
+/// `CaptureRecord::flags` bits.
+pub mod record_flags {
+    /// The destination port is in the set.
+    pub const MATCHED_DST_PORT: u8 = 1 << 0;
+    /// The source port is in the set (and source matching is on): a response on a mirrored link.
+    pub const MATCHED_SRC_PORT: u8 = 1 << 1;
+    /// The frame holds fewer payload bytes than the L3/L4 headers declare.
+    pub const FRAME_SHORT: u8 = 1 << 2;
+}
+
+/// IP protocol numbers the program distinguishes.
+pub mod ip_proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// One matched frame, as the XDP program writes it into the ring buffer.
+///
+/// Field order keeps every field naturally aligned with no padding, so all
+/// `HEADER_LEN` bytes before `tcp_options` are written by the kernel. Bytes of `payload` beyond
+/// `captured_len` are not written and must not be read.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CaptureRecord {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub timestamp_ns: u64,
+    pub ifindex: u32,
+    pub rx_queue: u32,
+    /// IPv4 in the first 4 bytes (rest zero) or IPv6; network byte order.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    /// IPv6 flow label (20 bits); 0 for IPv4.
+    pub flow_label: u32,
+    /// Length of the whole frame, including any fragments of a multi-buffer frame.
+    pub frame_len: u32,
+    /// IPv4 identification; 0 for IPv6.
+    pub ip_id: u16,
+    /// IPv4 total length, or 40 + IPv6 payload length (saturating).
+    pub ip_total_len: u16,
+    /// Fragment offset in bytes.
+    pub frag_offset: u16,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_window: u16,
+    /// L4 payload length the headers declare (UDP length - 8, or IP length minus headers for TCP).
+    pub payload_len: u16,
+    /// Payload bytes present in `payload`.
+    pub captured_len: u16,
+    /// Offset of the L4 payload from the start of the frame.
+    pub payload_offset: u16,
+    /// VLAN IDs (12 bits) of the outer and inner tag, `vlan_count` of them valid.
+    pub vlan_ids: [u16; 2],
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// TTL or hop limit.
+    pub ttl: u8,
+    /// IPv4 TOS or IPv6 traffic class.
+    pub tos: u8,
+    /// `ip_proto::UDP` or `ip_proto::TCP`.
+    pub l4_proto: u8,
+    /// `ip_flags` bits.
+    pub ip_flags: u8,
+    /// `record_flags` bits.
+    pub flags: u8,
+    pub vlan_count: u8,
+    /// TCP flags byte (CWR..FIN); 0 for UDP.
+    pub tcp_flags: u8,
+    /// TCP data offset in 32-bit words; 0 for UDP.
+    pub tcp_data_offset: u8,
+    /// Bytes of TCP options in `tcp_options` (data offset * 4 - 20).
+    pub tcp_options_len: u8,
+    pub reserved: [u8; 8],
+    /// Raw TCP option bytes, zero-filled past `tcp_options_len`.
+    pub tcp_options: [u8; TCP_OPTIONS_CAPACITY],
+    pub payload: [u8; PAYLOAD_CAPACITY],
+}
+
+impl CaptureRecord {
+    /// Bytes before `tcp_options`: all written by the kernel.
+    pub const HEADER_LEN: usize = core::mem::offset_of!(CaptureRecord, tcp_options);
+    pub const SIZE: usize = core::mem::size_of::<CaptureRecord>();
+
+    /// A record with every byte zero.
+    pub const fn zeroed() -> Self {
+        // SAFETY: all fields are integers or arrays of integers, for which zero is valid.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+// The layout is part of the kernel/userspace contract: fail the build if it drifts.
+const _: () = {
+    assert!(CaptureRecord::HEADER_LEN == 104);
+    assert!(CaptureRecord::SIZE == 104 + TCP_OPTIONS_CAPACITY + PAYLOAD_CAPACITY);
+    assert!(CaptureRecord::SIZE % 8 == 0);
+    assert!(PAYLOAD_CAPACITY.is_power_of_two());
+    assert!(core::mem::size_of::<SensorConfig>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::SensorConfig {}
+    unsafe impl aya::Pod for super::CaptureRecord {}
+}

@@ -1,0 +1,316 @@
+//! Loading the XDP program, filling its maps, reading its counters, and attaching it.
+
+use std::io;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink},
+    sys::SyscallError,
+};
+use sensor_common::{CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
+
+use super::{AttachMode, CaptureError, PortSet};
+use crate::counters::KernelCounters;
+
+/// The compiled XDP object, built by `build.rs` from `sensor-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
+
+/// The program loaded into the kernel, with its maps; not yet attached to anything.
+pub struct SensorProgram {
+    ebpf: Ebpf,
+    ring: Option<RingBuf<MapData>>,
+}
+
+/// The program's XDP verdict on one test frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpVerdict {
+    Aborted,
+    Drop,
+    Pass,
+    Tx,
+    Redirect,
+    Other(u32),
+}
+
+impl XdpVerdict {
+    pub fn from_code(code: u32) -> Self {
+        match code {
+            0 => Self::Aborted,
+            1 => Self::Drop,
+            2 => Self::Pass,
+            3 => Self::Tx,
+            4 => Self::Redirect,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// An attached program: dropping it detaches (the link is a bpf_link held by this process, so the
+/// kernel also detaches if the process dies).
+pub struct Attachment {
+    link: Option<FdLink>,
+    pub ifindex: u32,
+    pub mode: AttachMode,
+}
+
+impl Attachment {
+    /// Detaches now rather than on drop.
+    pub fn detach(mut self) {
+        self.link.take();
+    }
+
+    /// The kernel's id for the link, for `bpftool link show`.
+    pub fn link_id(&self) -> Option<u32> {
+        self.link
+            .as_ref()
+            .and_then(|l| l.info().ok())
+            .map(|info| info.id())
+    }
+}
+
+fn privilege_hint(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+impl SensorProgram {
+    /// Loads the program and creates its maps. `ring_bytes` must be a power of two multiple of
+    /// the page size.
+    pub fn load(ring_bytes: u32) -> Result<Self, CaptureError> {
+        let page = page_size();
+        if !ring_bytes.is_power_of_two() || ring_bytes < page || ring_bytes % page != 0 {
+            return Err(CaptureError::RingSize { ring_bytes, page });
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::EVENTS, ring_bytes)
+            .load(OBJECT)
+            .map_err(|e| {
+                let text = format!("{e:#}");
+                if text.contains("Operation not permitted") || text.contains("Permission denied") {
+                    CaptureError::Privilege(text)
+                } else {
+                    CaptureError::Load(text)
+                }
+            })?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(CaptureError::Missing(PROGRAM_NAME))?
+            .try_into()
+            .map_err(|e: ProgramError| CaptureError::Load(e.to_string()))?;
+        program.load().map_err(|e| match &e {
+            ProgramError::LoadError { io_error, .. } if privilege_hint(io_error) => {
+                CaptureError::Privilege(e.to_string())
+            }
+            _ => CaptureError::Load(format!("{e}")),
+        })?;
+        let ring = ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or(CaptureError::Missing(map_names::EVENTS))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| CaptureError::Map {
+            map: map_names::EVENTS,
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            ebpf,
+            ring: Some(ring),
+        })
+    }
+
+    /// Writes the settings the program reads per frame; takes effect on the next frame.
+    pub fn set_config(&mut self, config: SensorConfig) -> Result<(), CaptureError> {
+        let mut map: Array<_, SensorConfig> = self.map(map_names::CONFIG)?;
+        map.set(0, config, 0).map_err(|e| CaptureError::Map {
+            map: map_names::CONFIG,
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes the port bitmap. Only words that change are written, each in one update, so a
+    /// port that stays in the set matches throughout.
+    pub fn set_ports(&mut self, ports: &PortSet) -> Result<(), CaptureError> {
+        let mut map: Array<_, u64> = self.map(map_names::PORTS)?;
+        for (index, word) in ports.words().iter().enumerate() {
+            let index = index as u32;
+            let current = map.get(&index, 0).map_err(|e| CaptureError::Map {
+                map: map_names::PORTS,
+                message: e.to_string(),
+            })?;
+            if current != *word {
+                map.set(index, *word, 0).map_err(|e| CaptureError::Map {
+                    map: map_names::PORTS,
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and sums the per-CPU counters.
+    pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
+        let map = self
+            .ebpf
+            .map(map_names::COUNTERS)
+            .ok_or(CaptureError::Missing(map_names::COUNTERS))?;
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| CaptureError::Map {
+                map: map_names::COUNTERS,
+                message: e.to_string(),
+            })?;
+        let mut values = [0u64; Counter::COUNT as usize];
+        for (i, value) in values.iter_mut().enumerate() {
+            let per_cpu = map.get(&(i as u32), 0).map_err(|e| CaptureError::Map {
+                map: map_names::COUNTERS,
+                message: e.to_string(),
+            })?;
+            *value = per_cpu.iter().sum();
+        }
+        Ok(KernelCounters::from_values(values))
+    }
+
+    /// The ring buffer, to be drained by the caller. Can be taken once.
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    /// Runs the program on `frame` with BPF_PROG_TEST_RUN. Map updates, ring buffer records
+    /// included, really happen; the frame goes nowhere.
+    pub fn test_run(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(XdpVerdict, std::time::Duration), CaptureError> {
+        let program = self.xdp()?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .map_err(|e| {
+                CaptureError::TestRun(format!("{e}: {:?}", std::error::Error::source(&e)))
+            })?;
+        Ok((XdpVerdict::from_code(result.return_value), result.duration))
+    }
+
+    /// Attaches to `interface` as a bpf_link. `Auto` tries native first and falls back to generic;
+    /// the returned attachment says which mode is in use.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+    ) -> Result<Attachment, CaptureError> {
+        let ifindex = ifindex(interface)?;
+        let tries: &[AttachMode] = match mode {
+            AttachMode::Auto => &[AttachMode::Native, AttachMode::Generic],
+            AttachMode::Native => &[AttachMode::Native],
+            AttachMode::Generic => &[AttachMode::Generic],
+        };
+        let mut last = None;
+        for try_mode in tries {
+            match self.attach_once(interface, ifindex, *try_mode) {
+                Ok(attachment) => return Ok(attachment),
+                Err(e @ CaptureError::ModeUnsupported { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(CaptureError::ModeUnsupported {
+            interface: interface.to_string(),
+            mode,
+            message: "no mode to try".into(),
+        }))
+    }
+
+    fn attach_once(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        mode: AttachMode,
+    ) -> Result<Attachment, CaptureError> {
+        let xdp_mode = match mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+            AttachMode::Auto => XdpMode::Default,
+        };
+        let program = self.xdp()?;
+        let id = program
+            .attach_to_if_index(ifindex, xdp_mode)
+            .map_err(|e| attach_error(interface, mode, e))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| CaptureError::Attach(interface.to_string(), e.to_string()))?;
+        // aya falls back to a netlink attachment when bpf_link_create says EINVAL; such an
+        // attachment outlives a killed agent, which the sensor must never leave behind.
+        let link = FdLink::try_from(link).map_err(|_| {
+            CaptureError::Attach(
+                interface.to_string(),
+                "the kernel refused a bpf_link for XDP and only a netlink attachment was possible; \
+                 the sensor does not use netlink attachments because they outlive the agent"
+                    .into(),
+            )
+        })?;
+        Ok(Attachment {
+            link: Some(link),
+            ifindex,
+            mode,
+        })
+    }
+
+    fn xdp(&mut self) -> Result<&mut Xdp, CaptureError> {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(CaptureError::Missing(PROGRAM_NAME))?
+            .try_into()
+            .map_err(|e: ProgramError| CaptureError::Load(e.to_string()))
+    }
+
+    fn map<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, CaptureError> {
+        let map = self.ebpf.map_mut(name).ok_or(CaptureError::Missing(name))?;
+        Array::try_from(map).map_err(|e| CaptureError::Map {
+            map: name,
+            message: e.to_string(),
+        })
+    }
+}
+
+fn attach_error(interface: &str, mode: AttachMode, e: ProgramError) -> CaptureError {
+    let io_error = match &e {
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => Some(io_error),
+        _ => None,
+    };
+    match io_error.and_then(io::Error::raw_os_error) {
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ERANGE) => {
+            CaptureError::ModeUnsupported {
+                interface: interface.to_string(),
+                mode,
+                message: e.to_string(),
+            }
+        }
+        Some(libc::EPERM) | Some(libc::EACCES) => CaptureError::Privilege(e.to_string()),
+        Some(libc::EBUSY) | Some(libc::EEXIST) => CaptureError::Busy(interface.to_string()),
+        _ => CaptureError::Attach(interface.to_string(), format!("{e}: {io_error:?}")),
+    }
+}
+
+/// The index of `interface` in the current network namespace.
+pub fn ifindex(interface: &str) -> Result<u32, CaptureError> {
+    let name = std::ffi::CString::new(interface)
+        .map_err(|_| CaptureError::NoInterface(interface.to_string()))?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(CaptureError::NoInterface(interface.to_string()));
+    }
+    Ok(index)
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u32 } else { 4096 }
+}
+
+/// Bytes of one record in the ring buffer, header included (for sizing).
+pub const RING_RECORD_BYTES: usize = CaptureRecord::SIZE + 8;

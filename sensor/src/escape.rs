@@ -1,0 +1,113 @@
+//! Escaping of attacker-written bytes before they reach an output or a terminal.
+//!
+//! Printable ASCII stays as it is (backslash doubled); CR, LF and TAB become `\r`, `\n`, `\t`;
+//! every other byte, control characters, ESC, DEL and all non-ASCII included, becomes `\xNN`. The
+//! result is pure printable ASCII, so no terminal escape sequence can survive it, and it is
+//! lossless: [`unescape_bytes`] gives the original bytes back.
+
+use std::fmt::Write as _;
+
+/// Escapes `bytes` into `out`.
+pub fn escape_bytes_into(bytes: &[u8], out: &mut String) {
+    out.reserve(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+}
+
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 16);
+    escape_bytes_into(bytes, &mut out);
+    out
+}
+
+/// Escapes and bounds: at most `max` input bytes, with `…[+N]` appended when cut.
+pub fn escape_bounded(bytes: &[u8], max: usize) -> String {
+    if bytes.len() <= max {
+        return escape_bytes(bytes);
+    }
+    let mut out = escape_bytes(&bytes[..max]);
+    let _ = write!(out, "...[+{}]", bytes.len() - max);
+    out
+}
+
+/// Inverse of [`escape_bytes`]; `None` if `s` is not something it produced.
+pub fn unescape_bytes(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1)? {
+            b'\\' => out.push(b'\\'),
+            b'r' => out.push(b'\r'),
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'x' => {
+                let hex = s.get(i + 2..i + 4)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            _ => return None,
+        }
+        i += 2;
+    }
+    Some(out)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_terminal_controls() {
+        let hostile = b"User-Agent: \x1b[31mred\x1b]0;title\x07\x9b2J\xc2\x9b\x7f\\\r\n";
+        let escaped = escape_bytes(hostile);
+        assert_eq!(
+            escaped,
+            "User-Agent: \\x1b[31mred\\x1b]0;title\\x07\\x9b2J\\xc2\\x9b\\x7f\\\\\\r\\n"
+        );
+        assert!(escaped.bytes().all(|b| (0x20..0x7f).contains(&b)));
+        assert_eq!(unescape_bytes(&escaped).unwrap(), hostile);
+    }
+
+    #[test]
+    fn round_trips_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(unescape_bytes(&escape_bytes(&all)).unwrap(), all);
+    }
+
+    #[test]
+    fn bounds_length() {
+        assert_eq!(escape_bounded(b"abcdef", 3), "abc...[+3]");
+        assert_eq!(escape_bounded(b"abc", 3), "abc");
+    }
+
+    #[test]
+    fn rejects_bad_escapes() {
+        assert_eq!(unescape_bytes("\\q"), None);
+        assert_eq!(unescape_bytes("\\x4"), None);
+        assert_eq!(unescape_bytes("\\"), None);
+    }
+}

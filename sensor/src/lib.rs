@@ -1,0 +1,17 @@
+//! The darknet SIP sensor agent, as a library: one module per concern.
+//!
+//! - [`capture`]: the XDP program, its maps, attachment and ring buffer.
+//! - [`record`]: checked, typed views of the kernel's records.
+//! - [`event`]: a record with its time, and what the agent learns from it.
+//! - [`output`]: NDJSON and the JSON document of an event.
+//! - [`agent`]: the live pipeline that ties them together.
+//! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
+
+pub mod agent;
+pub mod capture;
+pub mod clock;
+pub mod counters;
+pub mod escape;
+pub mod event;
+pub mod output;
+pub mod record;

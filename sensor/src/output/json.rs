@@ -1,0 +1,168 @@
+//! The JSON document of an event, following Suricata EVE names where they fit (`timestamp`,
+//! `event_type`, `src_ip`, `src_port`, `dest_ip`, `dest_port`, `proto`). Field names are part of
+//! the documented schema (docs/event-schema.md): add fields, never rename them.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::{
+    clock::rfc3339_micros,
+    counters::{AgentCounters, KernelCounters},
+    escape::{escape_bytes, hex},
+    event::Event,
+    record::{MatchedOn, tcp_flags_string},
+};
+
+/// Version of the event schema; bumped only on incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+pub struct EventDoc<'a> {
+    pub timestamp: String,
+    pub event_type: &'static str,
+    pub schema_version: u32,
+    pub src_ip: IpAddr,
+    pub src_port: u16,
+    pub dest_ip: IpAddr,
+    pub dest_port: u16,
+    pub proto: &'static str,
+    pub ifindex: u32,
+    pub rx_queue: u32,
+    #[serde(skip_serializing_if = "<[u16]>::is_empty")]
+    pub vlan: &'a [u16],
+    /// `dest` normally; `src` when the source port matched (a response on a mirrored link).
+    pub matched_on: &'static str,
+    pub frame_len: u32,
+    pub ip: IpDoc,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpDoc>,
+    pub payload: PayloadDoc,
+}
+
+#[derive(Serialize)]
+pub struct IpDoc {
+    pub version: u8,
+    pub ttl: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_label: Option<u32>,
+    pub df: bool,
+    pub mf: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reserved_bit: bool,
+    pub frag_offset: u16,
+    pub tos: u8,
+    pub total_len: u16,
+}
+
+#[derive(Serialize)]
+pub struct TcpDoc {
+    pub flags: String,
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
+    pub data_offset: u8,
+    /// Raw option bytes, hex.
+    pub options: String,
+}
+
+#[derive(Serialize)]
+pub struct PayloadDoc {
+    /// L4 payload length the headers declare.
+    pub len: u16,
+    /// Bytes captured.
+    pub captured: u16,
+    /// Captured bytes are fewer than `len`.
+    pub truncated: bool,
+    /// The frame itself held fewer bytes than its headers declare.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub frame_short: bool,
+    /// The captured bytes, escaped to printable ASCII (see `escape`): lossless and terminal-safe.
+    pub printable: String,
+}
+
+impl<'a> EventDoc<'a> {
+    pub fn new(event: &Event<'a>) -> Self {
+        let r = event.record;
+        let raw = r.raw();
+        let v4 = r.ip_version() == 4;
+        Self {
+            timestamp: rfc3339_micros(event.wall_ns),
+            event_type: "sip_probe",
+            schema_version: SCHEMA_VERSION,
+            src_ip: r.src_ip(),
+            src_port: r.src_port(),
+            dest_ip: r.dst_ip(),
+            dest_port: r.dst_port(),
+            proto: r.transport().as_str(),
+            ifindex: r.ifindex(),
+            rx_queue: r.rx_queue(),
+            vlan: r.vlan_ids(),
+            matched_on: match r.matched_on() {
+                MatchedOn::Destination => "dest",
+                MatchedOn::Source => "src",
+            },
+            frame_len: raw.frame_len,
+            ip: IpDoc {
+                version: r.ip_version(),
+                ttl: r.ttl(),
+                id: v4.then_some(raw.ip_id),
+                flow_label: (!v4).then_some(raw.flow_label),
+                df: r.dont_fragment(),
+                mf: r.more_fragments(),
+                reserved_bit: r.reserved_bit(),
+                frag_offset: raw.frag_offset,
+                tos: raw.tos,
+                total_len: raw.ip_total_len,
+            },
+            tcp: (r.transport() == crate::record::Transport::Tcp).then(|| TcpDoc {
+                flags: tcp_flags_string(raw.tcp_flags),
+                seq: raw.tcp_seq,
+                ack: raw.tcp_ack,
+                window: raw.tcp_window,
+                data_offset: raw.tcp_data_offset,
+                options: hex(r.tcp_options()),
+            }),
+            payload: PayloadDoc {
+                len: raw.payload_len,
+                captured: raw.captured_len,
+                truncated: r.payload_truncated(),
+                frame_short: r.frame_short(),
+                printable: escape_bytes(r.payload()),
+            },
+        }
+    }
+}
+
+/// The final (or periodic) counters, as an `event_type: stats` document, like EVE's stats.
+#[derive(Serialize)]
+pub struct StatsDoc {
+    pub timestamp: String,
+    pub event_type: &'static str,
+    pub schema_version: u32,
+    pub kernel: serde_json::Map<String, serde_json::Value>,
+    pub agent: serde_json::Map<String, serde_json::Value>,
+    /// Whether the kernel counters reconcile (`seen = outcomes`, `matched = emitted + ring_full`).
+    pub reconciled: bool,
+}
+
+impl StatsDoc {
+    pub fn new(wall_ns: u64, kernel: &KernelCounters, agent: &AgentCounters) -> Self {
+        Self {
+            timestamp: rfc3339_micros(wall_ns),
+            event_type: "stats",
+            schema_version: SCHEMA_VERSION,
+            kernel: kernel
+                .iter()
+                .map(|(c, v)| (c.name().to_string(), v.into()))
+                .collect(),
+            agent: agent
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.into()))
+                .collect(),
+            reconciled: kernel.check().is_ok(),
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Where events go: NDJSON today; each format in its own module.
+
+pub mod json;
+pub mod ndjson;
+
+pub use ndjson::NdjsonWriter;

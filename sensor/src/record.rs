@@ -1,0 +1,341 @@
+//! Typed, checked view of a [`CaptureRecord`] as the kernel wrote it.
+//!
+//! Checked once in [`Record::from_bytes`]; after that every accessor is infallible and slices are
+//! always in bounds, whatever the kernel (or a fuzzer) put in the bytes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use sensor_common::{
+    CaptureRecord, PAYLOAD_CAPACITY, TCP_OPTIONS_CAPACITY, ip_flags, ip_proto, record_flags,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record is {0} bytes, expected at least {size}", size = CaptureRecord::SIZE)]
+    Short(usize),
+    #[error("record has IP version {0}, expected 4 or 6")]
+    IpVersion(u8),
+    #[error("record claims {0} captured payload bytes, more than the {PAYLOAD_CAPACITY} it holds")]
+    CapturedLen(u16),
+    #[error("record claims {0} TCP option bytes, more than {TCP_OPTIONS_CAPACITY}")]
+    TcpOptionsLen(u8),
+    #[error("record has L4 protocol {0}, expected UDP or TCP")]
+    L4Proto(u8),
+    #[error("record is not 8-byte aligned")]
+    Unaligned,
+}
+
+/// The transport protocol of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// Name as Suricata EVE writes `proto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+/// Which port of the frame matched the configured set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchedOn {
+    Destination,
+    Source,
+}
+
+/// A validated record.
+#[derive(Clone, Copy)]
+pub struct Record<'a> {
+    raw: &'a CaptureRecord,
+}
+
+impl<'a> Record<'a> {
+    /// Validates a ring buffer item. The kernel reserves items 8-byte aligned; an unaligned
+    /// slice (from a file, say) must go through [`OwnedRecord`] instead.
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < CaptureRecord::SIZE {
+            return Err(DecodeError::Short(bytes.len()));
+        }
+        let ptr = bytes.as_ptr();
+        if !(ptr as usize).is_multiple_of(std::mem::align_of::<CaptureRecord>()) {
+            return Err(DecodeError::Unaligned);
+        }
+        // SAFETY: length and alignment checked; every bit pattern is a valid CaptureRecord.
+        let raw = unsafe { &*(ptr as *const CaptureRecord) };
+        Self::new(raw)
+    }
+
+    pub fn new(raw: &'a CaptureRecord) -> Result<Self, DecodeError> {
+        if raw.ip_version != 4 && raw.ip_version != 6 {
+            return Err(DecodeError::IpVersion(raw.ip_version));
+        }
+        if usize::from(raw.captured_len) > PAYLOAD_CAPACITY {
+            return Err(DecodeError::CapturedLen(raw.captured_len));
+        }
+        if usize::from(raw.tcp_options_len) > TCP_OPTIONS_CAPACITY {
+            return Err(DecodeError::TcpOptionsLen(raw.tcp_options_len));
+        }
+        if raw.l4_proto != ip_proto::UDP && raw.l4_proto != ip_proto::TCP {
+            return Err(DecodeError::L4Proto(raw.l4_proto));
+        }
+        Ok(Self { raw })
+    }
+
+    pub fn raw(&self) -> &'a CaptureRecord {
+        self.raw
+    }
+
+    pub fn timestamp_ns(&self) -> u64 {
+        self.raw.timestamp_ns
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.raw.ifindex
+    }
+
+    pub fn rx_queue(&self) -> u32 {
+        self.raw.rx_queue
+    }
+
+    fn addr(&self, bytes: &[u8; 16]) -> IpAddr {
+        if self.raw.ip_version == 4 {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*bytes))
+        }
+    }
+
+    pub fn src_ip(&self) -> IpAddr {
+        self.addr(&self.raw.src_addr)
+    }
+
+    pub fn dst_ip(&self) -> IpAddr {
+        self.addr(&self.raw.dst_addr)
+    }
+
+    pub fn src_port(&self) -> u16 {
+        self.raw.src_port
+    }
+
+    pub fn dst_port(&self) -> u16 {
+        self.raw.dst_port
+    }
+
+    pub fn transport(&self) -> Transport {
+        if self.raw.l4_proto == ip_proto::TCP {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        }
+    }
+
+    pub fn ip_version(&self) -> u8 {
+        self.raw.ip_version
+    }
+
+    pub fn ttl(&self) -> u8 {
+        self.raw.ttl
+    }
+
+    pub fn ip_id(&self) -> u16 {
+        self.raw.ip_id
+    }
+
+    pub fn dont_fragment(&self) -> bool {
+        self.raw.ip_flags & ip_flags::DF != 0
+    }
+
+    pub fn more_fragments(&self) -> bool {
+        self.raw.ip_flags & ip_flags::MF != 0
+    }
+
+    pub fn reserved_bit(&self) -> bool {
+        self.raw.ip_flags & ip_flags::RESERVED != 0
+    }
+
+    pub fn matched_on(&self) -> MatchedOn {
+        if self.raw.flags & record_flags::MATCHED_DST_PORT != 0 {
+            MatchedOn::Destination
+        } else {
+            MatchedOn::Source
+        }
+    }
+
+    /// The frame carried fewer payload bytes than its headers declare.
+    pub fn frame_short(&self) -> bool {
+        self.raw.flags & record_flags::FRAME_SHORT != 0
+    }
+
+    /// The captured bytes are not the whole L4 payload (cut at the prefix length or frame end).
+    pub fn payload_truncated(&self) -> bool {
+        self.raw.captured_len < self.raw.payload_len
+    }
+
+    pub fn vlan_ids(&self) -> &'a [u16] {
+        &self.raw.vlan_ids[..usize::from(self.raw.vlan_count.min(2))]
+    }
+
+    pub fn payload(&self) -> &'a [u8] {
+        &self.raw.payload[..usize::from(self.raw.captured_len)]
+    }
+
+    pub fn tcp_options(&self) -> &'a [u8] {
+        &self.raw.tcp_options[..usize::from(self.raw.tcp_options_len)]
+    }
+}
+
+/// A record held by value, for records that do not come straight from the ring buffer.
+pub struct OwnedRecord(Box<CaptureRecord>);
+
+impl OwnedRecord {
+    pub fn new(raw: Box<CaptureRecord>) -> Result<Self, DecodeError> {
+        Record::new(&raw)?;
+        Ok(Self(raw))
+    }
+
+    /// Copies an unaligned byte slice into an aligned record.
+    pub fn from_unaligned(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < CaptureRecord::SIZE {
+            return Err(DecodeError::Short(bytes.len()));
+        }
+        let mut raw = Box::new(CaptureRecord::zeroed());
+        // SAFETY: CaptureRecord is plain bytes with no padding; sizes checked above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (&mut *raw as *mut CaptureRecord).cast::<u8>(),
+                CaptureRecord::SIZE,
+            );
+        }
+        Self::new(raw)
+    }
+
+    pub fn record(&self) -> Record<'_> {
+        Record { raw: &self.0 }
+    }
+}
+
+/// TCP flags as tcpdump prints them (`S`, `S.`, `P.`, `R`, `F.`, ...): FIN S RST PSH ACK URG ECE CWR.
+pub fn tcp_flags_string(flags: u8) -> String {
+    const LETTERS: [(u8, char); 8] = [
+        (0x01, 'F'),
+        (0x02, 'S'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x20, 'U'),
+        (0x40, 'E'),
+        (0x80, 'W'),
+        (0x10, '.'),
+    ];
+    LETTERS
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Box<CaptureRecord> {
+        let mut r = Box::new(CaptureRecord::zeroed());
+        r.ip_version = 4;
+        r.l4_proto = ip_proto::UDP;
+        r.src_addr[..4].copy_from_slice(&[198, 51, 100, 7]);
+        r.dst_addr[..4].copy_from_slice(&[203, 0, 113, 9]);
+        r.src_port = 5060;
+        r.dst_port = 5060;
+        r.ip_flags = ip_flags::DF;
+        r.flags = record_flags::MATCHED_DST_PORT;
+        r.payload[..7].copy_from_slice(b"OPTIONS");
+        r.captured_len = 7;
+        r.payload_len = 9;
+        r.vlan_count = 1;
+        r.vlan_ids = [100, 0];
+        r
+    }
+
+    #[test]
+    fn decodes_fields() {
+        let raw = sample();
+        let rec = Record::new(&raw).unwrap();
+        assert_eq!(rec.src_ip().to_string(), "198.51.100.7");
+        assert_eq!(rec.dst_ip().to_string(), "203.0.113.9");
+        assert_eq!(rec.payload(), b"OPTIONS");
+        assert!(rec.payload_truncated());
+        assert!(rec.dont_fragment());
+        assert!(!rec.more_fragments());
+        assert_eq!(rec.vlan_ids(), &[100]);
+        assert_eq!(rec.matched_on(), MatchedOn::Destination);
+        assert_eq!(rec.transport(), Transport::Udp);
+    }
+
+    #[test]
+    fn ipv6_addresses() {
+        let mut raw = sample();
+        raw.ip_version = 6;
+        raw.src_addr = "2001:db8::7".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(
+            Record::new(&raw).unwrap().src_ip().to_string(),
+            "2001:db8::7"
+        );
+    }
+
+    #[test]
+    fn rejects_inconsistent_records() {
+        let mut raw = sample();
+        raw.captured_len = 2000;
+        assert_eq!(
+            Record::new(&raw).err(),
+            Some(DecodeError::CapturedLen(2000))
+        );
+        let mut raw = sample();
+        raw.ip_version = 5;
+        assert_eq!(Record::new(&raw).err(), Some(DecodeError::IpVersion(5)));
+        let mut raw = sample();
+        raw.tcp_options_len = 41;
+        assert_eq!(
+            Record::new(&raw).err(),
+            Some(DecodeError::TcpOptionsLen(41))
+        );
+        let mut raw = sample();
+        raw.l4_proto = 1;
+        assert_eq!(Record::new(&raw).err(), Some(DecodeError::L4Proto(1)));
+        assert_eq!(
+            Record::from_bytes(&[0u8; 10]).err(),
+            Some(DecodeError::Short(10))
+        );
+    }
+
+    #[test]
+    fn round_trips_through_bytes() {
+        let raw = sample();
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&*raw as *const CaptureRecord).cast::<u8>(),
+                CaptureRecord::SIZE,
+            )
+        };
+        let mut shifted = vec![0u8; CaptureRecord::SIZE + 1];
+        shifted[1..].copy_from_slice(bytes);
+        let owned = OwnedRecord::from_unaligned(&shifted[1..]).unwrap();
+        assert_eq!(owned.record().payload(), b"OPTIONS");
+        assert_eq!(owned.record().src_port(), 5060);
+    }
+
+    #[test]
+    fn tcp_flags_like_tcpdump() {
+        assert_eq!(tcp_flags_string(0x02), "S");
+        assert_eq!(tcp_flags_string(0x12), "S.");
+        assert_eq!(tcp_flags_string(0x18), "P.");
+        assert_eq!(tcp_flags_string(0x04), "R");
+        assert_eq!(tcp_flags_string(0), "");
+    }
+}
