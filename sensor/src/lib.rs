@@ -3,6 +3,8 @@
 //! - [`capture`]: the XDP program, its maps, attachment and ring buffer.
 //! - [`record`]: checked, typed views of the kernel's records.
 //! - [`event`]: a record with its time, and what the agent learns from it.
+//! - [`sip`]: SIP message parsing; [`fingerprint`]: which scanner sent it, with evidence.
+//! - [`offline`]: capture files and the userspace twin of the kernel parser.
 //! - [`output`]: NDJSON and the JSON document of an event.
 //! - [`agent`]: the live pipeline that ties them together.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
@@ -13,5 +15,8 @@ pub mod clock;
 pub mod counters;
 pub mod escape;
 pub mod event;
+pub mod fingerprint;
+pub mod offline;
 pub mod output;
 pub mod record;
+pub mod sip;

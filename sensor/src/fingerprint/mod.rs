@@ -1,0 +1,1 @@
+//! Scanner fingerprinting: which tool sent a packet, with the evidence.

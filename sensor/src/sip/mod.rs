@@ -1,0 +1,1 @@
+//! SIP message parsing: zero-copy over the captured payload.
