@@ -1,1 +1,38 @@
+//! Orchestration for the sensor: setup of a fresh machine, builds, the veth lab, the test suite.
+//! Also a library, so that the end-to-end tests build their networks with the same [`lab`].
 
+pub mod lab;
+pub mod setup;
+pub mod traffic;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+/// Runs a command to completion; an error names it and its exit status.
+pub fn cmd(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Whether a command runs and exits 0 (its output discarded).
+pub fn command_ok(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(|p| p.to_path_buf()).unwrap_or(manifest)
+}

@@ -1,1 +1,235 @@
-fn main() {}
+//! `cargo xtask <command>`: setup, build, run (the lab), test.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use xtask::{lab, setup, traffic, workspace_root};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, lab and test orchestration for the SIP darknet sensor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (apt packages, rust-src, bpf-linker, sipvicious).
+    Setup,
+    /// Build the XDP program and the agent (release).
+    Build,
+    /// Run the sensor: in a veth lab with a demonstration mix by default, or on a real interface
+    /// with `cargo xtask run -- --iface eth1 [sensor run options]`.
+    Run {
+        /// Options for `sensor run`; with --iface, no lab is built.
+        #[arg(last = true)]
+        sensor_args: Vec<String>,
+    },
+    /// Run every check and test: formatting, clippy, unit, kernel and end-to-end tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::setup(),
+        Task::Build => {
+            setup::setup()?;
+            build_release()
+        }
+        Task::Run { sensor_args } => {
+            setup::setup()?;
+            build_release()?;
+            if sensor_args.iter().any(|a| a == "--iface" || a == "-i" || a.starts_with("--iface=")) {
+                run_on_interface(&sensor_args)
+            } else {
+                run_lab(&sensor_args)
+            }
+        }
+        Task::Test { cargo_args } => {
+            setup::setup()?;
+            test(&cargo_args)
+        }
+    }
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build_release() -> Result<()> {
+    cargo(&["build", "--release", "--package", "sensor"])
+}
+
+fn sensor_binary() -> PathBuf {
+    workspace_root().join("target/release/sensor")
+}
+
+fn run_on_interface(args: &[String]) -> Result<()> {
+    let status = Command::new(sensor_binary())
+        .arg("run")
+        .args(args)
+        .status()
+        .context("starting the sensor")?;
+    if !status.success() {
+        bail!("sensor exited with {status}");
+    }
+    Ok(())
+}
+
+/// Builds the lab, runs the sensor on the darknet end, sends the demonstration mix from the
+/// scanner namespace, shows the events, stops the sensor and tears the lab down.
+fn run_lab(extra: &[String]) -> Result<()> {
+    let swept = lab::sweep_stale()?;
+    if !swept.is_empty() {
+        eprintln!("lab: removed stale namespaces {swept:?}");
+    }
+    let lab = lab::Lab::create("run")?;
+    eprintln!(
+        "lab: darknet namespace {} ({} {}/{}), scanner namespace {} ({} {}/{})",
+        lab.dark_ns,
+        lab.dark_if,
+        lab::DARK_V4,
+        lab::DARK_V6,
+        lab.scan_ns,
+        lab.scan_if,
+        lab::SCAN_V4,
+        lab::SCAN_V6
+    );
+    let out_dir = workspace_root().join("lab-output");
+    std::fs::create_dir_all(&out_dir)?;
+    let events_path = out_dir.join("events.ndjson");
+    let _ = std::fs::remove_file(&events_path);
+
+    let mut sensor = lab
+        .in_dark(sensor_binary().to_str().unwrap_or("sensor"))
+        .args(["run", "--iface", &lab.dark_if, "--output"])
+        .arg(&events_path)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the sensor in the darknet namespace")?;
+    let (attached_tx, attached_rx) = mpsc::channel();
+    let stderr = sensor.stderr.take().context("sensor stderr")?;
+    let stderr_thread = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("attached to") {
+                let _ = attached_tx.send(());
+            }
+            eprintln!("{line}");
+        }
+    });
+    if attached_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        stop(&mut sensor);
+        bail!("the sensor did not attach within 20 s (see its messages above)");
+    }
+
+    let mix = traffic::demo_mix(&lab)?;
+    eprintln!(
+        "lab: sent {} SIP datagrams, {} TCP SYN to 5060, {} noise packets",
+        mix.sip_udp, mix.tcp_syns, mix.noise
+    );
+    if xtask::command_ok("which", &["sipvicious_svmap"]) {
+        eprintln!("lab: running SIPVicious svmap against {}", lab::darknet_v4(20));
+        let _ = lab
+            .in_scan("sipvicious_svmap")
+            .args([&lab::darknet_v4(20).to_string(), "--timeout", "0.5"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop(&mut sensor);
+    let _ = stderr_thread.join();
+
+    show_events(&events_path)?;
+    eprintln!("lab: full events in {}", events_path.display());
+    drop(lab);
+    let left = lab::existing_namespaces();
+    if left.iter().any(|n| n.contains(&format!("-{}-", std::process::id()))) {
+        bail!("lab namespaces left behind: {left:?}");
+    }
+    eprintln!("lab: torn down");
+    Ok(())
+}
+
+/// SIGINT, then wait: the sensor detaches and prints its final counters.
+fn stop(child: &mut Child) {
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+}
+
+/// One line per event: time, addresses, IP fields, the first payload line (already escaped to
+/// printable ASCII by the sensor).
+fn show_events(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    println!("{:<15} {:<5} {:<44} {:<22} payload", "time", "proto", "source -> destination", "ip");
+    for line in text.lines() {
+        let Ok(doc) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if doc["event_type"] != "sip_probe" {
+            continue;
+        }
+        let time = doc["timestamp"].as_str().unwrap_or("").get(11..26).unwrap_or("");
+        let flow = format!(
+            "{} {} -> {} {}",
+            doc["src_ip"].as_str().unwrap_or("?"),
+            doc["src_port"],
+            doc["dest_ip"].as_str().unwrap_or("?"),
+            doc["dest_port"]
+        );
+        let ip = format!(
+            "ttl={} id={} {}",
+            doc["ip"]["ttl"],
+            doc["ip"]["id"].as_u64().map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            if doc["ip"]["df"] == true { "DF" } else { "" }
+        );
+        let printable = doc["payload"]["printable"].as_str().unwrap_or("");
+        let first_line = printable.split("\\r\\n").next().unwrap_or("");
+        let payload = match doc["tcp"]["flags"].as_str() {
+            Some(flags) if printable.is_empty() => format!("[TCP {flags}]"),
+            _ => first_line.chars().take(60).collect(),
+        };
+        let tool = doc["fingerprint"]["tool"].as_str().map(|t| format!("  <{t}>")).unwrap_or_default();
+        println!("{time:<15} {:<5} {flow:<44} {ip:<22} {payload}{tool}", doc["proto"].as_str().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+fn test(cargo_args: &[String]) -> Result<()> {
+    let swept = lab::sweep_stale()?;
+    if !swept.is_empty() {
+        eprintln!("test: removed stale namespaces {swept:?}");
+    }
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    let mut args = vec!["test"];
+    args.extend(cargo_args.iter().map(String::as_str));
+    let result = cargo(&args);
+    // Namespaces of finished test processes are leftovers; live ones belong to another run.
+    let left = lab::sweep_stale()?;
+    if !left.is_empty() {
+        bail!("tests left network namespaces behind (now removed): {left:?}");
+    }
+    result?;
+    eprintln!("test: all checks and tests passed");
+    Ok(())
+}

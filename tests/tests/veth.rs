@@ -1,0 +1,264 @@
+//! End to end on a veth pair between two network namespaces: the real XDP program attached in
+//! native mode, real kernel sockets and real scanners sending from the peer namespace.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::Stdio,
+    sync::mpsc,
+    time::Duration,
+};
+
+use sensor::{
+    agent::{self, RunOptions, RunSummary},
+    capture::AttachMode,
+};
+use sensor_common::Counter;
+use sensor_tests::temp_path;
+use xtask::{lab, lab::Lab, traffic};
+
+/// Runs the agent in the lab's darknet namespace while `send` runs in another thread; the agent
+/// stops `settle` after `send` returns. Returns the summary and the NDJSON lines written.
+fn run_agent_with(
+    lab: &Lab,
+    mut options: RunOptions,
+    send: impl FnOnce() + Send,
+) -> (RunSummary, Vec<serde_json::Value>) {
+    let output = temp_path("events.ndjson");
+    options.output = Some(output.clone());
+    let (attached_tx, attached_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let summary = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            attached_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("agent attached");
+            send();
+            let _ = done_tx.send(());
+        });
+        let _ns = lab.enter_dark().expect("enter darknet namespace");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(agent::run(
+            &options,
+            async {
+                let _ = done_rx.await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            },
+            |_| attached_tx.send(()).unwrap(),
+        ))
+    })
+    .expect("agent run");
+    let docs = read_ndjson(&output);
+    let _ = std::fs::remove_file(&output);
+    (summary, docs)
+}
+
+fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("events file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect()
+}
+
+fn probes(docs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    docs.iter().filter(|d| d["event_type"] == "sip_probe").collect()
+}
+
+#[test]
+fn ten_thousand_datagrams_all_arrive_as_records() {
+    const COUNT: u32 = 10_000;
+    let lab = Lab::create("e2e").expect("lab");
+    let target = SocketAddr::new(IpAddr::V4(lab::darknet_v4(50)), 5060);
+    let (summary, docs) = run_agent_with(&lab, RunOptions::new(&lab.dark_if), || {
+        let sent = traffic::udp_sip_burst(&lab, target, COUNT).expect("send");
+        assert_eq!(sent, COUNT);
+    });
+    assert_eq!(summary.mode, AttachMode::Native);
+
+    // Every datagram arrived, once, with its payload.
+    let probes = probes(&docs);
+    let mut seqs = BTreeSet::new();
+    for p in &probes {
+        assert_eq!(p["dest_ip"], "203.0.113.50");
+        assert_eq!(p["dest_port"], 5060);
+        assert_eq!(p["proto"], "UDP");
+        let text = p["payload"]["printable"].as_str().unwrap();
+        assert!(text.starts_with("OPTIONS sip:100@203.0.113.50 SIP/2.0\\r\\n"), "{text}");
+        assert_eq!(p["payload"]["truncated"], false);
+        let seq: u32 = text
+            .split("Call-ID: lab-")
+            .nth(1)
+            .and_then(|s| s.split('@').next())
+            .and_then(|s| s.parse().ok())
+            .expect("Call-ID carries the sequence number");
+        assert!(seqs.insert(seq), "sequence {seq} seen twice");
+    }
+    assert_eq!(seqs.len() as u32, COUNT);
+    assert_eq!(seqs.last(), Some(&(COUNT - 1)));
+
+    // The counters reconcile: seen = matched + not matched, matched = emitted + lost.
+    let k = summary.kernel;
+    k.check().expect("kernel counters reconcile");
+    assert_eq!(k.get(Counter::Matched), u64::from(COUNT));
+    assert_eq!(k.get(Counter::Emitted), u64::from(COUNT));
+    assert_eq!(k.get(Counter::RingFull), 0);
+    assert_eq!(
+        k.get(Counter::FramesSeen),
+        k.get(Counter::Matched) + k.not_matched()
+    );
+    assert_eq!(summary.agent.records_read, u64::from(COUNT));
+    assert_eq!(summary.agent.events_written, u64::from(COUNT));
+    assert_eq!(summary.agent.records_undecodable, 0);
+
+    // The final stats document says the same.
+    let stats = docs.last().unwrap();
+    assert_eq!(stats["event_type"], "stats");
+    assert_eq!(stats["reconciled"], true);
+    assert_eq!(stats["kernel"]["emitted"], u64::from(COUNT));
+    assert!(!lab.dark_has_xdp().unwrap(), "detached after the run");
+}
+
+#[test]
+fn svmap_options_arrive_with_their_payload() {
+    let lab = Lab::create("svm").expect("lab");
+    let target = lab::darknet_v4(60).to_string();
+    let (summary, docs) = run_agent_with(&lab, RunOptions::new(&lab.dark_if), || {
+        let status = lab
+            .in_scan("sipvicious_svmap")
+            .args([target.as_str(), "--timeout", "0.5"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run sipvicious_svmap (cargo xtask setup installs it)");
+        // svmap exits 30 when nothing answered, which is what a darknet does.
+        assert!(
+            matches!(status.code(), Some(0) | Some(30)),
+            "svmap exited with {status}"
+        );
+    });
+    let probes = probes(&docs);
+    assert!(!probes.is_empty(), "svmap's OPTIONS arrived");
+    for p in &probes {
+        assert_eq!(p["dest_ip"], target.as_str());
+        assert_eq!(p["src_ip"], lab::SCAN_V4.to_string());
+        let text = p["payload"]["printable"].as_str().unwrap();
+        assert!(
+            text.starts_with(&format!("OPTIONS sip:100@{target} SIP/2.0\\r\\n")),
+            "{text}"
+        );
+        assert!(text.contains("User-Agent: friendly-scanner\\r\\n"), "{text}");
+        assert!(text.ends_with("Content-Length: 0\\r\\n\\r\\n"), "{text}");
+        assert_eq!(p["payload"]["truncated"], false);
+        // svmap binds 5060 first; sendto() on an unconnected socket sets DF on Linux.
+        assert_eq!(p["src_port"], 5060);
+        assert_eq!(p["ip"]["df"], true);
+    }
+    summary.kernel.check().expect("counters reconcile");
+    assert_eq!(
+        summary.kernel.get(Counter::Emitted),
+        probes.len() as u64
+    );
+}
+
+#[test]
+fn generic_and_auto_modes_report_what_they_got() {
+    let lab = Lab::create("mode").expect("lab");
+    let target = SocketAddr::new(IpAddr::V4(lab::darknet_v4(70)), 5060);
+    let mut options = RunOptions::new(&lab.dark_if);
+    options.mode = AttachMode::Generic;
+    let (summary, docs) = run_agent_with(&lab, options, || {
+        traffic::udp_sip_burst(&lab, target, 50).unwrap();
+    });
+    assert_eq!(summary.mode, AttachMode::Generic);
+    assert_eq!(probes(&docs).len(), 50);
+
+    let mut options = RunOptions::new(&lab.dark_if);
+    options.mode = AttachMode::Auto;
+    let (summary, _) = run_agent_with(&lab, options, || {});
+    assert_eq!(summary.mode, AttachMode::Native, "veth supports native XDP");
+}
+
+#[test]
+fn sensor_binary_detaches_on_sigint_and_prints_counters() {
+    let lab = Lab::create("bin").expect("lab");
+    let output = temp_path("bin.ndjson");
+    let mut child = lab
+        .in_dark(sensor_tests::sensor_binary().to_str().unwrap())
+        .args(["run", "--iface", &lab.dark_if, "--output"])
+        .arg(&output)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sensor");
+    // Wait for the attach message.
+    let stderr = child.stderr.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let first = line_rx.recv_timeout(Duration::from_secs(30)).expect("sensor speaks");
+    assert!(first.contains("attached to") && first.contains("native mode"), "{first}");
+    assert!(lab.dark_has_xdp().unwrap(), "attached while running");
+    traffic::udp_sip_burst(
+        &lab,
+        SocketAddr::new(IpAddr::V4(lab::darknet_v4(80)), 5060),
+        20,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert!(status.success(), "exit 0 on SIGINT: {status}\n{stderr}");
+    assert!(stderr.contains("kernel.emitted                            20"), "{stderr}");
+    assert!(stderr.contains("counters reconcile"), "{stderr}");
+    assert!(!lab.dark_has_xdp().unwrap(), "detached on exit");
+    let docs = read_ndjson(&output);
+    assert_eq!(probes(&docs).len(), 20);
+    let _ = std::fs::remove_file(&output);
+}
+
+#[test]
+fn errors_are_clear_and_leave_nothing_attached() {
+    let lab = Lab::create("err").expect("lab");
+    let bin = sensor_tests::sensor_binary();
+    let run = |args: &[&str]| {
+        let out = lab.in_dark(bin.to_str().unwrap()).args(args).output().unwrap();
+        (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (status, err) = run(&["run", "--iface", "nosuch0"]);
+    assert!(!status.success());
+    assert!(err.contains("no such network interface `nosuch0`"), "{err}");
+
+    // Loopback has no native XDP: native must fail and say what to do, never fall back.
+    let (status, err) = run(&["run", "--iface", "lo", "--xdp-mode", "native"]);
+    assert!(!status.success());
+    assert!(err.contains("does not support XDP in native mode"), "{err}");
+    assert!(err.contains("--xdp-mode generic"), "{err}");
+
+    for (args, needle) in [
+        (vec!["run", "--iface", &lab.dark_if, "--ports", "0"], "bad port `0`"),
+        (vec!["run", "--iface", &lab.dark_if, "--ports", "9-1"], "bad port range"),
+        (vec!["run", "--iface", &lab.dark_if, "--prefix-len", "0"], "prefix-len"),
+        (vec!["run", "--iface", &lab.dark_if, "--prefix-len", "4096"], "prefix-len"),
+        (vec!["run", "--iface", &lab.dark_if, "--xdp-mode", "fast"], "xdp-mode"),
+        (vec!["run", "--iface", &lab.dark_if, "--ring-bytes", "1000"], "power of two"),
+        (vec!["run"], "--iface"),
+    ] {
+        let (status, err) = run(&args);
+        assert!(!status.success(), "{args:?} must fail");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert!(!lab.dark_has_xdp().unwrap(), "nothing attached after errors");
+}
