@@ -119,7 +119,10 @@ fn assert_record(run: &Run, expected: &CaptureRecord) {
     assert_eq!(run.records.len(), 1, "exactly one record");
     let got = run.records[0].record().raw();
     assert_ne!(got.timestamp_ns, 0, "timestamp set");
-    assert_eq!(got.ifindex, 1, "BPF_PROG_TEST_RUN runs on the loopback device");
+    assert_eq!(
+        got.ifindex, 1,
+        "BPF_PROG_TEST_RUN runs on the loopback device"
+    );
     assert_eq!(got.rx_queue, 0);
     let mut want = *expected;
     want.timestamp_ns = got.timestamp_ns;
@@ -128,7 +131,8 @@ fn assert_record(run: &Run, expected: &CaptureRecord) {
     let header_and_options = CaptureRecord::HEADER_LEN + TCP_OPTIONS_CAPACITY;
     for i in 0..header_and_options {
         assert_eq!(
-            g[i], w[i],
+            g[i],
+            w[i],
             "record byte {i} differs\n got: {:02x?}\nwant: {:02x?}",
             &g[..header_and_options],
             &w[..header_and_options]
@@ -338,7 +342,13 @@ fn non_sip_traffic_passes_uncaptured() {
     assert_counters(&run, &skipped(Counter::PortMiss));
     assert!(run.records.is_empty());
 
-    let mut icmp = Frame::udp("198.51.100.7", "203.0.113.9", 0, 0, b"\x08\x00\xf7\xff\0\0\0\0");
+    let mut icmp = Frame::udp(
+        "198.51.100.7",
+        "203.0.113.9",
+        0,
+        0,
+        b"\x08\x00\xf7\xff\0\0\0\0",
+    );
     icmp.l4 = L4::Other(1);
     let run = h.run(&icmp.build());
     assert_counters(&run, &skipped(Counter::OtherL4));
@@ -351,7 +361,16 @@ fn non_sip_traffic_passes_uncaptured() {
     assert_counters(&run, &skipped(Counter::NonIp));
 
     // Source port 5060 with source matching off: a response, not matched.
-    let run = h.run(&Frame::udp("203.0.113.9", "198.51.100.7", 5060, 40000, b"SIP/2.0 200 OK\r\n").build());
+    let run = h.run(
+        &Frame::udp(
+            "203.0.113.9",
+            "198.51.100.7",
+            5060,
+            40000,
+            b"SIP/2.0 200 OK\r\n",
+        )
+        .build(),
+    );
     assert_counters(&run, &skipped(Counter::PortMiss));
 }
 
@@ -361,7 +380,14 @@ fn truncated_at_every_header_boundary() {
     let mut v4 = sip_frame();
     v4.vlans = vec![(0x8100, 7)];
     v4.ipv4_options = vec![1, 1, 1, 1];
-    let mut v6 = Frame::tcp("2001:db8::7", "2001:db8:dead::9", 1, 5060, TCP_SYN, &LINUX_SYN_OPTIONS);
+    let mut v6 = Frame::tcp(
+        "2001:db8::7",
+        "2001:db8:dead::9",
+        1,
+        5060,
+        TCP_SYN,
+        &LINUX_SYN_OPTIONS,
+    );
     v6.ipv6_extensions = vec![(0, vec![0, 1, 4, 0, 0, 0, 0])];
     for frame in [v4, v6] {
         let built = frame.build();
@@ -455,7 +481,11 @@ fn non_first_fragments_are_counted() {
 #[test]
 fn prefix_length_bounds_the_capture() {
     let ports = PortSet::default();
-    let mut h = Harness::with(SensorConfig::new(MatchAction::Drop, false, 256), &ports, 1 << 20);
+    let mut h = Harness::with(
+        SensorConfig::new(MatchAction::Drop, false, 256),
+        &ports,
+        1 << 20,
+    );
     let long = Frame::udp("198.51.100.7", "203.0.113.9", 5060, 5060, &[b'A'; 600]);
     let built = long.build();
     let run = h.run(&built);
@@ -488,8 +518,18 @@ fn prefix_length_bounds_the_capture() {
 #[test]
 fn pass_action_and_source_port_matching() {
     let ports: PortSet = "5060".parse().unwrap();
-    let mut h = Harness::with(SensorConfig::new(MatchAction::Pass, true, 1024), &ports, 1 << 20);
-    let frame = Frame::udp("203.0.113.9", "198.51.100.7", 5060, 40000, b"SIP/2.0 200 OK\r\n\r\n");
+    let mut h = Harness::with(
+        SensorConfig::new(MatchAction::Pass, true, 1024),
+        &ports,
+        1 << 20,
+    );
+    let frame = Frame::udp(
+        "203.0.113.9",
+        "198.51.100.7",
+        5060,
+        40000,
+        b"SIP/2.0 200 OK\r\n\r\n",
+    );
     let built = frame.build();
     let run = h.run(&built);
     assert_eq!(run.verdict, XdpVerdict::Pass);
@@ -515,7 +555,11 @@ fn full_ring_buffer_loses_nothing_silently() {
     let before = h.counters();
     for _ in 0..10 {
         let (verdict, _) = h.program.test_run(&built, 1).unwrap();
-        assert_eq!(verdict, XdpVerdict::Drop, "the action holds when the ring is full");
+        assert_eq!(
+            verdict,
+            XdpVerdict::Drop,
+            "the action holds when the ring is full"
+        );
     }
     let moved = h.counters().since(&before);
     let (records, _) = h.drain();

@@ -66,7 +66,9 @@ fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
 }
 
 fn probes(docs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
-    docs.iter().filter(|d| d["event_type"] == "sip_probe").collect()
+    docs.iter()
+        .filter(|d| d["event_type"] == "sip_probe")
+        .collect()
 }
 
 #[test]
@@ -88,7 +90,10 @@ fn ten_thousand_datagrams_all_arrive_as_records() {
         assert_eq!(p["dest_port"], 5060);
         assert_eq!(p["proto"], "UDP");
         let text = p["payload"]["printable"].as_str().unwrap();
-        assert!(text.starts_with("OPTIONS sip:100@203.0.113.50 SIP/2.0\\r\\n"), "{text}");
+        assert!(
+            text.starts_with("OPTIONS sip:100@203.0.113.50 SIP/2.0\\r\\n"),
+            "{text}"
+        );
         assert_eq!(p["payload"]["truncated"], false);
         let seq: u32 = text
             .split("Call-ID: lab-")
@@ -150,7 +155,10 @@ fn svmap_options_arrive_with_their_payload() {
             text.starts_with(&format!("OPTIONS sip:100@{target} SIP/2.0\\r\\n")),
             "{text}"
         );
-        assert!(text.contains("User-Agent: friendly-scanner\\r\\n"), "{text}");
+        assert!(
+            text.contains("User-Agent: friendly-scanner\\r\\n"),
+            "{text}"
+        );
         assert!(text.ends_with("Content-Length: 0\\r\\n\\r\\n"), "{text}");
         assert_eq!(p["payload"]["truncated"], false);
         // svmap binds 5060 first; sendto() on an unconnected socket sets DF on Linux.
@@ -158,10 +166,7 @@ fn svmap_options_arrive_with_their_payload() {
         assert_eq!(p["ip"]["df"], true);
     }
     summary.kernel.check().expect("counters reconcile");
-    assert_eq!(
-        summary.kernel.get(Counter::Emitted),
-        probes.len() as u64
-    );
+    assert_eq!(summary.kernel.get(Counter::Emitted), probes.len() as u64);
 }
 
 #[test]
@@ -199,15 +204,23 @@ fn sensor_binary_detaches_on_sigint_and_prints_counters() {
     let reader = std::thread::spawn(move || {
         use std::io::BufRead as _;
         let mut all = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = line_tx.send(line.clone());
             all.push_str(&line);
             all.push('\n');
         }
         all
     });
-    let first = line_rx.recv_timeout(Duration::from_secs(30)).expect("sensor speaks");
-    assert!(first.contains("attached to") && first.contains("native mode"), "{first}");
+    let first = line_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("sensor speaks");
+    assert!(
+        first.contains("attached to") && first.contains("native mode"),
+        "{first}"
+    );
     assert!(lab.dark_has_xdp().unwrap(), "attached while running");
     traffic::udp_sip_burst(
         &lab,
@@ -221,7 +234,10 @@ fn sensor_binary_detaches_on_sigint_and_prints_counters() {
     let status = child.wait().unwrap();
     let stderr = reader.join().unwrap();
     assert!(status.success(), "exit 0 on SIGINT: {status}\n{stderr}");
-    assert!(stderr.contains("kernel.emitted                            20"), "{stderr}");
+    assert!(
+        stderr.contains("kernel.emitted                            20"),
+        "{stderr}"
+    );
     assert!(stderr.contains("counters reconcile"), "{stderr}");
     assert!(!lab.dark_has_xdp().unwrap(), "detached on exit");
     let docs = read_ndjson(&output);
@@ -234,7 +250,11 @@ fn errors_are_clear_and_leave_nothing_attached() {
     let lab = Lab::create("err").expect("lab");
     let bin = sensor_tests::sensor_binary();
     let run = |args: &[&str]| {
-        let out = lab.in_dark(bin.to_str().unwrap()).args(args).output().unwrap();
+        let out = lab
+            .in_dark(bin.to_str().unwrap())
+            .args(args)
+            .output()
+            .unwrap();
         (out.status, String::from_utf8_lossy(&out.stderr).to_string())
     };
     let (status, err) = run(&["run", "--iface", "nosuch0"]);
@@ -248,17 +268,38 @@ fn errors_are_clear_and_leave_nothing_attached() {
     assert!(err.contains("--xdp-mode generic"), "{err}");
 
     for (args, needle) in [
-        (vec!["run", "--iface", &lab.dark_if, "--ports", "0"], "bad port `0`"),
-        (vec!["run", "--iface", &lab.dark_if, "--ports", "9-1"], "bad port range"),
-        (vec!["run", "--iface", &lab.dark_if, "--prefix-len", "0"], "prefix-len"),
-        (vec!["run", "--iface", &lab.dark_if, "--prefix-len", "4096"], "prefix-len"),
-        (vec!["run", "--iface", &lab.dark_if, "--xdp-mode", "fast"], "xdp-mode"),
-        (vec!["run", "--iface", &lab.dark_if, "--ring-bytes", "1000"], "power of two"),
+        (
+            vec!["run", "--iface", &lab.dark_if, "--ports", "0"],
+            "bad port `0`",
+        ),
+        (
+            vec!["run", "--iface", &lab.dark_if, "--ports", "9-1"],
+            "bad port range",
+        ),
+        (
+            vec!["run", "--iface", &lab.dark_if, "--prefix-len", "0"],
+            "prefix-len",
+        ),
+        (
+            vec!["run", "--iface", &lab.dark_if, "--prefix-len", "4096"],
+            "prefix-len",
+        ),
+        (
+            vec!["run", "--iface", &lab.dark_if, "--xdp-mode", "fast"],
+            "xdp-mode",
+        ),
+        (
+            vec!["run", "--iface", &lab.dark_if, "--ring-bytes", "1000"],
+            "power of two",
+        ),
         (vec!["run"], "--iface"),
     ] {
         let (status, err) = run(&args);
         assert!(!status.success(), "{args:?} must fail");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    assert!(!lab.dark_has_xdp().unwrap(), "nothing attached after errors");
+    assert!(
+        !lab.dark_has_xdp().unwrap(),
+        "nothing attached after errors"
+    );
 }

@@ -72,7 +72,8 @@ impl Lab {
             bail!("interface name {} too long", lab.dark_if);
         }
         // From here on, Drop removes whatever was created.
-        lab.build().with_context(|| format!("creating lab {base}"))?;
+        lab.build()
+            .with_context(|| format!("creating lab {base}"))?;
         Ok(lab)
     }
 
@@ -82,8 +83,18 @@ impl Lab {
         cmd(
             "ip",
             &[
-                "link", "add", &self.dark_if, "netns", &self.dark_ns, "type", "veth", "peer",
-                "name", &self.scan_if, "netns", &self.scan_ns,
+                "link",
+                "add",
+                &self.dark_if,
+                "netns",
+                &self.dark_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &self.scan_if,
+                "netns",
+                &self.scan_ns,
             ],
         )?;
         for (ns, ifname, v4, v6) in [
@@ -97,16 +108,41 @@ impl Lab {
             };
             ip(&["link", "set", "lo", "up"])?;
             ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname])?;
-            ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
+            ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ])?;
             ip(&["link", "set", ifname, "up"])?;
         }
         cmd(
             "ip",
-            &["-n", &self.scan_ns, "route", "add", DARKNET_V4, "via", &DARK_V4.to_string()],
+            &[
+                "-n",
+                &self.scan_ns,
+                "route",
+                "add",
+                DARKNET_V4,
+                "via",
+                &DARK_V4.to_string(),
+            ],
         )?;
         cmd(
             "ip",
-            &["-n", &self.scan_ns, "-6", "route", "add", DARKNET_V6, "via", &DARK_V6.to_string()],
+            &[
+                "-n",
+                &self.scan_ns,
+                "-6",
+                "route",
+                "add",
+                DARKNET_V6,
+                "via",
+                &DARK_V6.to_string(),
+            ],
         )?;
         Ok(())
     }
@@ -134,7 +170,15 @@ impl Lab {
     /// Whether any XDP program is attached to the darknet interface.
     pub fn dark_has_xdp(&self) -> Result<bool> {
         let out = Command::new("ip")
-            .args(["-n", &self.dark_ns, "-d", "link", "show", "dev", &self.dark_if])
+            .args([
+                "-n",
+                &self.dark_ns,
+                "-d",
+                "link",
+                "show",
+                "dev",
+                &self.dark_if,
+            ])
             .output()
             .context("ip link show")?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -226,7 +270,10 @@ pub fn is_lab_address(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => {
             let o = a.octets();
-            matches!((o[0], o[1], o[2]), (192, 0, 2) | (198, 51, 100) | (203, 0, 113)) || a.is_loopback()
+            matches!(
+                (o[0], o[1], o[2]),
+                (192, 0, 2) | (198, 51, 100) | (203, 0, 113)
+            ) || a.is_loopback()
         }
         IpAddr::V6(a) => {
             let s = a.segments();

@@ -13,7 +13,10 @@ use clap::{Parser, Subcommand};
 use xtask::{lab, setup, traffic, workspace_root};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "Build, lab and test orchestration for the SIP darknet sensor")]
+#[command(
+    name = "xtask",
+    about = "Build, lab and test orchestration for the SIP darknet sensor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -50,7 +53,10 @@ fn main() -> Result<()> {
         Task::Run { sensor_args } => {
             setup::setup()?;
             build_release()?;
-            if sensor_args.iter().any(|a| a == "--iface" || a == "-i" || a.starts_with("--iface=")) {
+            if sensor_args
+                .iter()
+                .any(|a| a == "--iface" || a == "-i" || a.starts_with("--iface="))
+            {
                 run_on_interface(&sensor_args)
             } else {
                 run_lab(&sensor_args)
@@ -148,7 +154,10 @@ fn run_lab(extra: &[String]) -> Result<()> {
         mix.sip_udp, mix.tcp_syns, mix.noise
     );
     if xtask::command_ok("which", &["sipvicious_svmap"]) {
-        eprintln!("lab: running SIPVicious svmap against {}", lab::darknet_v4(20));
+        eprintln!(
+            "lab: running SIPVicious svmap against {}",
+            lab::darknet_v4(20)
+        );
         let _ = lab
             .in_scan("sipvicious_svmap")
             .args([&lab::darknet_v4(20).to_string(), "--timeout", "0.5"])
@@ -164,7 +173,10 @@ fn run_lab(extra: &[String]) -> Result<()> {
     eprintln!("lab: full events in {}", events_path.display());
     drop(lab);
     let left = lab::existing_namespaces();
-    if left.iter().any(|n| n.contains(&format!("-{}-", std::process::id()))) {
+    if left
+        .iter()
+        .any(|n| n.contains(&format!("-{}-", std::process::id())))
+    {
         bail!("lab namespaces left behind: {left:?}");
     }
     eprintln!("lab: torn down");
@@ -181,14 +193,24 @@ fn stop(child: &mut Child) {
 /// One line per event: time, addresses, IP fields, the first payload line (already escaped to
 /// printable ASCII by the sensor).
 fn show_events(path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    println!("{:<15} {:<5} {:<44} {:<22} payload", "time", "proto", "source -> destination", "ip");
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    println!(
+        "{:<15} {:<5} {:<44} {:<22} payload",
+        "time", "proto", "source -> destination", "ip"
+    );
     for line in text.lines() {
-        let Ok(doc) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(doc) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if doc["event_type"] != "sip_probe" {
             continue;
         }
-        let time = doc["timestamp"].as_str().unwrap_or("").get(11..26).unwrap_or("");
+        let time = doc["timestamp"]
+            .as_str()
+            .unwrap_or("")
+            .get(11..26)
+            .unwrap_or("");
         let flow = format!(
             "{} {} -> {} {}",
             doc["src_ip"].as_str().unwrap_or("?"),
@@ -199,7 +221,10 @@ fn show_events(path: &Path) -> Result<()> {
         let ip = format!(
             "ttl={} id={} {}",
             doc["ip"]["ttl"],
-            doc["ip"]["id"].as_u64().map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            doc["ip"]["id"]
+                .as_u64()
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
             if doc["ip"]["df"] == true { "DF" } else { "" }
         );
         let printable = doc["payload"]["printable"].as_str().unwrap_or("");
@@ -208,8 +233,14 @@ fn show_events(path: &Path) -> Result<()> {
             Some(flags) if printable.is_empty() => format!("[TCP {flags}]"),
             _ => first_line.chars().take(60).collect(),
         };
-        let tool = doc["fingerprint"]["tool"].as_str().map(|t| format!("  <{t}>")).unwrap_or_default();
-        println!("{time:<15} {:<5} {flow:<44} {ip:<22} {payload}{tool}", doc["proto"].as_str().unwrap_or("?"));
+        let tool = doc["fingerprint"]["tool"]
+            .as_str()
+            .map(|t| format!("  <{t}>"))
+            .unwrap_or_default();
+        println!(
+            "{time:<15} {:<5} {flow:<44} {ip:<22} {payload}{tool}",
+            doc["proto"].as_str().unwrap_or("?")
+        );
     }
     Ok(())
 }

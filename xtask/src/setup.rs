@@ -81,7 +81,13 @@ fn apt() -> Result<()> {
 
 fn rust_src() -> Result<()> {
     let out = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ])
         .output()
         .context("running rustup")?;
     if String::from_utf8_lossy(&out.stdout)
@@ -93,7 +99,13 @@ fn rust_src() -> Result<()> {
     }
     cmd(
         "rustup",
-        &["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN],
+        &[
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ],
     )
 }
 
@@ -134,7 +146,14 @@ fn pip() -> Result<()> {
         }
         cmd(
             "python3",
-            &["-m", "pip", "install", "-q", "--disable-pip-version-check", package],
+            &[
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                package,
+            ],
         )?;
     }
     // pyenv installs console scripts as shims only after a rehash.

@@ -65,7 +65,10 @@ pub fn udp_sip_burst(lab: &Lab, target: SocketAddr, count: u32) -> Result<u32> {
             match socket.send_to(&payload, target) {
                 Ok(_) => break,
                 // ENOBUFS: the qdisc is full; give it a moment rather than lose the packet.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOBUFS)
+                        || e.kind() == io::ErrorKind::WouldBlock =>
+                {
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 Err(e) => return Err(e).with_context(|| format!("send to {target}")),
@@ -101,14 +104,20 @@ pub fn demo_mix(lab: &Lab) -> Result<DemoMix> {
         for (i, method) in ["OPTIONS", "REGISTER", "INVITE"].iter().enumerate() {
             let to = SocketAddr::new(target, 5060);
             check_target(&to)?;
-            socket.send_to(&sip_request(method, target, from.ip(), from.port(), i as u32), to)?;
+            socket.send_to(
+                &sip_request(method, target, from.ip(), from.port(), i as u32),
+                to,
+            )?;
             mix.sip_udp += 1;
         }
         // Noise: a DNS-looking query to 53 and binary bytes to 5060.
         let dns = SocketAddr::new(target, 53);
         check_target(&dns)?;
         socket.send_to(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00", dns)?;
-        socket.send_to(b"\x00\x01\x02\x1b[2J\xff\xfe", SocketAddr::new(target, 5060))?;
+        socket.send_to(
+            b"\x00\x01\x02\x1b[2J\xff\xfe",
+            SocketAddr::new(target, 5060),
+        )?;
         mix.noise += 2;
     }
     for port in [5060u16, 80] {
