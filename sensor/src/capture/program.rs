@@ -6,7 +6,6 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink},
-    sys::SyscallError,
 };
 use sensor_common::{CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
 
@@ -69,8 +68,36 @@ impl Attachment {
     }
 }
 
-fn privilege_hint(err: &io::Error) -> bool {
+fn is_permission_error(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+/// The first `io::Error` in an error's source chain, where the kernel's errno is.
+fn root_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Full text of an error and its sources, for messages; a source whose text the message already
+/// shows is not repeated.
+fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut current = err.source();
+    while let Some(e) = current {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        current = e.source();
+    }
+    text
 }
 
 impl SensorProgram {
@@ -85,11 +112,10 @@ impl SensorProgram {
             .map_max_entries(map_names::EVENTS, ring_bytes)
             .load(OBJECT)
             .map_err(|e| {
-                let text = format!("{e:#}");
-                if text.contains("Operation not permitted") || text.contains("Permission denied") {
-                    CaptureError::Privilege(text)
+                if root_io_error(&e).is_some_and(is_permission_error) {
+                    CaptureError::Privilege(chain_text(&e))
                 } else {
-                    CaptureError::Load(text)
+                    CaptureError::Load(chain_text(&e))
                 }
             })?;
         let program: &mut Xdp = ebpf
@@ -97,11 +123,12 @@ impl SensorProgram {
             .ok_or(CaptureError::Missing(PROGRAM_NAME))?
             .try_into()
             .map_err(|e: ProgramError| CaptureError::Load(e.to_string()))?;
-        program.load().map_err(|e| match &e {
-            ProgramError::LoadError { io_error, .. } if privilege_hint(io_error) => {
-                CaptureError::Privilege(e.to_string())
+        program.load().map_err(|e| {
+            if root_io_error(&e).is_some_and(is_permission_error) {
+                CaptureError::Privilege(chain_text(&e))
+            } else {
+                CaptureError::Load(chain_text(&e))
             }
-            _ => CaptureError::Load(format!("{e}")),
         })?;
         let ring = ebpf
             .take_map(map_names::EVENTS)
@@ -276,11 +303,7 @@ impl SensorProgram {
 }
 
 fn attach_error(interface: &str, mode: AttachMode, e: ProgramError) -> CaptureError {
-    let io_error = match &e {
-        ProgramError::SyscallError(SyscallError { io_error, .. }) => Some(io_error),
-        _ => None,
-    };
-    match io_error.and_then(io::Error::raw_os_error) {
+    match root_io_error(&e).and_then(io::Error::raw_os_error) {
         Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ERANGE) => {
             CaptureError::ModeUnsupported {
                 interface: interface.to_string(),
@@ -288,9 +311,9 @@ fn attach_error(interface: &str, mode: AttachMode, e: ProgramError) -> CaptureEr
                 message: e.to_string(),
             }
         }
-        Some(libc::EPERM) | Some(libc::EACCES) => CaptureError::Privilege(e.to_string()),
+        Some(libc::EPERM) | Some(libc::EACCES) => CaptureError::Privilege(chain_text(&e)),
         Some(libc::EBUSY) | Some(libc::EEXIST) => CaptureError::Busy(interface.to_string()),
-        _ => CaptureError::Attach(interface.to_string(), format!("{e}: {io_error:?}")),
+        _ => CaptureError::Attach(interface.to_string(), chain_text(&e)),
     }
 }
 
