@@ -127,7 +127,12 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, prefix_len: u32) -> bool {
         }
     }
     unsafe {
-        (*r).tcp_options = [0; TCP_OPTIONS_CAPACITY];
+        // Word stores: the options field is 8-byte aligned in an 8-byte aligned reservation.
+        // Volatile, or LLVM folds the loop back into a call to a byte-by-byte memset.
+        let options = (*r).tcp_options.as_mut_ptr().cast::<u64>();
+        for i in 0..TCP_OPTIONS_CAPACITY / 8 {
+            options.add(i).write_volatile(0);
+        }
         let opts = u32::from(h.tcp_options_len);
         if opts > 0 {
             let len = ((opts - 1) & 63) + 1;
@@ -143,8 +148,14 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, prefix_len: u32) -> bool {
         (*r).timestamp_ns = bpf_ktime_get_ns();
         (*r).ifindex = (*ctx.ctx).ingress_ifindex;
         (*r).rx_queue = (*ctx.ctx).rx_queue_index;
-        (*r).src_addr = h.src_addr;
-        (*r).dst_addr = h.dst_addr;
+        (*r).src_addr
+            .as_mut_ptr()
+            .cast::<[u32; 4]>()
+            .write(h.src_addr);
+        (*r).dst_addr
+            .as_mut_ptr()
+            .cast::<[u32; 4]>()
+            .write(h.dst_addr);
         (*r).tcp_seq = h.tcp_seq;
         (*r).tcp_ack = h.tcp_ack;
         (*r).flow_label = h.flow_label;
