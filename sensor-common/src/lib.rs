@@ -30,6 +30,7 @@ pub const DEFAULT_RING_BYTES: u32 = 64 * 1024 * 1024;
 /// Names of the maps in the object, used by the agent to find them.
 pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
+    pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONFIG: &str = "CONFIG";
     pub const PORTS: &str = "PORTS";
@@ -58,7 +59,15 @@ pub struct SensorConfig {
     pub match_source_port: u32,
     /// Payload bytes to capture, 1..=[`PAYLOAD_CAPACITY`].
     pub prefix_len: u32,
-    pub reserved: u32,
+    /// Records are submitted without waking the reader until this many bytes wait in the ring;
+    /// the reader also drains on a timer. 0: the kernel's own policy (wake when the reader has
+    /// caught up).
+    pub wakeup_bytes: u32,
+    /// Per-source token bucket: one record costs this many nanoseconds of credit (1e9 / rate).
+    /// 0: no limit.
+    pub source_period_ns: u64,
+    /// Credit a source can bank, in nanoseconds (burst * period).
+    pub source_burst_ns: u64,
 }
 
 impl SensorConfig {
@@ -67,16 +76,50 @@ impl SensorConfig {
             action: action as u32,
             match_source_port: match_source_port as u32,
             prefix_len: prefix_len as u32,
-            reserved: 0,
+            wakeup_bytes: 0,
+            source_period_ns: 0,
+            source_burst_ns: 0,
         }
     }
+
+    /// Limits each source to `per_second` records with bursts of `burst`; 0 turns it off.
+    pub const fn with_source_limit(mut self, per_second: u32, burst: u32) -> Self {
+        if per_second == 0 {
+            self.source_period_ns = 0;
+            self.source_burst_ns = 0;
+        } else {
+            self.source_period_ns = 1_000_000_000 / per_second as u64;
+            let burst = if burst == 0 { 1 } else { burst as u64 };
+            self.source_burst_ns = self.source_period_ns * burst;
+        }
+        self
+    }
+
+    pub const fn with_wakeup_bytes(mut self, bytes: u32) -> Self {
+        self.wakeup_bytes = bytes;
+        self
+    }
 }
+
+/// A source's token bucket (per CPU), in the `SOURCE_BUCKETS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceBucket {
+    /// Banked credit, nanoseconds.
+    pub credit_ns: u64,
+    /// When the credit was last topped up.
+    pub last_ns: u64,
+}
+
+/// Sources tracked by the token bucket at once (LRU: the least recent are forgotten).
+pub const SOURCE_BUCKETS: u32 = 65_536;
 
 /// Indexes of the per-CPU counters in the `COUNTERS` map.
 ///
 /// Every frame increments `FramesSeen` and exactly one of the outcome counters (from `NonIp` to
-/// `Matched`); every matched frame increments exactly one of `Emitted` and `RingFull`. So
-/// `seen = sum(outcomes)` and `matched = emitted + ring_full` hold at any quiescent moment.
+/// `Matched`); every matched frame increments exactly one of `Emitted`, `RingFull` and
+/// `RateLimited`. So `seen = sum(outcomes)` and `matched = emitted + ring_full + rate_limited`
+/// hold at any quiescent moment.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -100,10 +143,12 @@ pub enum Counter {
     Emitted = 9,
     /// Matched, but the ring buffer had no room: the record is lost, and counted here.
     RingFull = 10,
+    /// Matched, but the source was over its token-bucket rate: shed, and counted here.
+    RateLimited = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FramesSeen,
         Counter::NonIp,
@@ -116,6 +161,7 @@ impl Counter {
         Counter::Matched,
         Counter::Emitted,
         Counter::RingFull,
+        Counter::RateLimited,
     ];
 
     /// Stable snake_case name, used in JSON and metrics.
@@ -132,6 +178,7 @@ impl Counter {
             Counter::Matched => "matched",
             Counter::Emitted => "emitted",
             Counter::RingFull => "ring_full",
+            Counter::RateLimited => "rate_limited",
         }
     }
 }
@@ -245,12 +292,13 @@ const _: () = {
     assert!(CaptureRecord::SIZE == 104 + TCP_OPTIONS_CAPACITY + PAYLOAD_CAPACITY);
     assert!(CaptureRecord::SIZE.is_multiple_of(8));
     assert!(PAYLOAD_CAPACITY.is_power_of_two());
-    assert!(core::mem::size_of::<SensorConfig>() == 16);
+    assert!(core::mem::size_of::<SensorConfig>() == 32);
 };
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::SensorConfig {}
+    unsafe impl aya::Pod for super::SourceBucket {}
     unsafe impl aya::Pod for super::CaptureRecord {}
 }

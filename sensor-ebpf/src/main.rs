@@ -9,15 +9,15 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_action},
     helpers::{bpf_ktime_get_ns, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use sensor_common::{
     CaptureRecord, Counter, DEFAULT_RING_BYTES, MatchAction, PAYLOAD_CAPACITY, PORT_BITMAP_WORDS,
-    SensorConfig, TCP_OPTIONS_CAPACITY, record_flags,
+    SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY, record_flags,
 };
 
 use crate::parse::{Headers, Outcome};
@@ -33,6 +33,12 @@ static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "PORTS")]
 static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// Per-source token buckets, per CPU so that no lock or atomic is needed: RSS keeps a source on
+/// one queue, so a per-CPU bucket is in practice a per-source bucket.
+#[map(name = "SOURCE_BUCKETS")]
+static SOURCE_BUCKETS_MAP: LruPerCpuHashMap<[u32; 4], SourceBucket> =
+    LruPerCpuHashMap::with_max_entries(SOURCE_BUCKETS, 0);
 
 #[inline(always)]
 fn count(counter: Counter) {
@@ -74,7 +80,10 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     count(Counter::Matched);
-    if emit(&ctx, &headers, flags, config.prefix_len) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if config.source_period_ns != 0 && !admit(&headers.src_addr, now, &config) {
+        count(Counter::RateLimited);
+    } else if emit(&ctx, &headers, flags, &config, now) {
         count(Counter::Emitted);
     } else {
         count(Counter::RingFull);
@@ -86,10 +95,46 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Token bucket in nanoseconds of credit: a source earns one nanosecond per nanosecond, up to
+/// the burst, and a record costs one period. No division on the per-frame path.
+#[inline(always)]
+fn admit(src: &[u32; 4], now: u64, config: &SensorConfig) -> bool {
+    match SOURCE_BUCKETS_MAP.get_ptr_mut(src) {
+        Some(bucket) => unsafe {
+            let earned = now.saturating_sub((*bucket).last_ns);
+            let mut credit = (*bucket).credit_ns.saturating_add(earned);
+            if credit > config.source_burst_ns {
+                credit = config.source_burst_ns;
+            }
+            (*bucket).last_ns = now;
+            if credit >= config.source_period_ns {
+                (*bucket).credit_ns = credit - config.source_period_ns;
+                true
+            } else {
+                (*bucket).credit_ns = credit;
+                false
+            }
+        },
+        None => {
+            // A new source starts with a full bucket, less this record.
+            let bucket = SourceBucket {
+                credit_ns: config
+                    .source_burst_ns
+                    .saturating_sub(config.source_period_ns),
+                last_ns: now,
+            };
+            // If the insert fails the record is still admitted: shedding needs evidence.
+            let _ = SOURCE_BUCKETS_MAP.insert(src, &bucket, 0);
+            true
+        }
+    }
+}
+
 /// Writes the record in place in a ring buffer reservation (the stack is too small for it).
 /// Returns false when the ring buffer is full.
 #[inline(always)]
-fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, prefix_len: u32) -> bool {
+fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, config: &SensorConfig, now: u64) -> bool {
+    let prefix_len = config.prefix_len;
     let Some(mut entry) = EVENTS.reserve::<CaptureRecord>(0) else {
         return false;
     };
@@ -145,7 +190,7 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, prefix_len: u32) -> bool {
                 );
             }
         }
-        (*r).timestamp_ns = bpf_ktime_get_ns();
+        (*r).timestamp_ns = now;
         (*r).ifindex = (*ctx.ctx).ingress_ifindex;
         (*r).rx_queue = (*ctx.ctx).rx_queue_index;
         (*r).src_addr
@@ -182,7 +227,15 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, prefix_len: u32) -> bool {
         (*r).tcp_options_len = h.tcp_options_len;
         (*r).reserved = [0; 8];
     }
-    entry.submit(0);
+    // Batch wakeups: the reader also drains on a timer, so a record never waits long.
+    let wakeup = if config.wakeup_bytes == 0 {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(config.wakeup_bytes) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    };
+    entry.submit(wakeup);
     true
 }
 

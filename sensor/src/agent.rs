@@ -20,6 +20,8 @@ use crate::{
 
 /// Records handled per wakeup before the loop checks for shutdown and flushes.
 const BATCH: usize = 4096;
+/// The longest a record waits in the ring when the kernel batches wakeups.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -30,6 +32,11 @@ pub struct RunOptions {
     pub action: MatchAction,
     pub prefix_len: u16,
     pub ring_bytes: u32,
+    /// Bytes waiting in the ring before the kernel wakes the agent (0: the kernel's policy).
+    pub wakeup_bytes: u32,
+    /// Per-source records per second admitted by the kernel (0: unlimited), and the burst.
+    pub source_rate: u32,
+    pub source_burst: u32,
     /// None: stdout.
     pub output: Option<PathBuf>,
     /// Stop after this many events (for tests and demonstrations).
@@ -46,6 +53,9 @@ impl RunOptions {
             action: MatchAction::Drop,
             prefix_len: DEFAULT_PREFIX_LEN,
             ring_bytes: DEFAULT_RING_BYTES,
+            wakeup_bytes: 0,
+            source_rate: 0,
+            source_burst: 0,
             output: None,
             max_events: None,
         }
@@ -53,6 +63,8 @@ impl RunOptions {
 
     pub fn kernel_config(&self) -> SensorConfig {
         SensorConfig::new(self.action, self.match_source_port, self.prefix_len)
+            .with_wakeup_bytes(self.wakeup_bytes)
+            .with_source_limit(self.source_rate, self.source_burst)
     }
 }
 
@@ -142,7 +154,7 @@ pub async fn run(
     while agent.events_written < limit {
         tokio::select! {
             _ = &mut shutdown => break,
-            drained = reader.drain_batch(BATCH, |bytes| handle(bytes, &mut agent, &mut writer)) => {
+            drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| handle(bytes, &mut agent, &mut writer)) => {
                 drained?;
                 if writer.flush().is_err() {
                     agent.output_errors += 1;

@@ -18,11 +18,14 @@ pub struct KernelCounters {
 pub enum Unreconciled {
     #[error("frames_seen {seen} != sum of outcomes {outcomes}")]
     Outcomes { seen: u64, outcomes: u64 },
-    #[error("matched {matched} != emitted {emitted} + ring_full {ring_full}")]
+    #[error(
+        "matched {matched} != emitted {emitted} + ring_full {ring_full} + rate_limited {rate_limited}"
+    )]
     Matched {
         matched: u64,
         emitted: u64,
         ring_full: u64,
+        rate_limited: u64,
     },
 }
 
@@ -60,23 +63,25 @@ impl KernelCounters {
             .sum()
     }
 
-    /// `seen = sum(outcomes)` and `matched = emitted + ring_full`.
+    /// `seen = sum(outcomes)` and `matched = emitted + ring_full + rate_limited`.
     pub fn check(&self) -> Result<(), Unreconciled> {
         let seen = self.get(Counter::FramesSeen);
         let outcomes = self.not_matched() + self.get(Counter::Matched);
         if seen != outcomes {
             return Err(Unreconciled::Outcomes { seen, outcomes });
         }
-        let (matched, emitted, ring_full) = (
+        let (matched, emitted, ring_full, rate_limited) = (
             self.get(Counter::Matched),
             self.get(Counter::Emitted),
             self.get(Counter::RingFull),
+            self.get(Counter::RateLimited),
         );
-        if matched != emitted + ring_full {
+        if matched != emitted + ring_full + rate_limited {
             return Err(Unreconciled::Matched {
                 matched,
                 emitted,
                 ring_full,
+                rate_limited,
             });
         }
         Ok(())

@@ -66,6 +66,17 @@ struct RunArgs {
     /// Ring buffer size in bytes: a power of two multiple of the page size.
     #[arg(long, default_value_t = DEFAULT_RING_BYTES)]
     ring_bytes: u32,
+    /// Bytes waiting in the ring before the kernel wakes the agent; 0 leaves it to the kernel
+    /// (a wakeup whenever the agent has caught up). The agent also drains every 10 ms.
+    #[arg(long, default_value_t = 0)]
+    wakeup_bytes: u32,
+    /// Records per second admitted per source by the kernel; 0: unlimited. What a source sends
+    /// beyond it is shed in the kernel and counted (`rate_limited`).
+    #[arg(long, default_value_t = 0)]
+    source_rate: u32,
+    /// Burst allowed per source above --source-rate (records).
+    #[arg(long, default_value_t = 100)]
+    source_burst: u32,
     /// Write events to this file (mode 0640, appended) instead of stdout.
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
@@ -109,6 +120,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         prefix_len: args.prefix_len,
         ring_bytes: args.ring_bytes,
+        wakeup_bytes: args.wakeup_bytes,
+        source_rate: args.source_rate,
+        source_burst: args.source_burst,
         output: args.output,
         max_events: args.count,
     };

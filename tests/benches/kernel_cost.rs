@@ -15,20 +15,12 @@ use sensor_tests::{
     baseline::PassProgram,
     frames::{Frame, LINUX_SYN_OPTIONS, TCP_SYN},
     harness::Harness,
+    pin_to_cpu,
 };
 
 const RUNS: u32 = 1_000_000;
 const CHUNK: u32 = 50_000;
 const ROUNDS: usize = 5;
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

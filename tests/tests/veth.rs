@@ -129,6 +129,23 @@ fn ten_thousand_datagrams_all_arrive_as_records() {
 }
 
 #[test]
+fn batched_wakeups_still_deliver_every_record() {
+    // A wakeup threshold larger than the whole burst: the kernel never wakes the agent, and the
+    // agent's drain timer must still deliver everything.
+    const COUNT: u32 = 500;
+    let lab = Lab::create("wake").expect("lab");
+    let target = SocketAddr::new(IpAddr::V4(lab::darknet_v4(51)), 5060);
+    let mut options = RunOptions::new(&lab.dark_if);
+    options.wakeup_bytes = 4 << 20;
+    let (summary, docs) = run_agent_with(&lab, options, || {
+        traffic::udp_sip_burst(&lab, target, COUNT).expect("send");
+    });
+    assert_eq!(probes(&docs).len() as u32, COUNT);
+    assert_eq!(summary.kernel.get(Counter::Emitted), u64::from(COUNT));
+    summary.kernel.check().expect("counters reconcile");
+}
+
+#[test]
 fn svmap_options_arrive_with_their_payload() {
     let lab = Lab::create("svm").expect("lab");
     let target = lab::darknet_v4(60).to_string();
