@@ -2,7 +2,8 @@
 //! program under BPF_PROG_TEST_RUN, and (from `xtask::lab`) namespaces and veth pairs.
 
 pub mod baseline;
-pub mod frames;
+/// Crafted frames live in xtask, where the lab's traffic generator uses them too.
+pub use xtask::frames;
 pub mod harness;
 
 use std::{path::PathBuf, process::Command, sync::OnceLock};

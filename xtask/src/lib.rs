@@ -1,6 +1,7 @@
 //! Orchestration for the sensor: setup of a fresh machine, builds, the veth lab, the test suite.
 //! Also a library, so that the end-to-end tests build their networks with the same [`lab`].
 
+pub mod frames;
 pub mod lab;
 pub mod setup;
 pub mod traffic;

@@ -1,0 +1,292 @@
+//! Benchmark 2: end to end on veth. The project's own generator (AF_PACKET, PACKET_QDISC_BYPASS,
+//! sendmmsg) offers SIP OPTIONS at rising rates to the darknet end; at each rate the sensor and
+//! then `tcpdump -w` with the filter `udp port 5060` take the same stream, and the highest rate at
+//! which each loses nothing is reported.
+//!
+//! Pinning: the generator runs on CPU 0, where veth also runs the receive side (and so the XDP
+//! program); the sensor's agent and tcpdump run on CPU 1.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    blaster::Blaster,
+    frames::Frame,
+    lab::{self, Lab},
+};
+
+/// The rates tried, in frames per second.
+pub const LADDER: [u64; 12] = [
+    25_000, 50_000, 100_000, 150_000, 200_000, 300_000, 400_000, 600_000, 800_000, 1_000_000,
+    1_400_000, 2_000_000,
+];
+/// Frames offered at each rate: one second's worth, at least this many.
+const MIN_FRAMES: u64 = 50_000;
+
+/// What one consumer did with one offered burst.
+#[derive(Clone, Debug, Default)]
+pub struct StepResult {
+    pub offered_rate: u64,
+    pub sent: u64,
+    pub achieved_rate: f64,
+    /// Records written by the sensor, or packets captured by tcpdump.
+    pub received: u64,
+    /// Losses the consumer counted (ring_full + rate_limited + output errors; tcpdump's "dropped
+    /// by kernel").
+    pub counted_losses: u64,
+    /// Frames the veth pair dropped before anyone saw them (its own counters).
+    pub device_drops: u64,
+    /// Sensor only: frames the XDP program saw that matched.
+    pub matched: u64,
+}
+
+impl StepResult {
+    pub fn zero_loss(&self) -> bool {
+        self.received == self.sent
+    }
+
+    /// `sent = received + counted losses` (device drops included).
+    pub fn accounted(&self) -> bool {
+        self.sent == self.received + self.counted_losses + self.device_drops
+    }
+}
+
+fn mac_of(lab_ns: &str, ifname: &str) -> Result<[u8; 6]> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab_ns, "cat"])
+        .arg(format!("/sys/class/net/{ifname}/address"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut mac = [0u8; 6];
+    for (i, part) in text.trim().split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16).context("parse MAC")?;
+    }
+    Ok(mac)
+}
+
+fn device_counter(ns: &str, ifname: &str, name: &str) -> u64 {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "cat"])
+        .arg(format!("/sys/class/net/{ifname}/statistics/{name}"))
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn device_drops(lab: &Lab) -> u64 {
+    device_counter(&lab.scan_ns, &lab.scan_if, "tx_dropped")
+        + device_counter(&lab.dark_ns, &lab.dark_if, "rx_dropped")
+}
+
+/// SIP OPTIONS frames from 256 sources to 16 darknet addresses, addressed to the darknet end.
+pub fn sip_frames(lab: &Lab) -> Result<Vec<Vec<u8>>> {
+    let dst_mac = mac_of(&lab.dark_ns, &lab.dark_if)?;
+    let src_mac = mac_of(&lab.scan_ns, &lab.scan_if)?;
+    let mut frames = Vec::new();
+    for i in 0..256u32 {
+        let src = format!("198.51.100.{}", 2 + (i % 250));
+        let dst = lab::darknet_v4(10 + (i % 16) as u8).to_string();
+        let payload = crate::traffic::sip_request(
+            "OPTIONS",
+            dst.parse()?,
+            src.parse()?,
+            5060,
+            i,
+        );
+        let mut frame = Frame::udp(&src, &dst, 5060, 5060, &payload).build();
+        frame[0..6].copy_from_slice(&dst_mac);
+        frame[6..12].copy_from_slice(&src_mac);
+        frames.push(frame);
+    }
+    Ok(frames)
+}
+
+fn blast(lab: &Lab, frames: &[Vec<u8>], count: u64, rate: u64) -> Result<crate::blaster::SendReport> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                crate::pin_to_cpu(0);
+                let _ns = lab.enter_scan()?;
+                Blaster::new(&lab.scan_if, frames.to_vec())?.send(count, rate)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
+    })
+}
+
+/// Starts a process and waits until a line of its stderr contains `ready`.
+fn start_and_wait(mut command: Command, ready: &'static str) -> Result<(Child, mpsc::Receiver<String>)> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start consumer")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains(ready) => return Ok((child, rx)),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                bail!("consumer did not become ready (waiting for `{ready}`)");
+            }
+        }
+    }
+}
+
+fn interrupt_and_collect(mut child: Child, lines: mpsc::Receiver<String>) -> Result<Vec<String>> {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait()?;
+    Ok(lines.try_iter().collect())
+}
+
+/// Parses `  kernel.emitted    123` lines of the sensor's final report.
+fn sensor_counters(lines: &[String]) -> BTreeMap<String, u64> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next()?;
+            let value = parts.next()?.parse().ok()?;
+            (name.starts_with("kernel.") || name.starts_with("agent."))
+                .then(|| (name.to_string(), value))
+        })
+        .collect()
+}
+
+/// One step for the sensor: start it, offer the burst, stop it, account.
+pub fn sensor_step(lab: &Lab, sensor: &Path, frames: &[Vec<u8>], rate: u64, output: &Path) -> Result<StepResult> {
+    let count = rate.max(MIN_FRAMES);
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &lab.dark_ns, "taskset", "-c", "1"])
+        .arg(sensor)
+        .args(["run", "--iface", &lab.dark_if, "--output"])
+        .arg(output);
+    let (child, lines) = start_and_wait(command, "attached to")?;
+    let drops_before = device_drops(lab);
+    let report = blast(lab, frames, count, rate)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = interrupt_and_collect(child, lines)?;
+    let _ = std::fs::remove_file(output);
+    let c = sensor_counters(&lines);
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    Ok(StepResult {
+        offered_rate: rate,
+        sent: report.sent,
+        achieved_rate: report.rate(),
+        received: get("agent.events_written"),
+        counted_losses: get("kernel.ring_full")
+            + get("kernel.rate_limited")
+            + get("agent.output_errors")
+            + get("agent.records_undecodable"),
+        device_drops: device_drops(lab) - drops_before,
+        matched: get("kernel.matched"),
+    })
+}
+
+/// One step for tcpdump on the same interface (no XDP program attached).
+pub fn tcpdump_step(lab: &Lab, frames: &[Vec<u8>], rate: u64, output: &Path) -> Result<StepResult> {
+    let count = rate.max(MIN_FRAMES);
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &lab.dark_ns, "taskset", "-c", "1", "tcpdump", "-i", &lab.dark_if])
+        .args(["-n", "-w"])
+        .arg(output)
+        .arg("udp port 5060");
+    let (child, lines) = start_and_wait(command, "listening on")?;
+    let drops_before = device_drops(lab);
+    let report = blast(lab, frames, count, rate)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = interrupt_and_collect(child, lines)?;
+    let _ = std::fs::remove_file(output);
+    let number = |suffix: &str| {
+        lines
+            .iter()
+            .find(|l| l.ends_with(suffix))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(StepResult {
+        offered_rate: rate,
+        sent: report.sent,
+        achieved_rate: report.rate(),
+        received: number("packets captured"),
+        counted_losses: number("packets dropped by kernel"),
+        device_drops: device_drops(lab) - drops_before,
+        matched: 0,
+    })
+}
+
+/// Runs the ladder for both consumers; stops a consumer's ladder after two lossy steps.
+pub fn end_to_end(sensor: &Path) -> Result<(Vec<StepResult>, Vec<StepResult>)> {
+    let lab = Lab::create("bench")?;
+    let frames = sip_frames(&lab)?;
+    let shm = Path::new("/dev/shm");
+    let out_sensor = shm.join(format!("bench-sensor-{}.ndjson", std::process::id()));
+    let out_pcap = shm.join(format!("bench-tcpdump-{}.pcap", std::process::id()));
+    let mut sensor_steps = Vec::new();
+    let mut tcpdump_steps = Vec::new();
+    let (mut sensor_lossy, mut tcpdump_lossy) = (0, 0);
+    for rate in LADDER {
+        if sensor_lossy < 2 {
+            let step = sensor_step(&lab, sensor, &frames, rate, &out_sensor)?;
+            print_step("sensor", &step);
+            if !step.zero_loss() {
+                sensor_lossy += 1;
+            }
+            sensor_steps.push(step);
+        }
+        if tcpdump_lossy < 2 {
+            let step = tcpdump_step(&lab, &frames, rate, &out_pcap)?;
+            print_step("tcpdump", &step);
+            if !step.zero_loss() {
+                tcpdump_lossy += 1;
+            }
+            tcpdump_steps.push(step);
+        }
+        if sensor_lossy >= 2 && tcpdump_lossy >= 2 {
+            break;
+        }
+    }
+    Ok((sensor_steps, tcpdump_steps))
+}
+
+pub fn print_step(who: &str, s: &StepResult) {
+    println!(
+        "{who:<8} offered {:>9} pps achieved {:>11.0} pps sent {:>9} received {:>9} counted losses {:>8} device drops {:>8} {} {}",
+        s.offered_rate,
+        s.achieved_rate,
+        s.sent,
+        s.received,
+        s.counted_losses,
+        s.device_drops,
+        if s.zero_loss() { "zero-loss" } else { "LOSSY" },
+        if s.accounted() { "accounted" } else { "UNACCOUNTED" },
+    );
+}
+
+/// The highest achieved rate of a zero-loss step.
+pub fn best_zero_loss(steps: &[StepResult]) -> f64 {
+    steps
+        .iter()
+        .filter(|s| s.zero_loss())
+        .map(|s| s.achieved_rate)
+        .fold(0.0, f64::max)
+}
