@@ -130,7 +130,7 @@ impl Frame {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
                 assert!(
-                    self.ipv4_options.len() % 4 == 0,
+                    self.ipv4_options.len().is_multiple_of(4),
                     "IPv4 options pad to 4 bytes"
                 );
                 let ihl = (20 + self.ipv4_options.len()) / 4;
@@ -213,7 +213,7 @@ impl Frame {
                 options,
             } => {
                 assert!(
-                    options.len() % 4 == 0 && options.len() <= 40,
+                    options.len().is_multiple_of(4) && options.len() <= 40,
                     "TCP options pad to 4, max 40"
                 );
                 l4.extend_from_slice(&self.src_port.to_be_bytes());
