@@ -282,7 +282,7 @@ main() {
         "one OPTIONS; the responder answers 200" "" \
         sipsak -s "sip:100@$RESPONDER"
     run_tool nmap-sip-methods nmap-nse "$nmap_v" 60 \
-        "UDP port scan (nmap's UDP SIP payload, Call-ID 50000) then the sip-methods OPTIONS; the responder answers" '"nmap-probe"' \
+        "UDP port scan (two empty datagrams in nmap 7.93) then the sip-methods OPTIONS; the responder answers" '"nmap-probe"' \
         nmap -Pn -n -sU -p5060 --script sip-methods "$RESPONDER"
     run_tool nmap-sip-enum-users nmap-nse "$nmap_v" 120 \
         "UDP port scan probe then sip-enum-users REGISTERs: a random extension, then 100-110" '"nmap-probe"' \
