@@ -1,6 +1,6 @@
 //! Header parsing with direct packet access: one bounds check per header, then reads inside it.
 //!
-//! The rules here are mirrored by the agent's userspace extractor (`sensor::capture::extract`) so
+//! The rules here are mirrored by the agent's userspace extractor (`sensor::offline::extract`) so
 //! that offline analysis produces the same records; change both together.
 
 use aya_ebpf::programs::XdpContext;

@@ -1,1 +1,10 @@
 //! Offline input: capture files and the userspace twin of the kernel frame parser.
+//!
+//! - [`pcap`]: a streaming reader for pcap and pcapng files.
+//! - [`extract`](mod@extract): the record the XDP program would write for a frame.
+
+pub mod extract;
+pub mod pcap;
+
+pub use extract::{FrameContext, extract};
+pub use pcap::{CaptureFileError, CaptureFormat, CaptureReader, LinkType, Packet};
