@@ -155,6 +155,11 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, config: &SensorConfig, now
     if want > prefix_len {
         want = prefix_len;
     }
+    // A prefix length above the capacity (a config the agent refuses anyway) captures the
+    // capacity, not a wrapped length.
+    if want > PAYLOAD_CAPACITY as u32 {
+        want = PAYLOAD_CAPACITY as u32;
+    }
     let mut captured: u32 = 0;
     if want > 0 {
         // The verifier needs a constant upper bound right at the call: mask, don't min().

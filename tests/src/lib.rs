@@ -32,12 +32,4 @@ pub fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("sensor-test-{}-{n}-{name}", std::process::id()))
 }
 
-/// Pins the calling thread to one CPU (per-CPU maps, stable measurements).
-pub fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
+pub use xtask::pin_to_cpu;

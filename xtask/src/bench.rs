@@ -95,13 +95,7 @@ pub fn sip_frames(lab: &Lab) -> Result<Vec<Vec<u8>>> {
     for i in 0..256u32 {
         let src = format!("198.51.100.{}", 2 + (i % 250));
         let dst = lab::darknet_v4(10 + (i % 16) as u8).to_string();
-        let payload = crate::traffic::sip_request(
-            "OPTIONS",
-            dst.parse()?,
-            src.parse()?,
-            5060,
-            i,
-        );
+        let payload = crate::traffic::sip_request("OPTIONS", dst.parse()?, src.parse()?, 5060, i);
         let mut frame = Frame::udp(&src, &dst, 5060, 5060, &payload).build();
         frame[0..6].copy_from_slice(&dst_mac);
         frame[6..12].copy_from_slice(&src_mac);
@@ -110,7 +104,12 @@ pub fn sip_frames(lab: &Lab) -> Result<Vec<Vec<u8>>> {
     Ok(frames)
 }
 
-fn blast(lab: &Lab, frames: &[Vec<u8>], count: u64, rate: u64) -> Result<crate::blaster::SendReport> {
+fn blast(
+    lab: &Lab,
+    frames: &[Vec<u8>],
+    count: u64,
+    rate: u64,
+) -> Result<crate::blaster::SendReport> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -124,7 +123,10 @@ fn blast(lab: &Lab, frames: &[Vec<u8>], count: u64, rate: u64) -> Result<crate::
 }
 
 /// Starts a process and waits until a line of its stderr contains `ready`.
-fn start_and_wait(mut command: Command, ready: &'static str) -> Result<(Child, mpsc::Receiver<String>)> {
+fn start_and_wait(
+    mut command: Command,
+    ready: &'static str,
+) -> Result<(Child, mpsc::Receiver<String>)> {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -171,7 +173,13 @@ fn sensor_counters(lines: &[String]) -> BTreeMap<String, u64> {
 }
 
 /// One step for the sensor: start it, offer the burst, stop it, account.
-pub fn sensor_step(lab: &Lab, sensor: &Path, frames: &[Vec<u8>], rate: u64, output: &Path) -> Result<StepResult> {
+pub fn sensor_step(
+    lab: &Lab,
+    sensor: &Path,
+    frames: &[Vec<u8>],
+    rate: u64,
+    output: &Path,
+) -> Result<StepResult> {
     let count = rate.max(MIN_FRAMES);
     let mut command = Command::new("ip");
     command
@@ -206,7 +214,17 @@ pub fn tcpdump_step(lab: &Lab, frames: &[Vec<u8>], rate: u64, output: &Path) -> 
     let count = rate.max(MIN_FRAMES);
     let mut command = Command::new("ip");
     command
-        .args(["netns", "exec", &lab.dark_ns, "taskset", "-c", "1", "tcpdump", "-i", &lab.dark_if])
+        .args([
+            "netns",
+            "exec",
+            &lab.dark_ns,
+            "taskset",
+            "-c",
+            "1",
+            "tcpdump",
+            "-i",
+            &lab.dark_if,
+        ])
         .args(["-n", "-w"])
         .arg(output)
         .arg("udp port 5060");
@@ -278,7 +296,11 @@ pub fn print_step(who: &str, s: &StepResult) {
         s.counted_losses,
         s.device_drops,
         if s.zero_loss() { "zero-loss" } else { "LOSSY" },
-        if s.accounted() { "accounted" } else { "UNACCOUNTED" },
+        if s.accounted() {
+            "accounted"
+        } else {
+            "UNACCOUNTED"
+        },
     );
 }
 

@@ -1,6 +1,8 @@
 //! Orchestration for the sensor: setup of a fresh machine, builds, the veth lab, the test suite.
 //! Also a library, so that the end-to-end tests build their networks with the same [`lab`].
 
+pub mod bench;
+pub mod blaster;
 pub mod frames;
 pub mod lab;
 pub mod setup;
@@ -39,4 +41,14 @@ pub fn workspace_root() -> std::path::PathBuf {
         .parent()
         .map(|p| p.to_path_buf())
         .unwrap_or(manifest)
+}
+
+/// Pins the calling thread to one CPU (per-CPU maps, stable measurements).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }

@@ -35,6 +35,13 @@ enum Task {
         #[arg(last = true)]
         sensor_args: Vec<String>,
     },
+    /// Run the benchmarks and print their ratios against the baselines and peers measured in the
+    /// same run: kernel cost per frame, end to end on veth against tcpdump.
+    Bench {
+        /// Only these benchmarks: kernel, e2e (default: all).
+        #[arg(value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Run every check and test: formatting, clippy, unit, kernel and end-to-end tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -61,6 +68,11 @@ fn main() -> Result<()> {
             } else {
                 run_lab(&sensor_args)
             }
+        }
+        Task::Bench { only } => {
+            setup::setup()?;
+            build_release()?;
+            bench(&only)
         }
         Task::Test { cargo_args } => {
             setup::setup()?;
@@ -240,6 +252,34 @@ fn show_events(path: &Path) -> Result<()> {
         println!(
             "{time:<15} {:<5} {flow:<44} {ip:<22} {payload}{tool}",
             doc["proto"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+fn bench(only: &[String]) -> Result<()> {
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    lab::sweep_stale()?;
+    if wanted("kernel") {
+        println!("== 1. kernel cost per frame ==");
+        cargo(&[
+            "bench",
+            "--package",
+            "sensor-tests",
+            "--bench",
+            "kernel_cost",
+        ])?;
+    }
+    if wanted("e2e") {
+        println!("== 2. end to end on veth: sensor vs tcpdump -w 'udp port 5060' ==");
+        let (sensor, tcpdump) = xtask::bench::end_to_end(&sensor_binary())?;
+        let s = xtask::bench::best_zero_loss(&sensor);
+        let t = xtask::bench::best_zero_loss(&tcpdump);
+        let unaccounted = sensor.iter().filter(|step| !step.accounted()).count();
+        println!(
+            "highest zero-loss rate: sensor {s:.0} pps, tcpdump {t:.0} pps, ratio {:.2} (target >= 5); \
+             sensor steps with unaccounted loss: {unaccounted}",
+            if t > 0.0 { s / t } else { f64::INFINITY }
         );
     }
     Ok(())

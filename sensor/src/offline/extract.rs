@@ -298,10 +298,13 @@ fn emit(
     if in_frame < declared {
         flags |= record_flags::FRAME_SHORT;
     }
-    let want = in_frame.min(declared).min(prefix_len);
+    let want = in_frame
+        .min(declared)
+        .min(prefix_len)
+        .min(PAYLOAD_CAPACITY as u32);
     if want > 0 {
-        // The kernel masks the length for the verifier; with a valid prefix length (at most
-        // PAYLOAD_CAPACITY) the mask changes nothing, but mirror it for any config.
+        // The kernel masks the length for the verifier; after the clamp above the mask changes
+        // nothing, but mirror it rule for rule.
         let len = ((want - 1) & (PAYLOAD_CAPACITY as u32 - 1)) + 1;
         let start = usize::from(h.payload_offset);
         // bpf_xdp_load_bytes fails, and the kernel captures nothing, when the bytes are not
