@@ -138,8 +138,12 @@ impl Blaster {
             sent += n as u64;
             if rate > 0 {
                 let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                while start.elapsed() < due {
-                    let left = due - start.elapsed();
+                loop {
+                    let now = start.elapsed();
+                    if now >= due {
+                        break;
+                    }
+                    let left = due - now;
                     if left > Duration::from_micros(200) {
                         std::thread::sleep(left - Duration::from_micros(100));
                     } else {
