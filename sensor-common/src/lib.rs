@@ -31,6 +31,9 @@ pub const DEFAULT_RING_BYTES: u32 = 64 * 1024 * 1024;
 pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
+    pub const SYNACK_BUCKETS: &str = "SYNACK_BUCKETS";
+    pub const REACTIVE_PREFIXES: &str = "REACTIVE_PREFIXES";
+    pub const COOKIE_SECRETS: &str = "COOKIE_SECRETS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONFIG: &str = "CONFIG";
     pub const PORTS: &str = "PORTS";
@@ -68,7 +71,34 @@ pub struct SensorConfig {
     pub source_period_ns: u64,
     /// Credit a source can bank, in nanoseconds (burst * period).
     pub source_burst_ns: u64,
+    /// A [`ReactivePolicy`] value: 0 leaves TCP unanswered (the default).
+    pub reactive: u32,
+    /// SYN cookies carry time in units of 2^cookie_shift nanoseconds and stay valid for the
+    /// current and the previous unit.
+    pub cookie_shift: u32,
+    /// Which slot of `COOKIE_SECRETS` signs new cookies (0 or 1); the other still validates.
+    pub secret_generation: u32,
+    pub reserved: u32,
+    /// Per-source token bucket for SYN-ACKs (same units as the record bucket); the darknet must
+    /// not become a reflector. 0 period: no SYN-ACK is ever sent.
+    pub synack_period_ns: u64,
+    pub synack_burst_ns: u64,
 }
+
+/// How the XDP program answers TCP at darknet addresses.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReactivePolicy {
+    /// Never answer (default).
+    Off = 0,
+    /// SYN-ACK with a SYN cookie; then stay silent, like the rogue listener of the second seed.
+    Silent = 1,
+    /// SYN-ACK with a SYN cookie; then answer the first data segment with RST.
+    Reset = 2,
+}
+
+/// SYN cookies are valid for two time units of 2^36 ns (about 69 s each).
+pub const DEFAULT_COOKIE_SHIFT: u32 = 36;
 
 impl SensorConfig {
     pub const fn new(action: MatchAction, match_source_port: bool, prefix_len: u16) -> Self {
@@ -79,7 +109,33 @@ impl SensorConfig {
             wakeup_bytes: 0,
             source_period_ns: 0,
             source_burst_ns: 0,
+            reactive: ReactivePolicy::Off as u32,
+            cookie_shift: DEFAULT_COOKIE_SHIFT,
+            secret_generation: 0,
+            reserved: 0,
+            synack_period_ns: 0,
+            synack_burst_ns: 0,
         }
+    }
+
+    /// Answers TCP SYNs to reactive prefixes with at most `per_second` SYN-ACKs per source
+    /// (bursts of `burst`).
+    pub const fn with_reactive(
+        mut self,
+        policy: ReactivePolicy,
+        per_second: u32,
+        burst: u32,
+    ) -> Self {
+        self.reactive = policy as u32;
+        if per_second == 0 {
+            self.synack_period_ns = 0;
+            self.synack_burst_ns = 0;
+        } else {
+            self.synack_period_ns = 1_000_000_000 / per_second as u64;
+            let burst = if burst == 0 { 1 } else { burst as u64 };
+            self.synack_burst_ns = self.synack_period_ns * burst;
+        }
+        self
     }
 
     /// Limits each source to `per_second` records with bursts of `burst`; 0 turns it off.
@@ -114,6 +170,23 @@ pub struct SourceBucket {
 /// Sources tracked by the token bucket at once (LRU: the least recent are forgotten).
 pub const SOURCE_BUCKETS: u32 = 65_536;
 
+/// Darknet prefixes the reactive responder may answer for, in `REACTIVE_PREFIXES` (an LPM trie).
+/// IPv4 prefixes are stored IPv4-mapped (`::ffff:a.b.c.d`, prefix length + 96).
+pub const REACTIVE_PREFIXES: u32 = 1024;
+
+/// The LPM trie key of an address, with the IPv4-mapped form for IPv4.
+pub fn lpm_key_bytes(ip_version: u8, addr: &[u8; 16]) -> [u8; 16] {
+    if ip_version == 4 {
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&addr[..4]);
+        mapped
+    } else {
+        *addr
+    }
+}
+
 /// Indexes of the per-CPU counters in the `COUNTERS` map.
 ///
 /// Every frame increments `FramesSeen` and exactly one of the outcome counters (from `NonIp` to
@@ -145,10 +218,24 @@ pub enum Counter {
     RingFull = 10,
     /// Matched, but the source was over its token-bucket rate: shed, and counted here.
     RateLimited = 11,
+    // Side counters of the reactive TCP responder: not outcomes, they count what it did.
+    /// SYN-ACKs transmitted (XDP_TX).
+    SynAckSent = 12,
+    /// SYNs not answered because their source was over its SYN-ACK rate.
+    SynAckRefused = 13,
+    /// SYNs to a matched port not answered because the destination is not a reactive prefix, the
+    /// source is one, or the source is not a unicast address.
+    ReactiveOutOfScope = 14,
+    /// ACKs to a reactive prefix carrying a valid cookie (a handshake completed with us).
+    CookieValid = 15,
+    /// ACKs to a reactive prefix whose cookie did not validate (forged, or expired).
+    CookieInvalid = 16,
+    /// RSTs transmitted in answer to data (policy `reset`).
+    RstSent = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FramesSeen,
         Counter::NonIp,
@@ -162,6 +249,12 @@ impl Counter {
         Counter::Emitted,
         Counter::RingFull,
         Counter::RateLimited,
+        Counter::SynAckSent,
+        Counter::SynAckRefused,
+        Counter::ReactiveOutOfScope,
+        Counter::CookieValid,
+        Counter::CookieInvalid,
+        Counter::RstSent,
     ];
 
     /// Stable snake_case name, used in JSON and metrics.
@@ -179,6 +272,12 @@ impl Counter {
             Counter::Emitted => "emitted",
             Counter::RingFull => "ring_full",
             Counter::RateLimited => "rate_limited",
+            Counter::SynAckSent => "synack_sent",
+            Counter::SynAckRefused => "synack_refused",
+            Counter::ReactiveOutOfScope => "reactive_out_of_scope",
+            Counter::CookieValid => "cookie_valid",
+            Counter::CookieInvalid => "cookie_invalid",
+            Counter::RstSent => "rst_sent",
         }
     }
 }
@@ -203,6 +302,10 @@ pub mod record_flags {
     pub const MATCHED_SRC_PORT: u8 = 1 << 1;
     /// The frame holds fewer payload bytes than the L3/L4 headers declare.
     pub const FRAME_SHORT: u8 = 1 << 2;
+    /// A TCP segment whose ACK carries a valid SYN cookie of ours: part of a reactive session.
+    pub const REACTIVE_SESSION: u8 = 1 << 3;
+    /// A SYN the reactive responder answered with a SYN-ACK.
+    pub const SYN_ANSWERED: u8 = 1 << 4;
 }
 
 /// IP protocol numbers the program distinguishes.
@@ -292,7 +395,7 @@ const _: () = {
     assert!(CaptureRecord::SIZE == 104 + TCP_OPTIONS_CAPACITY + PAYLOAD_CAPACITY);
     assert!(CaptureRecord::SIZE.is_multiple_of(8));
     assert!(PAYLOAD_CAPACITY.is_power_of_two());
-    assert!(core::mem::size_of::<SensorConfig>() == 32);
+    assert!(core::mem::size_of::<SensorConfig>() == 64);
 };
 
 #[cfg(feature = "user")]

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod parse;
+mod reactive;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_action},
@@ -17,10 +18,13 @@ use aya_ebpf::{
 };
 use sensor_common::{
     CaptureRecord, Counter, DEFAULT_RING_BYTES, MatchAction, PAYLOAD_CAPACITY, PORT_BITMAP_WORDS,
-    SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY, record_flags,
+    SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY, ip_proto, record_flags,
 };
 
-use crate::parse::{Headers, Outcome};
+use crate::{
+    parse::{Headers, Outcome},
+    reactive::Reply,
+};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -81,12 +85,39 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
     };
     count(Counter::Matched);
     let now = unsafe { bpf_ktime_get_ns() };
-    if config.source_period_ns != 0 && !admit(&headers.src_addr, now, &config) {
+    let reply = if headers.l4_proto == ip_proto::TCP && flags == record_flags::MATCHED_DST_PORT {
+        reactive::classify(&headers, &config, now)
+    } else {
+        Reply::None
+    };
+    let flags = match reply {
+        Reply::SynAck(_) => flags | record_flags::SYN_ANSWERED,
+        Reply::Session { .. } => flags | record_flags::REACTIVE_SESSION,
+        Reply::None => flags,
+    };
+    if config.source_period_ns != 0
+        && !admit(
+            &SOURCE_BUCKETS_MAP,
+            &headers.src_addr,
+            now,
+            config.source_period_ns,
+            config.source_burst_ns,
+        )
+    {
         count(Counter::RateLimited);
     } else if emit(&ctx, &headers, flags, &config, now) {
         count(Counter::Emitted);
     } else {
         count(Counter::RingFull);
+    }
+    // The record holds the request as it came; only now may the frame become the reply.
+    let answered = match reply {
+        Reply::SynAck(cookie) => reactive::answer_syn(&ctx, &headers, &config, now, cookie),
+        Reply::Session { reset: true } => reactive::answer_data(&ctx, &headers),
+        _ => None,
+    };
+    if let Some(action) = answered {
+        return action;
     }
     if config.action == MatchAction::Pass as u32 {
         xdp_action::XDP_PASS
@@ -98,17 +129,23 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
 /// Token bucket in nanoseconds of credit: a source earns one nanosecond per nanosecond, up to
 /// the burst, and a record costs one period. No division on the per-frame path.
 #[inline(always)]
-fn admit(src: &[u32; 4], now: u64, config: &SensorConfig) -> bool {
-    match SOURCE_BUCKETS_MAP.get_ptr_mut(src) {
+fn admit(
+    buckets: &LruPerCpuHashMap<[u32; 4], SourceBucket>,
+    src: &[u32; 4],
+    now: u64,
+    period_ns: u64,
+    burst_ns: u64,
+) -> bool {
+    match buckets.get_ptr_mut(src) {
         Some(bucket) => unsafe {
             let earned = now.saturating_sub((*bucket).last_ns);
             let mut credit = (*bucket).credit_ns.saturating_add(earned);
-            if credit > config.source_burst_ns {
-                credit = config.source_burst_ns;
+            if credit > burst_ns {
+                credit = burst_ns;
             }
             (*bucket).last_ns = now;
-            if credit >= config.source_period_ns {
-                (*bucket).credit_ns = credit - config.source_period_ns;
+            if credit >= period_ns {
+                (*bucket).credit_ns = credit - period_ns;
                 true
             } else {
                 (*bucket).credit_ns = credit;
@@ -118,13 +155,11 @@ fn admit(src: &[u32; 4], now: u64, config: &SensorConfig) -> bool {
         None => {
             // A new source starts with a full bucket, less this record.
             let bucket = SourceBucket {
-                credit_ns: config
-                    .source_burst_ns
-                    .saturating_sub(config.source_period_ns),
+                credit_ns: burst_ns.saturating_sub(period_ns),
                 last_ns: now,
             };
             // If the insert fails the record is still admitted: shedding needs evidence.
-            let _ = SOURCE_BUCKETS_MAP.insert(src, &bucket, 0);
+            let _ = buckets.insert(src, &bucket, 0);
             true
         }
     }

@@ -41,6 +41,8 @@ pub struct Headers {
     pub payload_len: u16,
     pub payload_offset: u16,
     pub tcp_options_offset: u16,
+    /// Offset of the IP header (after Ethernet and VLAN tags).
+    pub l3_offset: u16,
     pub vlan_ids: [u16; 2],
     pub ip_version: u8,
     pub ttl: u8,
@@ -117,6 +119,7 @@ fn try_parse(ctx: &XdpContext) -> Result<Headers, Counter> {
         payload_len: 0,
         payload_offset: 0,
         tcp_options_offset: 0,
+        l3_offset: 0,
         vlan_ids: [0; 2],
         ip_version: 0,
         ttl: 0,
@@ -143,6 +146,7 @@ fn try_parse(ctx: &XdpContext) -> Result<Headers, Counter> {
         off += 4;
     }
 
+    h.l3_offset = off as u16;
     // Bytes of IP payload (after the IP header and any extension headers).
     let ip_payload: usize;
     let mut next: u8;

@@ -4,12 +4,15 @@ use std::io;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{
+        Array, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink},
 };
 use sensor_common::{CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
 
-use super::{AttachMode, CaptureError, PortSet};
+use super::{AttachMode, CaptureError, IpPrefix, PortSet};
 use crate::counters::KernelCounters;
 
 /// The compiled XDP object, built by `build.rs` from `sensor-ebpf`.
@@ -172,6 +175,52 @@ impl SensorProgram {
         Ok(())
     }
 
+    /// Replaces the reactive responder's prefixes (the addresses it may answer for).
+    pub fn set_reactive_prefixes(&mut self, prefixes: &[IpPrefix]) -> Result<(), CaptureError> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::REACTIVE_PREFIXES)
+            .ok_or(CaptureError::Missing(map_names::REACTIVE_PREFIXES))?;
+        let mut trie: LpmTrie<_, [u8; 16], u8> =
+            LpmTrie::try_from(map).map_err(|e| CaptureError::Map {
+                map: map_names::REACTIVE_PREFIXES,
+                message: e.to_string(),
+            })?;
+        let old: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
+        for prefix in prefixes {
+            let (len, data) = prefix.lpm_key();
+            trie.insert(&Key::new(len, data), 1, 0)
+                .map_err(|e| CaptureError::Map {
+                    map: map_names::REACTIVE_PREFIXES,
+                    message: e.to_string(),
+                })?;
+        }
+        for key in old {
+            let keep = prefixes.iter().any(|p| {
+                let (len, data) = p.lpm_key();
+                len == key.prefix_len() && data == key.data()
+            });
+            if !keep {
+                let _ = trie.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a SYN cookie secret into slot `generation` (0 or 1).
+    pub fn set_cookie_secret(
+        &mut self,
+        generation: u32,
+        secret: [u64; 2],
+    ) -> Result<(), CaptureError> {
+        let mut map: Array<_, [u64; 2]> = self.map(map_names::COOKIE_SECRETS)?;
+        map.set(generation & 1, secret, 0)
+            .map_err(|e| CaptureError::Map {
+                map: map_names::COOKIE_SECRETS,
+                message: e.to_string(),
+            })
+    }
+
     /// Reads and sums the per-CPU counters.
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
         let map = self
@@ -217,6 +266,23 @@ impl SensorProgram {
                 CaptureError::TestRun(format!("{e}: {:?}", std::error::Error::source(&e)))
             })?;
         Ok((XdpVerdict::from_code(result.return_value), result.duration))
+    }
+
+    /// Like [`Self::test_run`], also returning the frame as the program left it (the reply, for
+    /// XDP_TX).
+    pub fn test_run_output(&mut self, frame: &[u8]) -> Result<(XdpVerdict, Vec<u8>), CaptureError> {
+        let program = self.xdp()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .map_err(|e| CaptureError::TestRun(chain_text(&e)))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((XdpVerdict::from_code(result.return_value), out))
     }
 
     /// Attaches to `interface` as a bpf_link. `Auto` tries native first and falls back to generic;
