@@ -13,7 +13,6 @@ use sensor_tests::{
     harness::Harness,
 };
 
-const RST: u8 = 0x04;
 const SYNACK_OPTIONS_V4: [u8; 12] = [2, 4, 0x05, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7];
 const SYNACK_OPTIONS_V6: [u8; 12] = [2, 4, 0x05, 0xa0, 1, 1, 4, 2, 1, 3, 3, 7];
 const REQUEST: &[u8] = b"OPTIONS sip:nm SIP/2.0\r\nVia: SIP/2.0/TCP nm;branch=foo\r\n\r\n";
