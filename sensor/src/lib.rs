@@ -19,4 +19,5 @@ pub mod fingerprint;
 pub mod offline;
 pub mod output;
 pub mod record;
+pub mod session;
 pub mod sip;

@@ -126,7 +126,17 @@ fn blast(
 /// A consumer process whose stderr is collected in a thread.
 struct Consumer {
     child: Child,
-    stderr: std::thread::JoinHandle<Vec<String>>,
+    stderr: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Drop for Consumer {
+    /// A benchmark that fails half way must not leave its consumer running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Starts a process and waits until a line of its stderr contains `ready`.
@@ -153,7 +163,10 @@ fn start_and_wait(mut command: Command, ready: &'static str) -> Result<Consumer>
         let _ = child.wait();
         bail!("consumer did not become ready (waiting for `{ready}`)");
     }
-    Ok(Consumer { child, stderr })
+    Ok(Consumer {
+        child,
+        stderr: Some(stderr),
+    })
 }
 
 /// SIGINT, wait, and every line the consumer wrote to stderr.
@@ -163,6 +176,8 @@ fn interrupt_and_collect(mut consumer: Consumer) -> Result<Vec<String>> {
     consumer.child.wait()?;
     consumer
         .stderr
+        .take()
+        .context("stderr already collected")?
         .join()
         .map_err(|_| anyhow::anyhow!("stderr reader panicked"))
 }
