@@ -2,6 +2,7 @@
 //! Also a library, so that the end-to-end tests build their networks with the same [`lab`].
 
 pub mod lab;
+pub mod mirror;
 pub mod setup;
 pub mod traffic;
 

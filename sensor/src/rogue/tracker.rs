@@ -104,6 +104,10 @@ struct Flow {
     last_seen_ns: u64,
     /// TCP: a SYN seen, neither SYN-ACK nor RST yet; since when.
     connecting_since: Option<u64>,
+    /// TCP: the SYN's sequence number; a retransmitted SYN carries the same one.
+    syn_seq: Option<u32>,
+    /// A hash of the last request's bytes: a retransmission is the same bytes again.
+    last_request: Option<u64>,
     accepted: bool,
     /// A request waiting for its reply, since when.
     request_since: Option<u64>,
@@ -450,8 +454,13 @@ fn flow_entry(
 
 /// A client's request: starts the wait for a reply, unless one is already pending (a
 /// retransmission). ACK expects no answer and is not counted.
-fn request(tally: &mut Tally, flow: &mut Flow, method: &[u8], now: u64) {
-    if method == b"ACK" || flow.request_since.is_some() {
+fn request(tally: &mut Tally, flow: &mut Flow, method: &[u8], payload: &[u8], now: u64) {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(payload, &mut hasher);
+    let hash = std::hash::Hasher::finish(&hasher);
+    // Retransmissions (also those after a timeout was counted) are not new requests.
+    let retransmission = flow.last_request.replace(hash) == Some(hash);
+    if method == b"ACK" || flow.request_since.is_some() || retransmission {
         return;
     }
     tally.requests += 1;
@@ -529,7 +538,7 @@ fn udp(
     if to_server {
         let (flow, evicted) = flow_entry(&mut server.flows, client, now, max_flows);
         if let Shape::Request { method } = shape::classify(payload) {
-            request(&mut server.tally, flow, method, now);
+            request(&mut server.tally, flow, method, payload, now);
         }
         evicted
     } else {
@@ -558,11 +567,13 @@ fn tcp(
     let flags = record.raw().tcp_flags;
     let payload = record.payload();
     if to_server {
+        let seq = record.raw().tcp_seq;
         let fresh_syn = flags & TCP_SYN != 0
-            && server
-                .flows
-                .get(&client)
-                .is_none_or(|f| f.done || f.client_closed);
+            && server.flows.get(&client).is_none_or(|f| {
+                // A retransmitted SYN (same sequence number) is the same attempt, even after
+                // its connect timeout was counted.
+                f.syn_seq != Some(seq) && (f.done || f.client_closed || f.syn_seq.is_none())
+            });
         if fresh_syn {
             // A new connection on this client port: forget the old one.
             server.flows.remove(&client);
@@ -572,13 +583,14 @@ fn tcp(
         if fresh_syn {
             tally.connects += 1;
             flow.connecting_since = Some(now);
+            flow.syn_seq = Some(seq);
             return evicted;
         }
         if flow.done {
             return evicted;
         }
         if let Shape::Request { method } = shape::classify(payload) {
-            request(tally, flow, method, now);
+            request(tally, flow, method, payload, now);
         }
         if flags & (TCP_FIN | TCP_RST) != 0 {
             flow.client_closed = true;
@@ -823,6 +835,37 @@ mod tests {
             t.report(&server(Transport::Udp)).unwrap().transport_verdict,
             TransportVerdict::NoEvidence
         );
+    }
+
+    #[test]
+    fn retransmissions_after_a_timeout_are_not_new_attempts() {
+        use Transport::{Tcp, Udp};
+        let mut t = Tracker::new(TrackerConfig::default());
+        feed(
+            &mut t,
+            &[
+                frame(Tcp, false, 40000, TCP_SYN, b"", 1.0),
+                frame(Udp, false, 40001, 0, OPTIONS, 1.0),
+            ],
+        );
+        t.poll(6 * SECOND + 1);
+        feed(
+            &mut t,
+            &[
+                frame(Tcp, false, 40000, TCP_SYN, b"", 7.0),
+                frame(Udp, false, 40001, 0, OPTIONS, 7.0),
+            ],
+        );
+        t.poll(20 * SECOND);
+        let tcp = t.report(&server(Tcp)).unwrap().counts;
+        assert_eq!((tcp.connects, tcp.connect_timeouts), (1, 1));
+        let udp = t.report(&server(Udp)).unwrap().counts;
+        assert_eq!((udp.requests, udp.reply_timeouts), (1, 1));
+        // A new SYN (another sequence number) on the same client port is a new attempt.
+        let mut again = frame(Tcp, false, 40000, TCP_SYN, b"", 21.0);
+        again.raw.tcp_seq = 77;
+        feed(&mut t, &[again]);
+        assert_eq!(t.report(&server(Tcp)).unwrap().counts.connects, 2);
     }
 
     #[test]
