@@ -71,8 +71,8 @@ pub struct ServerKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TrackerCounters {
     pub events_observed: u64,
-    /// Frames that could not be attributed to a server (a TCP segment of a flow never seen
-    /// opening, from the server's side).
+    /// Frames that could not be read: TCP segments from a server's side of a flow never seen
+    /// opening (nor carrying a request).
     pub events_unattributed: u64,
     pub servers_created: u64,
     pub servers_evicted_idle: u64,
@@ -247,6 +247,14 @@ impl Tracker {
         let Some(server) = self.servers.get_mut(&key) else {
             return;
         };
+        if !to_server
+            && transport == Transport::Tcp
+            && record.raw().tcp_flags & TCP_SYN == 0
+            && !server.flows.contains_key(&client)
+        {
+            self.counters.events_unattributed += 1;
+            return;
+        }
         server.last_seen_ns = server.last_seen_ns.max(now);
         server.last_wall_ns = server.last_wall_ns.max(event.wall_ns);
         let evicted = match transport {
