@@ -91,8 +91,8 @@ pub enum ProbeError {
     Target(#[from] TargetError),
     #[error("no methods to send: give at least one of options, invite, register")]
     NoMethods,
-    #[error("--concurrency must be at least 1")]
-    Concurrency,
+    #[error("--concurrency must be between 1 and {MAX_CONCURRENCY}, got {0}")]
+    Concurrency(usize),
     #[error("--rate must be a positive number of packets per second, got {0}")]
     Rate(f64),
     #[error("{0} must be more than zero")]
@@ -100,6 +100,9 @@ pub enum ProbeError {
     #[error("{0} targets is more than the {MAX_TARGETS} one run may probe")]
     TooManyTargets(usize),
 }
+
+/// Targets probed at once at most.
+pub const MAX_CONCURRENCY: usize = 1024;
 
 /// One run's bound on targets: a survey of a few servers, not a scan of networks.
 pub const MAX_TARGETS: usize = 65_536;
@@ -109,8 +112,8 @@ impl ProbeOptions {
         if self.methods.is_empty() {
             return Err(ProbeError::NoMethods);
         }
-        if self.concurrency == 0 {
-            return Err(ProbeError::Concurrency);
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            return Err(ProbeError::Concurrency(self.concurrency));
         }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(ProbeError::Rate(self.rate));
@@ -211,7 +214,7 @@ pub fn tally(attempts: &[Attempt]) -> Tally {
         match &a.outcome {
             Outcome::Sip { is_final, .. } => {
                 t.sip_answered += 1;
-                t.sip_final += u32::from(*is_final);
+                t.sip_final += u64::from(*is_final);
             }
             Outcome::NonSip { .. } => t.non_sip_answered += 1,
             Outcome::Timeout => {

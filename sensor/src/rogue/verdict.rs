@@ -14,32 +14,32 @@ use serde::Serialize;
 /// or a TCP connection attempt that never got as far as carrying a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Tally {
-    pub attempts: u32,
+    pub attempts: u64,
     /// Requests that expect an answer (ACK excluded) sent to the server.
-    pub requests: u32,
+    pub requests: u64,
     /// Requests answered with a SIP status line.
-    pub sip_answered: u32,
+    pub sip_answered: u64,
     /// SIP answers with a final status code (200-699).
-    pub sip_final: u32,
+    pub sip_final: u64,
     /// Requests answered with bytes that are not SIP.
-    pub non_sip_answered: u32,
+    pub non_sip_answered: u64,
     /// Requests after which nothing came back from the daemon: timeouts, and connections the
     /// server closed or reset without a reply.
-    pub unanswered: u32,
+    pub unanswered: u64,
     /// Of `unanswered`: no answer within the timeout.
-    pub reply_timeouts: u32,
+    pub reply_timeouts: u64,
     /// Of `unanswered`: the server closed or reset the connection with the request unanswered.
-    pub closed_without_reply: u32,
+    pub closed_without_reply: u64,
     /// TCP connection attempts, and what became of them.
-    pub connects: u32,
-    pub accepted: u32,
-    pub refused: u32,
-    pub connect_timeouts: u32,
+    pub connects: u64,
+    pub accepted: u64,
+    pub refused: u64,
+    pub connect_timeouts: u64,
     /// ICMP port unreachable (or a TCP-level equivalent seen by a UDP socket): nothing listens.
     /// Active probing only: the sensor does not capture ICMP.
-    pub port_unreachable: u32,
+    pub port_unreachable: u64,
     /// ICMP host or network unreachable, administratively prohibited: something in the way.
-    pub path_unreachable: u32,
+    pub path_unreachable: u64,
 }
 
 impl Tally {
@@ -61,7 +61,7 @@ impl Tally {
     }
 
     /// Attempts on which the daemon itself said nothing: no SIP, no bytes.
-    fn silent_attempts(&self) -> u32 {
+    fn silent_attempts(&self) -> u64 {
         self.unanswered
             + self.refused
             + self.connect_timeouts
@@ -69,7 +69,7 @@ impl Tally {
             + self.path_unreachable
     }
 
-    fn timeouts(&self) -> u32 {
+    fn timeouts(&self) -> u64 {
         self.reply_timeouts + self.connect_timeouts
     }
 }
@@ -79,9 +79,9 @@ impl Tally {
 pub struct Sign {
     pub present: bool,
     /// How many attempts showed it ...
-    pub count: u32,
+    pub count: u64,
     /// ... out of how many.
-    pub of: u32,
+    pub of: u64,
     /// What was measured, in words.
     pub evidence: String,
 }
@@ -161,7 +161,7 @@ impl Signs {
                 ),
             },
             frequent_timeouts: Sign {
-                present: timeouts >= 2 && timeouts * 2 >= of,
+                present: timeouts >= 2 && timeouts.saturating_mul(2) >= of,
                 count: timeouts,
                 of,
                 evidence: format!(
@@ -219,7 +219,7 @@ impl RogueReason {
 
 /// Requests that must time out, at least half of all, before a daemon that does answer in SIP
 /// is called rogue for its timeouts.
-pub const REPEATED_TIMEOUTS: u32 = 3;
+pub const REPEATED_TIMEOUTS: u64 = 3;
 
 /// What one transport says about a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -269,7 +269,7 @@ pub fn assess(t: &Tally, silence: Silence) -> (TransportVerdict, Vec<RogueReason
     }
     if t.sip_answered > 0
         && t.reply_timeouts >= REPEATED_TIMEOUTS
-        && t.reply_timeouts * 2 >= t.requests
+        && t.reply_timeouts.saturating_mul(2) >= t.requests
     {
         reasons.push(RogueReason::RepeatedTimeouts);
     }
@@ -371,7 +371,7 @@ pub fn combine(verdicts: impl IntoIterator<Item = TransportVerdict>) -> Verdict 
 mod tests {
     use super::*;
 
-    fn requests(n: u32) -> Tally {
+    fn requests(n: u64) -> Tally {
         Tally {
             attempts: n,
             requests: n,
