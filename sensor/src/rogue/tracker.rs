@@ -946,4 +946,58 @@ mod tests {
         assert_eq!(r.counts.non_sip_answered, 1);
         assert_eq!(t.counters().servers_tracked, 1);
     }
+
+    #[test]
+    fn arbitrary_frames_never_panic() {
+        // xorshift: arbitrary flags, payloads, directions and ports, deterministic.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut t = Tracker::new(TrackerConfig {
+            max_servers: 8,
+            max_flows_per_server: 4,
+            ..TrackerConfig::default()
+        });
+        let seeds: [&[u8]; 5] = [
+            OPTIONS,
+            OK,
+            b"SIP/2.0 1",
+            b"\r\n\r\n",
+            b"INVITE sip:x SIP/2.0\r\n",
+        ];
+        for i in 0..20_000u32 {
+            let r = next();
+            let transport = if r & 1 == 0 {
+                Transport::Udp
+            } else {
+                Transport::Tcp
+            };
+            let mut payload = seeds[(r >> 8) as usize % seeds.len()].to_vec();
+            let cut = (r >> 16) as usize % (payload.len() + 1);
+            payload.truncate(cut);
+            payload.extend((0..(r >> 24) % 8).map(|_| next() as u8));
+            let mut f = frame(
+                transport,
+                r & 2 != 0,
+                (r >> 32) as u16 % 6,
+                (r >> 40) as u8,
+                &payload,
+                f64::from(i) * 0.01,
+            );
+            f.raw.tcp_seq = (r >> 48) as u32 % 3;
+            f.raw.src_addr[3] = (r >> 56) as u8 % 4;
+            feed(&mut t, &[f]);
+            if i % 500 == 0 {
+                t.poll(u64::from(i) * SECOND / 100);
+            }
+        }
+        let counters = t.counters();
+        assert!(counters.servers_tracked <= 8);
+        assert_eq!(counters.events_observed, 20_000);
+        let _ = t.snapshot();
+    }
 }
