@@ -8,7 +8,7 @@ use sensor_common::{
 
 use crate::{
     capture::{AttachMode, CaptureError, PortSet, RingReader, SensorProgram},
-    clock::{WallClock, realtime_ns},
+    clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
     output::{
@@ -16,12 +16,18 @@ use crate::{
         json::{EventDoc, StatsDoc},
     },
     record::Record,
+    rogue::{
+        Tracker, TrackerConfig, TrackerCounters,
+        doc::{RogueStatsDoc, ServerDoc},
+    },
 };
 
 /// Records handled per wakeup before the loop checks for shutdown and flushes.
 const BATCH: usize = 4096;
 /// The longest a record waits in the ring when the kernel batches wakeups.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// How often the rogue tracker resolves timeouts and reports findings.
+const ROGUE_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -41,6 +47,9 @@ pub struct RunOptions {
     pub output: Option<PathBuf>,
     /// Stop after this many events (for tests and demonstrations).
     pub max_events: Option<u64>,
+    /// Follow requests and responses per server and report rogue SIP daemons (needs
+    /// `match_source_port` to see the responses).
+    pub detect_rogue: Option<TrackerConfig>,
 }
 
 impl RunOptions {
@@ -58,6 +67,7 @@ impl RunOptions {
             source_burst: 0,
             output: None,
             max_events: None,
+            detect_rogue: None,
         }
     }
 
@@ -89,6 +99,7 @@ pub struct RunSummary {
     pub mode: AttachMode,
     pub kernel: KernelCounters,
     pub agent: AgentCounters,
+    pub rogue: Option<TrackerCounters>,
 }
 
 /// Told once the program is attached, so a caller can start traffic or report readiness.
@@ -135,7 +146,12 @@ pub async fn run(
     let mut agent = AgentCounters::default();
     let limit = options.max_events.unwrap_or(u64::MAX);
     let mut shutdown = pin!(shutdown);
-    let handle = |bytes: &[u8], agent: &mut AgentCounters, writer: &mut NdjsonWriter| {
+    let mut rogue = options.detect_rogue.clone().map(Tracker::new);
+    let mut rogue_tick = tokio::time::interval(ROGUE_POLL);
+    let handle = |bytes: &[u8],
+                  agent: &mut AgentCounters,
+                  writer: &mut NdjsonWriter,
+                  rogue: &mut Option<Tracker>| {
         agent.records_read += 1;
         match Record::from_bytes(bytes) {
             Ok(record) => {
@@ -147,6 +163,9 @@ pub async fn run(
                     Ok(()) => agent.events_written += 1,
                     Err(_) => agent.output_errors += 1,
                 }
+                if let Some(tracker) = rogue {
+                    tracker.observe(&event);
+                }
             }
             Err(_) => agent.records_undecodable += 1,
         }
@@ -154,10 +173,15 @@ pub async fn run(
     while agent.events_written < limit {
         tokio::select! {
             _ = &mut shutdown => break,
-            drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| handle(bytes, &mut agent, &mut writer)) => {
+            drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| handle(bytes, &mut agent, &mut writer, &mut rogue)) => {
                 drained?;
                 if writer.flush().is_err() {
                     agent.output_errors += 1;
+                }
+            }
+            _ = rogue_tick.tick(), if rogue.is_some() => {
+                if let Some(tracker) = &mut rogue {
+                    write_rogue_findings(tracker, &mut writer, &mut agent);
                 }
             }
         }
@@ -167,10 +191,14 @@ pub async fn run(
     let mode = attachment.mode;
     attachment.detach();
     // Records committed before the detach are still in the ring: take them too.
-    reader.drain_now(|bytes| handle(bytes, &mut agent, &mut writer));
+    reader.drain_now(|bytes| handle(bytes, &mut agent, &mut writer, &mut rogue));
     // Let in-flight program runs on other CPUs finish their counter updates.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    reader.drain_now(|bytes| handle(bytes, &mut agent, &mut writer));
+    reader.drain_now(|bytes| handle(bytes, &mut agent, &mut writer, &mut rogue));
+    if let Some(tracker) = &mut rogue {
+        write_rogue_findings(tracker, &mut writer, &mut agent);
+        write_rogue_final(tracker, &mut writer, &mut agent);
+    }
     let kernel = program.counters()?;
     if writer
         .write(&StatsDoc::new(realtime_ns(), &kernel, &agent))
@@ -185,5 +213,41 @@ pub async fn run(
         mode,
         kernel,
         agent,
+        rogue: rogue.map(|t| t.counters()),
     })
+}
+
+/// `rogue_server` documents for servers newly found rogue.
+fn write_rogue_findings(
+    tracker: &mut Tracker,
+    writer: &mut NdjsonWriter,
+    agent: &mut AgentCounters,
+) {
+    for report in tracker.poll(monotonic_ns()) {
+        if writer
+            .write(&ServerDoc::finding(realtime_ns(), &report))
+            .is_err()
+        {
+            agent.output_errors += 1;
+        }
+    }
+    if writer.flush().is_err() {
+        agent.output_errors += 1;
+    }
+}
+
+/// On stop: a `sip_server` document per tracked server, then the tracker's counters.
+fn write_rogue_final(tracker: &Tracker, writer: &mut NdjsonWriter, agent: &mut AgentCounters) {
+    let now = realtime_ns();
+    for report in tracker.snapshot() {
+        if writer.write(&ServerDoc::state(now, &report)).is_err() {
+            agent.output_errors += 1;
+        }
+    }
+    if writer
+        .write(&RogueStatsDoc::new(now, tracker.counters()))
+        .is_err()
+    {
+        agent.output_errors += 1;
+    }
 }

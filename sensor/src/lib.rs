@@ -6,6 +6,7 @@
 //! - [`sip`]: SIP message parsing; [`fingerprint`]: which scanner sent it, with evidence.
 //! - [`offline`]: capture files and the userspace twin of the kernel parser.
 //! - [`output`]: NDJSON and the JSON document of an event.
+//! - [`rogue`]: rogue SIP daemons seen passively; [`probe`]: the same five signs, tested actively.
 //! - [`agent`]: the live pipeline that ties them together.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
@@ -18,6 +19,8 @@ pub mod event;
 pub mod fingerprint;
 pub mod offline;
 pub mod output;
+pub mod probe;
 pub mod record;
+pub mod rogue;
 pub mod session;
 pub mod sip;

@@ -2,11 +2,15 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sensor::{
     agent::{self, RunOptions},
     capture::{AttachMode, PortSet},
+    probe::{self, Method, ProbeOptions, Transports, target},
+    rogue::TrackerConfig,
 };
 use sensor_common::{DEFAULT_PREFIX_LEN, DEFAULT_RING_BYTES, MatchAction};
 
@@ -25,6 +29,57 @@ struct Cli {
 enum Command {
     /// Attach to an interface and write one JSON event per matched frame.
     Run(RunArgs),
+    /// Probe SIP servers with OPTIONS, INVITE and REGISTER and judge each one: genuine SIP
+    /// daemon, rogue listener, not listening, filtered or unknown, with the evidence for the
+    /// five signs. Sends only to the addresses named.
+    Probe(ProbeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Udp,
+    Tcp,
+    Both,
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// Targets: ADDRESS, ADDRESS:PORT or [IPV6]:PORT. Names are not resolved.
+    targets: Vec<String>,
+    /// Read more targets from FILE, one per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    targets_file: Option<PathBuf>,
+    /// Port for targets that name none.
+    #[arg(long, default_value_t = probe::target::DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// Transports to probe.
+    #[arg(long, value_enum, default_value = "both")]
+    transport: TransportArg,
+    /// Requests to send, in order.
+    #[arg(long, value_delimiter = ',', default_value = "options,invite,register")]
+    methods: Vec<Method>,
+    /// RFC 3261 T1 in milliseconds: the first UDP retransmission interval (doubles, capped at 4 s).
+    #[arg(long, default_value_t = 500)]
+    t1_ms: u64,
+    /// UDP retransmissions per request at most.
+    #[arg(long, default_value_t = 3)]
+    retransmissions: u32,
+    /// Milliseconds to wait for an answer to each request.
+    #[arg(long, default_value_t = 4000)]
+    timeout_ms: u64,
+    /// Milliseconds a TCP connect may take.
+    #[arg(long, default_value_t = 3000)]
+    connect_timeout_ms: u64,
+    /// Targets probed at the same time.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Packets per second over the whole run.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// One JSON object per target instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -83,6 +138,17 @@ struct RunArgs {
     /// Stop after this many events.
     #[arg(long)]
     count: Option<u64>,
+    /// Follow requests and responses per server and report rogue SIP daemons
+    /// (`rogue_server`, `sip_server` and `rogue_stats` documents). Needs --match-source-port.
+    #[arg(long)]
+    detect_rogue: bool,
+    /// Rogue detection: milliseconds without an answer before a request or a connect counts as
+    /// timed out.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    rogue_timeout_ms: u64,
+    /// Rogue detection: servers tracked at once (the least recently seen are evicted).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rogue_max_servers: u64,
 }
 
 fn parse_ports(s: &str) -> Result<PortSet, String> {
@@ -94,6 +160,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Probe(args) => probe_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +172,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.detect_rogue && !args.match_source_port {
+        anyhow::bail!(
+            "--detect-rogue needs --match-source-port: without it the sensor never sees the \
+             servers' answers"
+        );
+    }
     let options = RunOptions {
         interface: args.iface,
         mode: match args.xdp_mode {
@@ -125,6 +198,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         source_burst: args.source_burst,
         output: args.output,
         max_events: args.count,
+        detect_rogue: args.detect_rogue.then(|| TrackerConfig {
+            max_servers: args.rogue_max_servers as usize,
+            reply_timeout_ns: args.rogue_timeout_ms.saturating_mul(1_000_000),
+            connect_timeout_ns: args.rogue_timeout_ms.saturating_mul(1_000_000),
+            ..TrackerConfig::default()
+        }),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,9 +240,65 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         summary.interface, summary.mode
     );
     eprint!("{}{}", summary.kernel, summary.agent);
+    if let Some(rogue) = summary.rogue {
+        for (name, value) in rogue.iter() {
+            eprintln!("  rogue.{name:<23} {value:>14}");
+        }
+    }
     match summary.kernel.check() {
         Ok(()) => eprintln!("sensor: counters reconcile"),
         Err(e) => eprintln!("sensor: counters do not reconcile: {e}"),
     }
+    Ok(())
+}
+
+fn probe_command(args: ProbeArgs) -> anyhow::Result<()> {
+    let mut targets = args
+        .targets
+        .iter()
+        .map(|t| target::parse(t, args.port))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = &args.targets_file {
+        targets.extend(target::read_file(path, args.port)?);
+    }
+    let options = ProbeOptions {
+        transports: match args.transport {
+            TransportArg::Udp => Transports::Udp,
+            TransportArg::Tcp => Transports::Tcp,
+            TransportArg::Both => Transports::Both,
+        },
+        methods: args.methods,
+        t1: std::time::Duration::from_millis(args.t1_ms),
+        retransmissions: args.retransmissions,
+        timeout: std::time::Duration::from_millis(args.timeout_ms),
+        connect_timeout: std::time::Duration::from_millis(args.connect_timeout_ms),
+        concurrency: args.concurrency,
+        rate: args.rate,
+    };
+    options.validate()?;
+    eprintln!(
+        "sensor: probing {} target(s) as {} ({} per second at most, {} at a time)",
+        targets.len(),
+        probe::USER_AGENT,
+        options.rate,
+        options.concurrency
+    );
+    // One thread: the sockets are made where the command runs (its network namespace).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let reports = runtime.block_on(probe::probe_all(&targets, &options))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let now = sensor::clock::realtime_ns();
+        for report in &reports {
+            serde_json::to_writer(&mut out, &probe::report::ProbeDoc::new(now, report))?;
+            writeln!(out)?;
+        }
+    } else {
+        write!(out, "{}", probe::report::table(&reports))?;
+    }
+    out.flush()?;
     Ok(())
 }

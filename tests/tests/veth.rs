@@ -4,65 +4,30 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::Path,
     process::Stdio,
     sync::mpsc,
     time::Duration,
 };
 
 use sensor::{
-    agent::{self, RunOptions, RunSummary},
+    agent::{RunOptions, RunSummary},
     capture::AttachMode,
 };
 use sensor_common::Counter;
-use sensor_tests::temp_path;
+use sensor_tests::{
+    agent_run::{read_ndjson, run_agent_in},
+    temp_path,
+};
 use xtask::{lab, lab::Lab, traffic};
 
 /// Runs the agent in the lab's darknet namespace while `send` runs in another thread; the agent
-/// stops `settle` after `send` returns. Returns the summary and the NDJSON lines written.
+/// stops 300 ms after `send` returns. Returns the summary and the NDJSON lines written.
 fn run_agent_with(
     lab: &Lab,
-    mut options: RunOptions,
+    options: RunOptions,
     send: impl FnOnce() + Send,
 ) -> (RunSummary, Vec<serde_json::Value>) {
-    let output = temp_path("events.ndjson");
-    options.output = Some(output.clone());
-    let (attached_tx, attached_rx) = mpsc::channel::<()>();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let summary = std::thread::scope(|scope| {
-        scope.spawn(move || {
-            attached_rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("agent attached");
-            send();
-            let _ = done_tx.send(());
-        });
-        let _ns = lab.enter_dark().expect("enter darknet namespace");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(agent::run(
-            &options,
-            async {
-                let _ = done_rx.await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            },
-            |_| attached_tx.send(()).unwrap(),
-        ))
-    })
-    .expect("agent run");
-    let docs = read_ndjson(&output);
-    let _ = std::fs::remove_file(&output);
-    (summary, docs)
-}
-
-fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .expect("events file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
-        .collect()
+    run_agent_in(&lab.dark_ns, options, Duration::from_millis(300), send)
 }
 
 fn probes(docs: &[serde_json::Value]) -> Vec<&serde_json::Value> {

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod blaster;
 pub mod frames;
 pub mod lab;
+pub mod mirror;
 pub mod setup;
 pub mod traffic;
 

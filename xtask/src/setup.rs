@@ -27,6 +27,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "socat",
     "netcat-openbsd",
     "kamailio",
+    // A firewall DROP in a namespace: the rogue tests' filtered peer.
+    "nftables",
     // Output checks and benchmark peers.
     "prometheus",
     "sipgrep",
