@@ -232,10 +232,13 @@ pub enum Counter {
     CookieInvalid = 16,
     /// RSTs transmitted in answer to data (policy `reset`).
     RstSent = 17,
+    /// Replies that could not be built (the frame could not be resized or rewritten); the frame
+    /// got the configured action instead.
+    ReplyFailed = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FramesSeen,
         Counter::NonIp,
@@ -255,6 +258,7 @@ impl Counter {
         Counter::CookieValid,
         Counter::CookieInvalid,
         Counter::RstSent,
+        Counter::ReplyFailed,
     ];
 
     /// Stable snake_case name, used in JSON and metrics.
@@ -278,6 +282,7 @@ impl Counter {
             Counter::CookieValid => "cookie_valid",
             Counter::CookieInvalid => "cookie_invalid",
             Counter::RstSent => "rst_sent",
+            Counter::ReplyFailed => "reply_failed",
         }
     }
 }

@@ -8,7 +8,10 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{
+        bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
     macros::map,
     maps::{
         Array, LruPerCpuHashMap,
@@ -220,47 +223,207 @@ pub fn answer_syn(
         count(Counter::SynAckRefused);
         return None;
     }
-    // MSS for a 1500-byte path; window and options as a Linux server without timestamps sends.
-    let mss: u16 = if h.ip_version == 4 { 1460 } else { 1440 };
-    let [m0, m1] = mss.to_be_bytes();
-    let options: [u8; 12] = [2, 4, m0, m1, 1, 1, 4, 2, 1, 3, 3, 7];
+    // One scratch buffer for the MAC swap and the new headers: the stack is 512 bytes and the
+    // parse already uses a good part of it.
+    let mut scratch = [0u64; 16];
+    let mut options = [0u8; 20];
+    let len = synack_options(ctx, h, cookie, &mut options);
     let ok = rewrite(
         ctx,
         h,
+        &mut scratch,
         Segment {
             seq: cookie,
             ack: h.tcp_seq.wrapping_add(1),
             flags: TCP_SYN | TCP_ACK,
             window: 64240,
             options: &options,
+            options_len: len,
         },
     );
     if ok {
         count(Counter::SynAckSent);
         Some(xdp_action::XDP_TX)
     } else {
+        count(Counter::ReplyFailed);
         None
     }
+}
+
+/// What the client offered in its SYN options.
+struct Offers {
+    sack: bool,
+    window_scale: bool,
+    timestamp: bool,
+    /// The client's TSval, when it sent timestamps.
+    tsval: u32,
+}
+
+/// State of the option walk, handed to its bpf_loop callback.
+#[repr(C)]
+struct OptionWalk {
+    bytes: [u64; 8],
+    len: u32,
+    at: u32,
+    /// Bit 0: window scale, bit 1: SACK permitted, bit 2: timestamps.
+    seen: u32,
+    tsval: u32,
+}
+
+/// One option per call. Walking options is a loop whose paths multiply for the verifier when
+/// unrolled; under bpf_loop the callback is verified once.
+#[inline(never)]
+extern "C" fn walk_option(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut OptionWalk) };
+    if w.at >= w.len || w.at >= 40 {
+        return 1;
+    }
+    let b = w.bytes.as_ptr().cast::<u8>();
+    let byte = |k: u32| u32::from(unsafe { *b.add((k & 63) as usize) });
+    let kind = byte(w.at);
+    if kind == 0 {
+        return 1;
+    }
+    if kind == 1 {
+        w.at += 1;
+        return 0;
+    }
+    let olen = byte(w.at + 1);
+    if olen < 2 {
+        return 1;
+    }
+    if kind == 3 {
+        w.seen |= 1;
+    } else if kind == 4 {
+        w.seen |= 2;
+    } else if kind == 8 && olen == 10 {
+        w.seen |= 4;
+        w.tsval = (byte(w.at + 2) << 24)
+            | (byte(w.at + 3) << 16)
+            | (byte(w.at + 4) << 8)
+            | byte(w.at + 5);
+    }
+    w.at += olen;
+    0
+}
+
+/// Walks the SYN's options (at most 40 bytes).
+#[inline(always)]
+fn offers(ctx: &XdpContext, h: &Headers) -> Offers {
+    let mut found = Offers {
+        sack: false,
+        window_scale: false,
+        timestamp: false,
+        tsval: 0,
+    };
+    let len = u32::from(h.tcp_options_len);
+    if len == 0 {
+        return found;
+    }
+    let mut walk = OptionWalk {
+        bytes: [0; 8],
+        len,
+        at: 0,
+        seen: 0,
+        tsval: 0,
+    };
+    let copy = ((len - 1) & 63) + 1;
+    let b = walk.bytes.as_mut_ptr().cast::<u8>();
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, u32::from(h.tcp_options_offset), b.cast(), copy) } != 0
+    {
+        return found;
+    }
+    unsafe {
+        bpf_loop(
+            40,
+            walk_option as *const () as *mut core::ffi::c_void,
+            (&mut walk as *mut OptionWalk).cast(),
+            0,
+        );
+    }
+    found.window_scale = walk.seen & 1 != 0;
+    found.sack = walk.seen & 2 != 0;
+    found.timestamp = walk.seen & 4 != 0;
+    found.tsval = walk.tsval;
+    found
+}
+
+/// The options a Linux server puts in its SYN-ACK, given what the client offered, in Linux's
+/// order and padding: MSS; timestamps (SACK-permitted packed before them) or SACK-permitted
+/// alone; window scale. Our TSval is the cookie: stateless, like the rest. Returns the length.
+#[inline(always)]
+fn synack_options(ctx: &XdpContext, h: &Headers, cookie: u32, out: &mut [u8; 20]) -> usize {
+    let offered = offers(ctx, h);
+    // MSS for a 1500-byte path.
+    let mss: u16 = if h.ip_version == 4 { 1460 } else { 1440 };
+    let [m0, m1] = mss.to_be_bytes();
+    out[0] = 2;
+    out[1] = 4;
+    out[2] = m0;
+    out[3] = m1;
+    let mut n = 4;
+    if offered.timestamp {
+        let echo = offered.tsval;
+        if offered.sack {
+            out[4] = 4;
+            out[5] = 2;
+        } else {
+            out[4] = 1;
+            out[5] = 1;
+        }
+        out[6] = 8;
+        out[7] = 10;
+        let [v0, v1, v2, v3] = cookie.to_be_bytes();
+        let [e0, e1, e2, e3] = echo.to_be_bytes();
+        out[8] = v0;
+        out[9] = v1;
+        out[10] = v2;
+        out[11] = v3;
+        out[12] = e0;
+        out[13] = e1;
+        out[14] = e2;
+        out[15] = e3;
+        n = 16;
+    } else if offered.sack {
+        out[4] = 1;
+        out[5] = 1;
+        out[6] = 4;
+        out[7] = 2;
+        n = 8;
+    }
+    // The branches above leave n at 4, 8 or 16; the bound lets the compiler drop the checks.
+    if offered.window_scale && n <= 16 {
+        out[n] = 1;
+        out[n + 1] = 3;
+        out[n + 2] = 3;
+        out[n + 3] = 7;
+        n += 4;
+    }
+    n
 }
 
 /// Answers data of a cookie session with RST (policy `reset`).
 #[inline(always)]
 pub fn answer_data(ctx: &XdpContext, h: &Headers) -> Option<u32> {
+    let mut scratch = [0u64; 16];
     let ok = rewrite(
         ctx,
         h,
+        &mut scratch,
         Segment {
             seq: h.tcp_ack,
             ack: 0,
             flags: TCP_RST,
             window: 0,
-            options: &[],
+            options: &[0; 20],
+            options_len: 0,
         },
     );
     if ok {
         count(Counter::RstSent);
         Some(xdp_action::XDP_TX)
     } else {
+        count(Counter::ReplyFailed);
         None
     }
 }
@@ -270,7 +433,9 @@ struct Segment<'a> {
     ack: u32,
     flags: u8,
     window: u16,
-    options: &'a [u8],
+    options: &'a [u8; 20],
+    /// 0, 4, 8, 12, 16 or 20.
+    options_len: usize,
 }
 
 /// Adds a 16-bit word, as it lies in memory, to a ones' complement sum.
@@ -298,10 +463,10 @@ fn fold(mut sum: u32) -> u16 {
 /// proving to the verifier. Checksums are computed from the 16-bit words as they lie in memory
 /// (ones' complement sums are byte-order neutral).
 #[inline(always)]
-fn rewrite(ctx: &XdpContext, h: &Headers, seg: Segment) -> bool {
+fn rewrite(ctx: &XdpContext, h: &Headers, scratch: &mut [u64; 16], seg: Segment) -> bool {
     let v4 = h.ip_version == 4;
     let ip_len: usize = if v4 { 20 } else { 40 };
-    let opt_len = seg.options.len() & 0x0f;
+    let opt_len = seg.options_len & 0x1c;
     let tcp_len = 20 + opt_len;
     let l3 = u32::from(h.l3_offset);
     let new_len = l3 as usize + ip_len + tcp_len;
@@ -311,25 +476,25 @@ fn rewrite(ctx: &XdpContext, h: &Headers, seg: Segment) -> bool {
         return false;
     }
 
-    let mut macs = [0u64; 2];
-    let m = macs.as_mut_ptr().cast::<u8>();
+    // MACs swapped through the scratch buffer: read into bytes 0..12, write from 16..28.
+    let m = scratch.as_mut_ptr().cast::<u8>();
     if unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, m.cast(), 12) } != 0 {
         return false;
     }
-    let mut swapped = [0u64; 2];
-    let s = swapped.as_mut_ptr().cast::<u8>();
     for i in 0..6 {
         unsafe {
-            *s.add(i) = *m.add(6 + i);
-            *s.add(6 + i) = *m.add(i);
+            *m.add(16 + i) = *m.add(6 + i);
+            *m.add(22 + i) = *m.add(i);
         }
     }
-    if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, s.cast(), 12) } != 0 {
+    if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, m.add(16).cast(), 12) } != 0 {
         return false;
     }
 
-    let mut buf = [0u64; 16];
-    let b = buf.as_mut_ptr().cast::<u8>();
+    for w in scratch.iter_mut() {
+        unsafe { core::ptr::write_volatile(w, 0) };
+    }
+    let b = scratch.as_mut_ptr().cast::<u8>();
     let mut pseudo: u32 = 0;
     unsafe {
         if v4 {
@@ -386,12 +551,13 @@ fn rewrite(ctx: &XdpContext, h: &Headers, seg: Segment) -> bool {
             (tcp.add(i * 2) as *mut u16).write_unaligned(*w);
             add(&mut sum, *w);
         }
-        let mut i = 0;
-        while i + 1 < opt_len && i < 12 {
-            let w = u16::from_ne_bytes([seg.options[i], seg.options[i + 1]]);
-            (tcp.add(20 + i) as *mut u16).write_unaligned(w);
+        for i in 0..10 {
+            if i * 2 >= opt_len {
+                break;
+            }
+            let w = u16::from_ne_bytes([seg.options[i * 2], seg.options[i * 2 + 1]]);
+            (tcp.add(20 + i * 2) as *mut u16).write_unaligned(w);
             add(&mut sum, w);
-            i += 2;
         }
         (tcp.add(16) as *mut u16).write_unaligned(fold(sum));
     }

@@ -3,11 +3,12 @@
 use std::{future::Future, path::PathBuf, pin::pin, time::Duration};
 
 use sensor_common::{
-    DEFAULT_PREFIX_LEN, DEFAULT_RING_BYTES, MatchAction, PAYLOAD_CAPACITY, SensorConfig,
+    DEFAULT_PREFIX_LEN, DEFAULT_RING_BYTES, MatchAction, PAYLOAD_CAPACITY, ReactivePolicy,
+    SensorConfig,
 };
 
 use crate::{
-    capture::{AttachMode, CaptureError, PortSet, RingReader, SensorProgram},
+    capture::{AttachMode, CaptureError, IpPrefix, PortSet, RingReader, SensorProgram},
     clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
@@ -20,12 +21,17 @@ use crate::{
         Tracker, TrackerConfig, TrackerCounters,
         doc::{RogueStatsDoc, ServerDoc},
     },
+    session::SynJoiner,
 };
 
 /// Records handled per wakeup before the loop checks for shutdown and flushes.
 const BATCH: usize = 4096;
 /// The longest a record waits in the ring when the kernel batches wakeups.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// Answered SYNs remembered to join to the request that follows.
+const SYN_JOIN_CAPACITY: usize = 65_536;
+/// How often the SYN cookie secret changes; a cookie survives one change.
+const SECRET_ROTATION: Duration = Duration::from_secs(600);
 /// How often the rogue tracker resolves timeouts and reports findings.
 const ROGUE_POLL: Duration = Duration::from_secs(1);
 
@@ -43,6 +49,12 @@ pub struct RunOptions {
     /// Per-source records per second admitted by the kernel (0: unlimited), and the burst.
     pub source_rate: u32,
     pub source_burst: u32,
+    /// Answer TCP SYNs to `reactive_prefixes` with SYN-cookie SYN-ACKs (off by default).
+    pub reactive: ReactivePolicy,
+    pub reactive_prefixes: Vec<IpPrefix>,
+    /// SYN-ACKs per second per source, and the burst: the reflector limit.
+    pub synack_rate: u32,
+    pub synack_burst: u32,
     /// None: stdout.
     pub output: Option<PathBuf>,
     /// Stop after this many events (for tests and demonstrations).
@@ -65,6 +77,10 @@ impl RunOptions {
             wakeup_bytes: 0,
             source_rate: 0,
             source_burst: 0,
+            reactive: ReactivePolicy::Off,
+            reactive_prefixes: Vec::new(),
+            synack_rate: 10,
+            synack_burst: 20,
             output: None,
             max_events: None,
             detect_rogue: None,
@@ -75,6 +91,7 @@ impl RunOptions {
         SensorConfig::new(self.action, self.match_source_port, self.prefix_len)
             .with_wakeup_bytes(self.wakeup_bytes)
             .with_source_limit(self.source_rate, self.source_burst)
+            .with_reactive(self.reactive, self.synack_rate, self.synack_burst)
     }
 }
 
@@ -89,6 +106,13 @@ pub enum AgentError {
     },
     #[error("prefix length {0} out of range: expected 1 to {PAYLOAD_CAPACITY}")]
     PrefixLen(u16),
+    #[error(
+        "--reactive needs --reactive-prefixes: the darknet prefixes it may answer for \
+         (e.g. 203.0.113.0/24)"
+    )]
+    ReactiveWithoutPrefixes,
+    #[error("cannot read random bytes for the SYN cookie secret: {0}")]
+    Random(std::io::Error),
 }
 
 /// What a run did, for the final report.
@@ -127,9 +151,22 @@ pub async fn run(
             source,
         })?,
     };
+    if options.reactive != ReactivePolicy::Off && options.reactive_prefixes.is_empty() {
+        return Err(AgentError::ReactiveWithoutPrefixes);
+    }
     let mut program = SensorProgram::load(options.ring_bytes)?;
-    program.set_config(options.kernel_config())?;
+    let mut kernel_config = options.kernel_config();
+    program.set_config(kernel_config)?;
     program.set_ports(&options.ports)?;
+    if options.reactive != ReactivePolicy::Off {
+        program.set_reactive_prefixes(&options.reactive_prefixes)?;
+        program.set_cookie_secret(0, random_secret()?)?;
+        program.set_cookie_secret(1, random_secret()?)?;
+    }
+    let mut secret_rotation = tokio::time::interval_at(
+        tokio::time::Instant::now() + SECRET_ROTATION,
+        SECRET_ROTATION,
+    );
     let ring = program
         .take_ring()
         .ok_or(CaptureError::Missing(sensor_common::map_names::EVENTS))?;
@@ -148,10 +185,11 @@ pub async fn run(
     let mut shutdown = pin!(shutdown);
     let mut rogue = options.detect_rogue.clone().map(Tracker::new);
     let mut rogue_tick = tokio::time::interval(ROGUE_POLL);
-    let handle = |bytes: &[u8],
-                  agent: &mut AgentCounters,
-                  writer: &mut NdjsonWriter,
-                  rogue: &mut Option<Tracker>| {
+    let mut joiner = SynJoiner::new(SYN_JOIN_CAPACITY);
+    let mut handle = |bytes: &[u8],
+                      agent: &mut AgentCounters,
+                      writer: &mut NdjsonWriter,
+                      rogue: &mut Option<Tracker>| {
         agent.records_read += 1;
         match Record::from_bytes(bytes) {
             Ok(record) => {
@@ -159,7 +197,11 @@ pub async fn run(
                     record,
                     wall_ns: clock.wall_ns(record.timestamp_ns()),
                 };
-                match writer.write(&EventDoc::new(&event)) {
+                let mut doc = EventDoc::new(&event);
+                if let Some(reactive) = &mut doc.reactive {
+                    reactive.syn = joiner.observe(&record, event.wall_ns);
+                }
+                match writer.write(&doc) {
                     Ok(()) => agent.events_written += 1,
                     Err(_) => agent.output_errors += 1,
                 }
@@ -178,6 +220,14 @@ pub async fn run(
                 if writer.flush().is_err() {
                     agent.output_errors += 1;
                 }
+            }
+            _ = secret_rotation.tick(), if options.reactive != ReactivePolicy::Off => {
+                // Sign with the other slot from now on; the old secret still validates the
+                // cookies it signed until the next rotation.
+                let next = kernel_config.secret_generation ^ 1;
+                program.set_cookie_secret(next, random_secret()?)?;
+                kernel_config.secret_generation = next;
+                program.set_config(kernel_config)?;
             }
             _ = rogue_tick.tick(), if rogue.is_some() => {
                 if let Some(tracker) = &mut rogue {
@@ -250,4 +300,19 @@ fn write_rogue_final(tracker: &Tracker, writer: &mut NdjsonWriter, agent: &mut A
     {
         agent.output_errors += 1;
     }
+}
+
+/// 128 random bits from the kernel for a SipHash key.
+fn random_secret() -> Result<[u64; 2], AgentError> {
+    let mut bytes = [0u8; 16];
+    // SAFETY: valid buffer and length.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err(AgentError::Random(std::io::Error::last_os_error()));
+    }
+    let (a, b) = bytes.split_at(8);
+    Ok([
+        u64::from_ne_bytes(a.try_into().unwrap_or_default()),
+        u64::from_ne_bytes(b.try_into().unwrap_or_default()),
+    ])
 }

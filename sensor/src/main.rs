@@ -90,6 +90,16 @@ enum ModeArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ReactiveArg {
+    /// Never answer (default).
+    Off,
+    /// SYN-ACK with a SYN cookie, then silence (like the rogue listener of the second seed).
+    Silent,
+    /// SYN-ACK with a SYN cookie, then RST after the first data segment.
+    Reset,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ActionArg {
     /// Drop matched frames (darknet default: nothing listens).
     Drop,
@@ -132,6 +142,19 @@ struct RunArgs {
     /// Burst allowed per source above --source-rate (records).
     #[arg(long, default_value_t = 100)]
     source_burst: u32,
+    /// Answer TCP SYNs to --reactive-prefixes from the XDP program with SYN-cookie SYN-ACKs, so
+    /// TCP scanners send their request; off by default.
+    #[arg(long, value_enum, default_value = "off")]
+    reactive: ReactiveArg,
+    /// Darknet prefixes the reactive responder answers for, e.g. `203.0.113.0/24,2001:db8::/32`.
+    #[arg(long, value_parser = parse_prefix_list, default_value = "")]
+    reactive_prefixes: PrefixList,
+    /// SYN-ACKs per second per source (the reflector limit).
+    #[arg(long, default_value_t = 10)]
+    synack_rate: u32,
+    /// Burst of SYN-ACKs allowed per source above --synack-rate.
+    #[arg(long, default_value_t = 20)]
+    synack_burst: u32,
     /// Write events to this file (mode 0640, appended) instead of stdout.
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
@@ -149,6 +172,15 @@ struct RunArgs {
     /// Rogue detection: servers tracked at once (the least recently seen are evicted).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     rogue_max_servers: u64,
+}
+
+#[derive(Clone, Debug)]
+struct PrefixList(Vec<sensor::capture::IpPrefix>);
+
+fn parse_prefix_list(s: &str) -> Result<PrefixList, String> {
+    sensor::capture::parse_prefixes(s)
+        .map(PrefixList)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_ports(s: &str) -> Result<PortSet, String> {
@@ -196,6 +228,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         wakeup_bytes: args.wakeup_bytes,
         source_rate: args.source_rate,
         source_burst: args.source_burst,
+        reactive: match args.reactive {
+            ReactiveArg::Off => sensor_common::ReactivePolicy::Off,
+            ReactiveArg::Silent => sensor_common::ReactivePolicy::Silent,
+            ReactiveArg::Reset => sensor_common::ReactivePolicy::Reset,
+        },
+        reactive_prefixes: args.reactive_prefixes.0,
+        synack_rate: args.synack_rate,
+        synack_burst: args.synack_burst,
         output: args.output,
         max_events: args.count,
         detect_rogue: args.detect_rogue.then(|| TrackerConfig {

@@ -12,11 +12,11 @@ use std::time::Duration;
 use sensor::capture::{PortSet, XdpVerdict};
 use sensor_common::{Counter, MatchAction, SensorConfig};
 use sensor_tests::{
-    baseline::PassProgram,
     frames::{Frame, LINUX_SYN_OPTIONS, TCP_SYN},
     harness::Harness,
     pin_to_cpu,
 };
+use xtask::xdp_pass::PassProgram;
 
 const RUNS: u32 = 1_000_000;
 const CHUNK: u32 = 50_000;

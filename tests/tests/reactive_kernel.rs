@@ -13,8 +13,23 @@ use sensor_tests::{
     harness::Harness,
 };
 
-const SYNACK_OPTIONS_V4: [u8; 12] = [2, 4, 0x05, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7];
-const SYNACK_OPTIONS_V6: [u8; 12] = [2, 4, 0x05, 0xa0, 1, 1, 4, 2, 1, 3, 3, 7];
+/// What a Linux server answers to a Linux SYN (MSS, SACK permitted, timestamps, window scale):
+/// MSS, SACK permitted packed before timestamps (TSval = the cookie, TSecr = the client's TSval),
+/// window scale 7.
+fn synack_options(v4: bool, cookie: u32, client_tsval: u32) -> Vec<u8> {
+    let mut o = vec![2, 4];
+    o.extend_from_slice(&(if v4 { 1460u16 } else { 1440 }).to_be_bytes());
+    o.extend_from_slice(&[4, 2, 8, 10]);
+    o.extend_from_slice(&cookie.to_be_bytes());
+    o.extend_from_slice(&client_tsval.to_be_bytes());
+    o.extend_from_slice(&[1, 3, 3, 7]);
+    o
+}
+
+/// The client's TSval in LINUX_SYN_OPTIONS.
+const CLIENT_TSVAL: u32 = 0x0001_0203;
+/// nmap -sS offers only an MSS.
+const NMAP_SYN_OPTIONS: [u8; 4] = [2, 4, 5, 0xb4];
 const REQUEST: &[u8] = b"OPTIONS sip:nm SIP/2.0\r\nVia: SIP/2.0/TCP nm;branch=foo\r\n\r\n";
 
 fn responder(policy: ReactivePolicy, action: MatchAction, cookie_shift: Option<u32>) -> Harness {
@@ -50,17 +65,22 @@ fn expected_synack(syn: &Frame, cookie: u32) -> Vec<u8> {
         _ => unreachable!(),
     };
     let v4 = syn.src.is_ipv4();
+    let options = match &syn.l4 {
+        L4::Tcp { options, .. } if options.as_slice() == LINUX_SYN_OPTIONS => {
+            synack_options(v4, cookie, CLIENT_TSVAL)
+        }
+        L4::Tcp { options, .. } if options.as_slice() == NMAP_SYN_OPTIONS => {
+            vec![2, 4, 0x05, if v4 { 0xb4 } else { 0xa0 }]
+        }
+        _ => unreachable!("expected replies are written for Linux and nmap SYNs"),
+    };
     let mut reply = Frame::tcp(
         &syn.dst.to_string(),
         &syn.src.to_string(),
         syn.dst_port,
         syn.src_port,
         TCP_SYN | TCP_ACK,
-        if v4 {
-            &SYNACK_OPTIONS_V4
-        } else {
-            &SYNACK_OPTIONS_V6
-        },
+        &options,
     );
     reply.vlans = syn.vlans.clone();
     reply.ip_id = 0;
@@ -140,10 +160,20 @@ fn synack_is_byte_exact_for_ipv4_ipv6_and_vlan() {
     let mut h = responder(ReactivePolicy::Silent, MatchAction::Drop, None);
     let mut tagged = syn("198.51.100.7", "203.0.113.9");
     tagged.vlans = vec![(0x8100, 42)];
+    let mut nmap = syn("198.51.100.7", "203.0.113.9");
+    if let L4::Tcp {
+        options, window, ..
+    } = &mut nmap.l4
+    {
+        *options = NMAP_SYN_OPTIONS.to_vec();
+        *window = 1024;
+    }
+    nmap.dont_fragment = false;
     for frame in [
         syn("198.51.100.7", "203.0.113.9"),
         syn("2001:db8::7", "2001:db8:dead::9"),
         tagged,
+        nmap,
     ] {
         let before = h.counters();
         let (verdict, out) = h.program.test_run_output(&frame.build()).unwrap();

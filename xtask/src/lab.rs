@@ -167,6 +167,16 @@ impl Lab {
         NetnsGuard::enter(&self.scan_ns)
     }
 
+    /// Attaches an XDP_PASS program to the scanner's end, which veth needs there to deliver
+    /// frames the darknet end sends with XDP_TX. Detached when the returned descriptor drops.
+    pub fn let_scanner_receive_xdp_tx(&self) -> Result<std::os::fd::OwnedFd> {
+        let _ns = self.enter_scan()?;
+        let program = crate::xdp_pass::PassProgram::load().context("load XDP_PASS program")?;
+        program
+            .attach(&self.scan_if)
+            .context("attach XDP_PASS to the scanner end")
+    }
+
     /// Whether any XDP program is attached to the darknet interface.
     pub fn dark_has_xdp(&self) -> Result<bool> {
         let out = Command::new("ip")

@@ -8,6 +8,7 @@ pub mod lab;
 pub mod mirror;
 pub mod setup;
 pub mod traffic;
+pub mod xdp_pass;
 
 use std::process::Command;
 

@@ -38,6 +38,20 @@ pub struct EventDoc<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpDoc>,
     pub payload: PayloadDoc,
+    /// Present for TCP segments the reactive responder answered or validated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reactive: Option<ReactiveDoc>,
+}
+
+#[derive(Serialize)]
+pub struct ReactiveDoc {
+    /// This SYN was answered with a SYN-cookie SYN-ACK.
+    pub syn_answered: bool,
+    /// This segment's ACK carried a valid cookie: the scanner completed a handshake with us.
+    pub session: bool,
+    /// The session's SYN, joined from its own record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn: Option<crate::session::SynFields>,
 }
 
 #[derive(Serialize)]
@@ -131,6 +145,15 @@ impl<'a> EventDoc<'a> {
                 truncated: r.payload_truncated(),
                 frame_short: r.frame_short(),
                 printable: escape_bytes(r.payload()),
+            },
+            reactive: {
+                let answered = raw.flags & sensor_common::record_flags::SYN_ANSWERED != 0;
+                let session = raw.flags & sensor_common::record_flags::REACTIVE_SESSION != 0;
+                (answered || session).then_some(ReactiveDoc {
+                    syn_answered: answered,
+                    session,
+                    syn: None,
+                })
             },
         }
     }

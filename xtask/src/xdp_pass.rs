@@ -1,11 +1,14 @@
-//! The floor for kernel cost measurements: an XDP program that only returns XDP_PASS, loaded
-//! straight through bpf(2) from two instructions, so that nothing of the sensor's object (maps,
-//! BTF, toolchain) is in it.
+//! An XDP program that only returns XDP_PASS, loaded straight through bpf(2) from two
+//! instructions. Two uses: the floor for kernel cost measurements (nothing of the sensor's object,
+//! maps, BTF or toolchain is in it), and the scanner end of a lab veth pair, which must run an XDP
+//! program to receive what the sensor sends with XDP_TX (the reactive responder's SYN-ACKs).
 
 use std::{io, os::fd::AsRawFd as _, os::fd::FromRawFd as _, os::fd::OwnedFd, time::Duration};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_XDP: u32 = 37;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 
 /// `r0 = XDP_PASS (2); exit`.
@@ -50,6 +53,28 @@ impl PassProgram {
         Ok(Self {
             fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
         })
+    }
+
+    /// Attaches to `interface` (in the calling thread's network namespace) as a bpf_link, in
+    /// native mode; the attachment lasts as long as the returned descriptor.
+    pub fn attach(&self, interface: &str) -> io::Result<OwnedFd> {
+        let name = std::ffi::CString::new(interface)?;
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                interface.to_string(),
+            ));
+        }
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, self.fd.as_raw_fd() as u32);
+        put_u32(&mut attr, 4, ifindex);
+        put_u32(&mut attr, 8, BPF_XDP);
+        put_u32(&mut attr, 12, 1 << 2); // XDP_FLAGS_DRV_MODE
+        let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+        // SAFETY: the kernel returned a new descriptor that we now own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
     /// BPF_PROG_TEST_RUN: the verdict and the kernel's mean time per run.
