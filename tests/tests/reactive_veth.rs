@@ -48,7 +48,7 @@ fn watch_replies(lab: &Lab) -> Child {
 }
 
 /// The TCP segments from the darknet that tcpdump saw arrive.
-fn replies(mut child: Child) -> Vec<String> {
+fn replies(child: Child) -> Vec<String> {
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
