@@ -243,7 +243,7 @@ impl CaptureRecord {
 const _: () = {
     assert!(CaptureRecord::HEADER_LEN == 104);
     assert!(CaptureRecord::SIZE == 104 + TCP_OPTIONS_CAPACITY + PAYLOAD_CAPACITY);
-    assert!(CaptureRecord::SIZE % 8 == 0);
+    assert!(CaptureRecord::SIZE.is_multiple_of(8));
     assert!(PAYLOAD_CAPACITY.is_power_of_two());
     assert!(core::mem::size_of::<SensorConfig>() == 16);
 };

@@ -78,7 +78,7 @@ impl SensorProgram {
     /// the page size.
     pub fn load(ring_bytes: u32) -> Result<Self, CaptureError> {
         let page = page_size();
-        if !ring_bytes.is_power_of_two() || ring_bytes < page || ring_bytes % page != 0 {
+        if !ring_bytes.is_power_of_two() || ring_bytes < page || !ring_bytes.is_multiple_of(page) {
             return Err(CaptureError::RingSize { ring_bytes, page });
         }
         let mut ebpf = EbpfLoader::new()
