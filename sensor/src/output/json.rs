@@ -11,6 +11,7 @@ use crate::{
     counters::{AgentCounters, KernelCounters},
     escape::{escape_bytes, hex},
     event::Event,
+    output::{fingerprint::FingerprintDoc, sip::SipDoc},
     record::{MatchedOn, tcp_flags_string},
 };
 
@@ -38,6 +39,12 @@ pub struct EventDoc<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpDoc>,
     pub payload: PayloadDoc,
+    /// The parsed payload (`output::sip`), when the agent parsed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sip: Option<SipDoc>,
+    /// The attribution with its evidence (`output::fingerprint`), when the agent ran the engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<FingerprintDoc>,
 }
 
 #[derive(Serialize)]
@@ -132,7 +139,16 @@ impl<'a> EventDoc<'a> {
                 frame_short: r.frame_short(),
                 printable: escape_bytes(r.payload()),
             },
+            sip: None,
+            fingerprint: None,
         }
+    }
+
+    /// Adds what the parser and the fingerprint engine found.
+    pub fn with_analysis(mut self, sip: SipDoc, fingerprint: FingerprintDoc) -> Self {
+        self.sip = Some(sip);
+        self.fingerprint = Some(fingerprint);
+        self
     }
 }
 
