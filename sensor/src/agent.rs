@@ -11,6 +11,7 @@ use crate::{
     clock::{WallClock, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
+    fingerprint::{Engine, RuleError, SourceTracker},
     output::{
         NdjsonWriter,
         json::{EventDoc, StatsDoc},
@@ -34,6 +35,8 @@ pub struct RunOptions {
     pub output: Option<PathBuf>,
     /// Stop after this many events (for tests and demonstrations).
     pub max_events: Option<u64>,
+    /// Fingerprint rules loaded beside the built-in ones.
+    pub rules: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -48,6 +51,7 @@ impl RunOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             output: None,
             max_events: None,
+            rules: None,
         }
     }
 
@@ -67,6 +71,8 @@ pub enum AgentError {
     },
     #[error("prefix length {0} out of range: expected 1 to {PAYLOAD_CAPACITY}")]
     PrefixLen(u16),
+    #[error(transparent)]
+    Rules(#[from] RuleError),
 }
 
 /// What a run did, for the final report.
@@ -97,6 +103,9 @@ pub async fn run(
     if options.prefix_len == 0 || usize::from(options.prefix_len) > PAYLOAD_CAPACITY {
         return Err(AgentError::PrefixLen(options.prefix_len));
     }
+    // Rules first: a bad rule file stops the run before anything is attached.
+    let engine = Engine::load(options.rules.as_deref())?;
+    let mut sources = SourceTracker::default();
     let mut writer = match &options.output {
         None => NdjsonWriter::stdout(),
         Some(path) => NdjsonWriter::create(path).map_err(|source| AgentError::Output {
@@ -123,7 +132,7 @@ pub async fn run(
     let mut agent = AgentCounters::default();
     let limit = options.max_events.unwrap_or(u64::MAX);
     let mut shutdown = pin!(shutdown);
-    let handle = |bytes: &[u8], agent: &mut AgentCounters, writer: &mut NdjsonWriter| {
+    let mut handle = |bytes: &[u8], agent: &mut AgentCounters, writer: &mut NdjsonWriter| {
         agent.records_read += 1;
         match Record::from_bytes(bytes) {
             Ok(record) => {
@@ -131,7 +140,7 @@ pub async fn run(
                     record,
                     wall_ns: clock.wall_ns(record.timestamp_ns()),
                 };
-                match writer.write(&EventDoc::new(&event)) {
+                match writer.write(&EventDoc::analyzed(&event, &engine, &mut sources)) {
                     Ok(()) => agent.events_written += 1,
                     Err(_) => agent.output_errors += 1,
                 }

@@ -72,6 +72,9 @@ struct RunArgs {
     /// Stop after this many events.
     #[arg(long)]
     count: Option<u64>,
+    /// Fingerprint rule file (TOML) loaded beside the built-in rules.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
 }
 
 fn parse_ports(s: &str) -> Result<PortSet, String> {
@@ -111,6 +114,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ring_bytes: args.ring_bytes,
         output: args.output,
         max_events: args.count,
+        rules: args.rules,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1174,3 +1174,34 @@ fn classify_from_an_event() {
     let fp = e.classify(&event, &msg);
     assert_all_printable(&fp);
 }
+
+#[test]
+fn event_document_carries_sip_and_fingerprint_objects() {
+    let e = engine();
+    let payload = crlf(SEED_PAYLOAD_2);
+    let raw = record_for(&payload, 0);
+    let record = Record::new(&raw).unwrap();
+    let event = Event { record, wall_ns: 1 };
+    let mut sources = SourceTracker::new(8);
+    let doc = crate::output::json::EventDoc::analyzed(&event, &e, &mut sources);
+    let json = serde_json::to_value(&doc).unwrap();
+    assert_eq!(json["sip"]["kind"], "sip_request");
+    assert_eq!(json["sip"]["user_agent"], "sundayddr");
+    assert_eq!(json["sip"]["header_order"][1], "Content-Length");
+    assert_eq!(json["fingerprint"]["tool"], "sipvicious");
+    assert_eq!(
+        json["fingerprint"]["rule"],
+        "sipvicious-svmap-mod-sundayddr"
+    );
+    assert_eq!(
+        json["fingerprint"]["inferences"]["via_host"]["class"],
+        "tool_constant"
+    );
+    assert_eq!(
+        json["fingerprint"]["inferences"]["ip_id"]["source"]["packets"],
+        1
+    );
+    // Without analysis the objects are absent, not null.
+    let plain = serde_json::to_value(crate::output::json::EventDoc::new(&event)).unwrap();
+    assert!(plain.get("sip").is_none() && plain.get("fingerprint").is_none());
+}

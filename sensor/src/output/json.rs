@@ -11,8 +11,10 @@ use crate::{
     counters::{AgentCounters, KernelCounters},
     escape::{escape_bytes, hex},
     event::Event,
+    fingerprint::{Engine, SourceTracker},
     output::{fingerprint::FingerprintDoc, sip::SipDoc},
     record::{MatchedOn, tcp_flags_string},
+    sip::SipMessage,
 };
 
 /// Version of the event schema; bumped only on incompatible change.
@@ -149,6 +151,15 @@ impl<'a> EventDoc<'a> {
         self.sip = Some(sip);
         self.fingerprint = Some(fingerprint);
         self
+    }
+
+    /// The document of an event with its payload parsed and fingerprinted (the source's
+    /// IP-ID state updated on the way).
+    pub fn analyzed(event: &Event<'a>, engine: &Engine, sources: &mut SourceTracker) -> Self {
+        let record = event.record;
+        let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+        let fingerprint = engine.classify_tracked(event, &sip, sources);
+        Self::new(event).with_analysis(SipDoc::new(&sip), FingerprintDoc::new(&fingerprint))
     }
 }
 
