@@ -3,7 +3,11 @@
 
 use std::path::Path;
 
-use crate::{escape::escape_bounded, event::Event, sip::SipMessage};
+use crate::{
+    escape::{escape_bounded, escape_bytes_into},
+    event::Event,
+    sip::SipMessage,
+};
 
 use super::{
     facts::{Facts, Kind, Packet, Value},
@@ -21,6 +25,9 @@ pub const BUILTIN_RULES: &str = include_str!("../../rules/builtin.toml");
 
 /// Longest observed value shown in one evidence item.
 const EVIDENCE_VALUE_MAX: usize = 160;
+
+/// Certainty is never claimed: the best a rule can score.
+const MAX_CONFIDENCE: f64 = 0.99;
 
 /// Other matching rules reported beside the winner.
 const MAX_ALTERNATIVES: usize = 3;
@@ -109,40 +116,69 @@ impl Fingerprint<'_> {
 struct Score {
     confidence: f64,
     matched: usize,
+    /// Which `require_any`, `boost` and `expect` conditions held (rules have at most 64 per
+    /// section), so the winner's evidence needs no second evaluation.
+    any: u64,
+    boost: u64,
+    expect: u64,
+}
+
+fn mask(conds: &[Condition], facts: &Facts<'_>) -> u64 {
+    conds
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.holds(facts))
+        .fold(0, |m, (i, _)| m | 1 << i)
+}
+
+fn bit(mask: u64, i: usize) -> bool {
+    mask & (1 << i) != 0
 }
 
 fn score(rule: &Rule, facts: &Facts<'_>) -> Option<Score> {
-    if !rule.require.iter().all(|c| c.holds(facts)) {
+    if !rule
+        .require_order
+        .iter()
+        .all(|&i| rule.require[i].holds(facts))
+    {
         return None;
     }
-    if !rule.require_any.is_empty() && !rule.require_any.iter().any(|c| c.holds(facts)) {
+    let any = mask(&rule.require_any, facts);
+    if !rule.require_any.is_empty() && any == 0 {
         return None;
     }
     if rule.reject.iter().any(|c| c.holds(facts)) {
         return None;
     }
+    let boost = mask(&rule.boost, facts);
+    let expect = mask(&rule.expect, facts);
     let mut confidence = rule.confidence;
-    let mut matched = rule.require.len() + usize::from(!rule.require_any.is_empty());
-    for c in rule.boost.iter().chain(&rule.expect) {
-        if c.holds(facts) {
-            confidence += c.weight;
-            matched += 1;
+    let mut matched = rule.require.len() + usize::from(any != 0);
+    for (conds, m) in [(&rule.boost, boost), (&rule.expect, expect)] {
+        for (i, c) in conds.iter().enumerate() {
+            if bit(m, i) {
+                confidence += c.weight;
+                matched += 1;
+            }
         }
     }
     Some(Score {
-        confidence: confidence.min(1.0),
+        confidence: confidence.min(MAX_CONFIDENCE),
         matched,
+        any,
+        boost,
+        expect,
     })
 }
 
 fn render(facts: &Facts<'_>, cond: &Condition) -> String {
     if cond.field.kind() == Kind::List {
-        let mut out = String::new();
+        let mut out = String::with_capacity(160);
         for (i, name) in facts.names(&cond.field).enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&escape_bounded(name, 40));
+            escape_bytes_into(&name[..name.len().min(40)], &mut out);
             if out.len() > EVIDENCE_VALUE_MAX * 4 {
                 out.push_str(",...");
                 break;
@@ -213,7 +249,8 @@ impl Engine {
                     });
                 }
             }
-            labels.push(file.ruleset.unwrap_or_else(|| origin.to_string()));
+            let label = file.ruleset.unwrap_or_else(|| origin.to_string());
+            labels.push(escape_bounded(label.as_bytes(), 128));
             rules.extend(file.rules);
         }
         Ok(Engine {
@@ -287,6 +324,7 @@ impl Engine {
         alternatives.truncate(MAX_ALTERNATIVES);
 
         let template = template_hash(sip);
+        let masks = best.as_ref().map(|(_, s)| (s.any, s.boost, s.expect));
         let mut fp = Fingerprint {
             rule: best.as_ref().map(|(r, _)| *r),
             confidence: best.as_ref().map_or(0.0, |(_, s)| s.confidence),
@@ -298,26 +336,30 @@ impl Engine {
             inferences: Inferences::default(),
             ruleset: &self.ruleset,
         };
-        match fp.rule {
-            Some(rule) => {
+        match (fp.rule, masks) {
+            (Some(rule), Some((any, boost, expect))) => {
                 for c in &rule.require {
                     fp.evidence.push(evidence(rule, &facts, "require", c));
                 }
-                for c in rule.require_any.iter().filter(|c| c.holds(&facts)) {
-                    fp.evidence.push(evidence(rule, &facts, "require_any", c));
+                for (i, c) in rule.require_any.iter().enumerate() {
+                    if bit(any, i) {
+                        fp.evidence.push(evidence(rule, &facts, "require_any", c));
+                    }
                 }
-                for c in rule.boost.iter().filter(|c| c.holds(&facts)) {
-                    fp.evidence.push(evidence(rule, &facts, "boost", c));
+                for (i, c) in rule.boost.iter().enumerate() {
+                    if bit(boost, i) {
+                        fp.evidence.push(evidence(rule, &facts, "boost", c));
+                    }
                 }
-                for c in &rule.expect {
-                    if c.holds(&facts) {
+                for (i, c) in rule.expect.iter().enumerate() {
+                    if bit(expect, i) {
                         fp.evidence.push(evidence(rule, &facts, "expect", c));
                     } else {
                         fp.modifications.push(evidence(rule, &facts, "expect", c));
                     }
                 }
             }
-            None => {
+            _ => {
                 fp.template_text = Some(escape_bounded(&template_text(sip), 2048));
                 fp.evidence.push(Evidence {
                     rule: "unknown",

@@ -31,6 +31,8 @@ use regex::bytes::Regex;
 use serde::Deserialize;
 
 use super::facts::{Facts, Field, Kind, Value};
+use crate::escape::escape_bounded;
+use crate::sip::{Header, HeaderName};
 
 /// The rule file format this build reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -170,14 +172,41 @@ pub(crate) enum Op {
     NoCase(Vec<u8>),
     Prefix(Vec<u8>),
     Suffix(Vec<u8>),
-    Contains(Vec<u8>),
+    Contains(Box<memchr::memmem::Finder<'static>>),
     Regex(Regex),
     OneOf(Vec<Vec<u8>>),
     Range(u64, u64),
     /// Header names in order; `true` = optional.
-    Order(Vec<(Vec<u8>, bool)>),
+    Order(Vec<(OrderName, bool)>),
     Present(bool),
     SameAs(Field),
+}
+
+/// A header name in an order pattern, resolved at load time so that known names compare as
+/// enum values.
+#[derive(Debug)]
+pub(crate) enum OrderName {
+    Known(HeaderName),
+    Raw(Vec<u8>),
+}
+
+impl OrderName {
+    fn parse(name: &str, as_spelled: bool) -> Self {
+        match HeaderName::lookup(name.as_bytes()) {
+            (known, _) if !as_spelled && known != HeaderName::Other => OrderName::Known(known),
+            _ => OrderName::Raw(name.as_bytes().to_vec()),
+        }
+    }
+
+    fn matches(&self, h: &Header<'_>, as_spelled: bool) -> bool {
+        match self {
+            OrderName::Known(n) => h.name == *n,
+            OrderName::Raw(raw) if as_spelled => h.raw_name.eq_ignore_ascii_case(raw),
+            OrderName::Raw(raw) => {
+                h.name == HeaderName::Other && h.raw_name.eq_ignore_ascii_case(raw)
+            }
+        }
+    }
 }
 
 /// One compiled condition.
@@ -194,6 +223,16 @@ pub struct Condition {
 }
 
 impl Condition {
+    /// Relative cost, so that a rule fails on its cheapest condition first.
+    pub(crate) fn cost(&self) -> u8 {
+        match &self.op {
+            Op::Regex(_) => 3,
+            Op::Contains(_) => 2,
+            Op::Order(_) | Op::EqList(_) => 1,
+            _ => 0,
+        }
+    }
+
     /// Whether the condition holds for these facts.
     pub fn holds(&self, facts: &Facts<'_>) -> bool {
         self.test(facts) != self.negate
@@ -201,7 +240,8 @@ impl Condition {
 
     fn test(&self, facts: &Facts<'_>) -> bool {
         if let Op::Order(pattern) = &self.op {
-            return order_matches(facts.names(&self.field), pattern);
+            let as_spelled = self.field == Field::HeaderNames;
+            return order_matches(facts.msg.headers(), pattern, as_spelled);
         }
         if let Op::EqList(list) = &self.op {
             return facts
@@ -227,7 +267,7 @@ impl Condition {
             (Op::NoCase(want), Value::Bytes(b)) => b.eq_ignore_ascii_case(want),
             (Op::Prefix(p), Value::Bytes(b)) => b.starts_with(p),
             (Op::Suffix(s), Value::Bytes(b)) => b.ends_with(s),
-            (Op::Contains(needle), Value::Bytes(b)) => memchr::memmem::find(b, needle).is_some(),
+            (Op::Contains(finder), Value::Bytes(b)) => finder.find(b).is_some(),
             (Op::Regex(re), Value::Bytes(b)) => re.is_match(b),
             (Op::OneOf(set), Value::Bytes(b)) => set.iter().any(|s| s == b),
             (Op::Range(lo, hi), Value::Int(n)) => (*lo..=*hi).contains(&n),
@@ -236,15 +276,19 @@ impl Condition {
     }
 }
 
-fn order_matches<'a>(names: impl Iterator<Item = &'a [u8]>, pattern: &[(Vec<u8>, bool)]) -> bool {
+fn order_matches<'a>(
+    headers: impl Iterator<Item = Header<'a>>,
+    pattern: &[(OrderName, bool)],
+    as_spelled: bool,
+) -> bool {
     let mut p = 0;
-    for name in names {
+    for h in headers {
         loop {
             let Some((want, optional)) = pattern.get(p) else {
                 return false;
             };
             p += 1;
-            if want.eq_ignore_ascii_case(name) {
+            if want.matches(&h, as_spelled) {
                 break;
             }
             if !optional {
@@ -255,7 +299,8 @@ fn order_matches<'a>(names: impl Iterator<Item = &'a [u8]>, pattern: &[(Vec<u8>,
     pattern[p.min(pattern.len())..].iter().all(|(_, opt)| *opt)
 }
 
-/// A compiled rule.
+/// A compiled rule. Its text fields (tool, variant, version, description, tags, and the
+/// conditions' field names, tests and notes) are stored escaped: printable ASCII, bounded.
 #[derive(Debug)]
 pub struct Rule {
     pub id: String,
@@ -275,6 +320,8 @@ pub struct Rule {
     pub reject: Vec<Condition>,
     /// The file it came from.
     pub origin: String,
+    /// `require` indexes, cheapest first (evaluation order; evidence keeps file order).
+    pub(crate) require_order: Vec<usize>,
 }
 
 /// A validated rule file.
@@ -427,17 +474,33 @@ fn compile_rule(raw: RuleToml, origin: &str) -> Result<Rule, String> {
         expect: section("expect", raw.expect, true)?,
         reject: section("reject", raw.reject, false)?,
         id: raw.id,
-        tool: raw.tool,
-        variant: raw.variant,
-        version: raw.version,
+        tool: rule_text(&raw.tool),
+        variant: raw.variant.as_deref().map(rule_text),
+        version: raw.version.as_deref().map(rule_text),
         category,
         confidence: raw.confidence,
-        description: raw.description,
-        tags: raw.tags,
+        description: raw.description.as_deref().map(rule_text),
+        tags: raw.tags.iter().map(|t| rule_text(t)).collect(),
         source_port_base: raw.source_port_base,
         tool_constants,
         origin: origin.to_string(),
+        require_order: Vec::new(),
     })
+    .map(|mut rule: Rule| {
+        let mut order: Vec<usize> = (0..rule.require.len()).collect();
+        order.sort_by_key(|&i| rule.require[i].cost());
+        rule.require_order = order;
+        rule
+    })
+}
+
+/// Longest rule text (notes, tests, names) carried into events.
+const RULE_TEXT_MAX: usize = 512;
+
+/// Rule text goes into every event that cites the rule: escaped once here, at load, so outputs
+/// can use it as it is (terminal-safe, bounded) without escaping it per event.
+fn rule_text(s: &str) -> String {
+    escape_bounded(s.as_bytes(), RULE_TEXT_MAX)
 }
 
 fn show(v: &toml::Value) -> String {
@@ -514,11 +577,17 @@ fn compile_condition(c: CondToml, weighted: bool) -> Result<Condition, String> {
         };
         ops.push((op, format!("equals {}", show(v))));
     }
+    let contains =
+        |needle: Vec<u8>| Op::Contains(Box::new(memchr::memmem::Finder::new(&needle).into_owned()));
     for (name, val, make) in [
-        ("nocase", &c.nocase, Op::NoCase as fn(Vec<u8>) -> Op),
-        ("prefix", &c.prefix, Op::Prefix),
-        ("suffix", &c.suffix, Op::Suffix),
-        ("contains", &c.contains, Op::Contains),
+        (
+            "nocase",
+            &c.nocase,
+            &(Op::NoCase as fn(Vec<u8>) -> Op) as &dyn Fn(Vec<u8>) -> Op,
+        ),
+        ("prefix", &c.prefix, &Op::Prefix),
+        ("suffix", &c.suffix, &Op::Suffix),
+        ("contains", &c.contains, &contains),
     ] {
         if let Some(s) = val {
             bytes_only(name)?;
@@ -565,11 +634,12 @@ fn compile_condition(c: CondToml, weighted: bool) -> Result<Condition, String> {
                 c.field
             ));
         }
+        let as_spelled = field == Field::HeaderNames;
         let pattern = order
             .iter()
             .map(|n| match n.strip_suffix('?') {
-                Some(name) => (name.as_bytes().to_vec(), true),
-                None => (n.as_bytes().to_vec(), false),
+                Some(name) => (OrderName::parse(name, as_spelled), true),
+                None => (OrderName::parse(n, as_spelled), false),
             })
             .collect();
         ops.push((Op::Order(pattern), format!("order {}", order.join(","))));
@@ -607,19 +677,20 @@ fn compile_condition(c: CondToml, weighted: bool) -> Result<Condition, String> {
         describe.insert_str(0, "not ");
     }
     Ok(Condition {
-        field_name: c.field,
+        field_name: rule_text(&c.field),
         field,
         op,
         negate: c.negate,
         weight,
-        note: c.note,
-        describe,
+        note: c.note.as_deref().map(rule_text),
+        describe: rule_text(&describe),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::SipMessage;
 
     fn err(text: &str) -> String {
         match RuleFile::parse(text, "test.toml") {
@@ -753,36 +824,39 @@ mod tests {
 
     #[test]
     fn order_patterns() {
-        let p = |s: &[&str]| -> Vec<(Vec<u8>, bool)> {
+        let p = |s: &[&str]| -> Vec<(OrderName, bool)> {
             s.iter()
                 .map(|n| match n.strip_suffix('?') {
-                    Some(x) => (x.as_bytes().to_vec(), true),
-                    None => (n.as_bytes().to_vec(), false),
+                    Some(x) => (OrderName::parse(x, false), true),
+                    None => (OrderName::parse(n, false), false),
                 })
                 .collect()
         };
-        let names = |s: &[&'static str]| s.iter().map(|n| n.as_bytes()).collect::<Vec<_>>();
-        let pat = p(&["Via", "To", "Contact?", "CSeq", "Auth?"]);
-        assert!(order_matches(
-            names(&["Via", "To", "Contact", "CSeq"]).into_iter(),
-            &pat
-        ));
-        assert!(order_matches(
-            names(&["Via", "To", "CSeq"]).into_iter(),
-            &pat
-        ));
-        assert!(order_matches(
-            names(&["Via", "To", "CSeq", "Auth"]).into_iter(),
-            &pat
-        ));
-        assert!(!order_matches(names(&["Via", "CSeq"]).into_iter(), &pat));
-        assert!(!order_matches(
-            names(&["Via", "To", "CSeq", "X"]).into_iter(),
-            &pat
-        ));
-        assert!(!order_matches(
-            names(&["To", "Via", "CSeq"]).into_iter(),
-            &pat
-        ));
+        let msg = |names: &[&str]| {
+            let mut text = String::from("OPTIONS sip:a SIP/2.0\r\n");
+            for n in names {
+                text.push_str(&format!("{n}: x\r\n"));
+            }
+            text.push_str("\r\n");
+            text.into_bytes()
+        };
+        let holds = |names: &[&str], pat: &[(OrderName, bool)]| {
+            let bytes = msg(names);
+            let m = SipMessage::parse(&bytes);
+            order_matches(m.headers(), pat, false)
+        };
+        let pat = p(&["Via", "To", "Contact?", "CSeq", "X-Auth?"]);
+        assert!(holds(&["Via", "To", "Contact", "CSeq"], &pat));
+        assert!(
+            holds(&["v", "t", "m", "CSeq"], &pat),
+            "compact forms are the same header"
+        );
+        assert!(holds(&["Via", "To", "CSeq"], &pat));
+        assert!(holds(&["Via", "To", "CSeq", "x-auth"], &pat));
+        assert!(!holds(&["Via", "CSeq"], &pat));
+        assert!(!holds(&["Via", "To", "CSeq", "X"], &pat));
+        assert!(!holds(&["To", "Via", "CSeq"], &pat));
+        // An unknown name in a pattern does not match a known header spelled differently.
+        assert!(!holds(&["Via", "To", "CSeq", "Authorization"], &pat));
     }
 }

@@ -8,69 +8,73 @@
 
 use crate::sip::SipMessage;
 
-/// Words kept literally in value shapes: they are protocol structure, not data.
-const KEYWORDS: &[&[u8]] = &[
-    b"SIP",
-    b"sip",
-    b"sips",
-    b"tel",
-    b"UDP",
-    b"TCP",
-    b"TLS",
-    b"SCTP",
-    b"WS",
-    b"WSS",
-    b"udp",
-    b"tcp",
-    b"tls",
-    b"tag",
-    b"branch",
-    b"rport",
-    b"alias",
-    b"received",
-    b"transport",
-    b"expires",
-    b"lr",
-    b"maddr",
-    b"ttl",
-    b"user",
-    b"phone",
-    b"application",
-    b"sdp",
-    b"text",
-    b"plain",
-    b"OPTIONS",
-    b"INVITE",
-    b"REGISTER",
-    b"ACK",
-    b"BYE",
-    b"CANCEL",
-    b"SUBSCRIBE",
-    b"NOTIFY",
-    b"MESSAGE",
-    b"INFO",
-    b"PRACK",
-    b"UPDATE",
-    b"REFER",
-    b"PUBLISH",
-    b"Digest",
-    b"MD5",
-    b"username",
-    b"realm",
-    b"nonce",
-    b"uri",
-    b"response",
-    b"algorithm",
-    b"qop",
-    b"auth",
-    b"cnonce",
-    b"nc",
-    b"IN",
-    b"IP4",
-    b"IP6",
-    b"RTP",
-    b"AVP",
-];
+/// Words kept literally in value shapes: they are protocol structure, not data. A `match`
+/// compiles to a switch on length then byte compares: this runs for every word of every value.
+fn is_keyword(run: &[u8]) -> bool {
+    matches!(
+        run,
+        b"SIP"
+            | b"sip"
+            | b"sips"
+            | b"tel"
+            | b"UDP"
+            | b"TCP"
+            | b"TLS"
+            | b"SCTP"
+            | b"WS"
+            | b"WSS"
+            | b"udp"
+            | b"tcp"
+            | b"tls"
+            | b"tag"
+            | b"branch"
+            | b"rport"
+            | b"alias"
+            | b"received"
+            | b"transport"
+            | b"expires"
+            | b"lr"
+            | b"maddr"
+            | b"ttl"
+            | b"user"
+            | b"phone"
+            | b"application"
+            | b"sdp"
+            | b"text"
+            | b"plain"
+            | b"OPTIONS"
+            | b"INVITE"
+            | b"REGISTER"
+            | b"ACK"
+            | b"BYE"
+            | b"CANCEL"
+            | b"SUBSCRIBE"
+            | b"NOTIFY"
+            | b"MESSAGE"
+            | b"INFO"
+            | b"PRACK"
+            | b"UPDATE"
+            | b"REFER"
+            | b"PUBLISH"
+            | b"Digest"
+            | b"MD5"
+            | b"username"
+            | b"realm"
+            | b"nonce"
+            | b"uri"
+            | b"response"
+            | b"algorithm"
+            | b"qop"
+            | b"auth"
+            | b"cnonce"
+            | b"nc"
+            | b"IN"
+            | b"IP4"
+            | b"IP6"
+            | b"RTP"
+            | b"AVP"
+    )
+}
 
 /// The RFC 3261 magic cookie: kept, and what follows it shaped.
 const COOKIE: &[u8] = b"z9hG4bK";
@@ -131,13 +135,22 @@ fn shape(value: &[u8], out: &mut impl Sink) {
                 continue;
             }
         }
-        if KEYWORDS.contains(&run) {
+        let (mut digits, mut hex_letters, mut letters) = (0usize, 0usize, 0usize);
+        for &c in run {
+            if c.is_ascii_digit() {
+                digits += 1;
+            } else {
+                letters += 1;
+                hex_letters += usize::from(c.is_ascii_hexdigit());
+            }
+        }
+        if is_keyword(run) {
             out.put(run);
-        } else if run.iter().all(u8::is_ascii_digit) {
+        } else if letters == 0 {
             out.put(b"9");
-        } else if run.iter().all(u8::is_ascii_hexdigit) && run.iter().any(u8::is_ascii_digit) {
+        } else if digits > 0 && hex_letters == letters {
             out.put(b"x");
-        } else if run.iter().all(u8::is_ascii_alphabetic) {
+        } else if digits == 0 {
             out.put(b"a");
         } else {
             out.put(b"w");

@@ -1,48 +1,39 @@
 //! The `fingerprint` object of an event: the attribution, its evidence, and the inferences.
-//! Attacker-derived strings arrive already escaped and bounded by the engine; rule-derived
-//! strings (operator data) are escaped here too, so nothing unescaped reaches an output.
-//! Field names are part of the event schema: add, never rename.
+//! Attacker-derived strings arrive escaped and bounded from the engine; rule text was escaped
+//! when the rules were loaded and is borrowed from the engine here. Field names are part of
+//! the event schema: add, never rename.
 
 use serde::Serialize;
 
-use crate::{
-    escape::escape_bounded,
-    fingerprint::{
-        Evidence, Fingerprint,
-        infer::{HostInference, ProcessEstimate, TagInference, TtlInference},
-        ipid::{IpIdBehaviour, IpIdInference},
-    },
+use crate::fingerprint::{
+    Evidence, Fingerprint,
+    infer::{HostInference, ProcessEstimate, TagInference, TtlInference},
+    ipid::{IpIdBehaviour, IpIdInference},
 };
 
-const RULE_TEXT_MAX: usize = 256;
-
-fn esc(s: &str) -> String {
-    escape_bounded(s.as_bytes(), RULE_TEXT_MAX)
-}
-
 #[derive(Serialize, Debug)]
-pub struct FingerprintDoc {
+pub struct FingerprintDoc<'e> {
     /// Tool name, `unknown` when no rule matched.
-    pub tool: String,
+    pub tool: &'e str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    pub variant: Option<&'e str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub version: Option<&'e str>,
     /// `scanner`, `dual-use`, `benign` or `unknown`.
     pub category: &'static str,
     /// 0 to 1 (0 for unknown).
     pub confidence: f64,
     /// The winning rule's id (`unknown` when none).
-    pub rule: String,
-    pub ruleset: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
-    pub evidence: Vec<EvidenceDoc>,
+    pub rule: &'e str,
+    pub ruleset: &'e str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub tags: &'e [String],
+    pub evidence: Vec<EvidenceDoc<'e>>,
     /// Stock values the rule expected and the packet changed: how this copy was modified.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub modifications: Vec<EvidenceDoc>,
+    pub modifications: Vec<EvidenceDoc<'e>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub alternatives: Vec<AlternativeDoc>,
+    pub alternatives: Vec<AlternativeDoc<'e>>,
     /// Stable hash of the structural template (16 hex digits).
     pub template_hash: String,
     /// The template itself, for unknown messages.
@@ -52,16 +43,16 @@ pub struct FingerprintDoc {
 }
 
 #[derive(Serialize, Debug)]
-pub struct EvidenceDoc {
-    pub rule: String,
-    pub field: String,
+pub struct EvidenceDoc<'e> {
+    pub rule: &'e str,
+    pub field: &'e str,
     /// `require`, `require_any`, `boost`, `expect` or `template`.
     pub section: &'static str,
-    pub test: String,
+    pub test: &'e str,
     /// The observed value, escaped and bounded.
     pub value: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub note: Option<&'e str>,
     #[serde(skip_serializing_if = "is_zero")]
     pub weight: f64,
 }
@@ -71,9 +62,9 @@ fn is_zero(w: &f64) -> bool {
 }
 
 #[derive(Serialize, Debug)]
-pub struct AlternativeDoc {
-    pub rule: String,
-    pub tool: String,
+pub struct AlternativeDoc<'e> {
+    pub rule: &'e str,
+    pub tool: &'e str,
     pub confidence: f64,
 }
 
@@ -168,63 +159,63 @@ pub struct SourceDoc {
     pub constant: Option<u16>,
 }
 
-impl EvidenceDoc {
-    fn new(e: &Evidence<'_>) -> Self {
+impl<'e> EvidenceDoc<'e> {
+    fn new(e: Evidence<'e>) -> Self {
         EvidenceDoc {
-            rule: esc(e.rule),
-            field: esc(e.field),
+            rule: e.rule,
+            field: e.field,
             section: e.section,
-            test: esc(e.test),
-            value: e.value.clone(),
-            note: e.note.map(esc),
+            test: e.test,
+            value: e.value,
+            note: e.note,
             weight: e.weight,
         }
     }
 }
 
 impl TagDoc {
-    fn new(t: &TagInference) -> Self {
+    fn new(t: TagInference) -> Self {
         TagDoc {
             field: t.field,
             encoding: t.encoding,
             kind: t.kind,
-            decoded: t.decoded.clone(),
-            target: t.target.clone(),
+            decoded: t.decoded,
+            target: t.target,
             matches_destination: t.matches_destination,
-            extension: t.extension.clone(),
-            user: t.user.clone(),
-            password: t.password.clone(),
-            note: t.note.clone(),
+            extension: t.extension,
+            user: t.user,
+            password: t.password,
+            note: t.note,
         }
     }
 }
 
 impl HostDoc {
-    fn new(h: &HostInference) -> Self {
+    fn new(h: HostInference) -> Self {
         HostDoc {
             field: h.field,
-            host: h.host.clone(),
+            host: h.host,
             port: h.port,
             class: h.class.as_str(),
-            note: h.note.clone(),
+            note: h.note,
         }
     }
 }
 
 impl ProcessDoc {
-    fn new(p: &ProcessEstimate) -> Self {
+    fn new(p: ProcessEstimate) -> Self {
         ProcessDoc {
             base_port: p.base_port,
             bound_port: p.bound_port,
             basis: p.basis,
             processes: p.processes,
-            note: p.note.clone(),
+            note: p.note,
         }
     }
 }
 
 impl TtlDoc {
-    fn new(t: &TtlInference) -> Self {
+    fn new(t: TtlInference) -> Self {
         TtlDoc {
             observed: t.observed,
             initial: t.initial,
@@ -236,7 +227,7 @@ impl TtlDoc {
 }
 
 impl IpIdDoc {
-    fn new(i: &IpIdInference) -> Self {
+    fn new(i: IpIdInference) -> Self {
         IpIdDoc {
             id: i.id,
             df: i.df,
@@ -255,8 +246,8 @@ impl IpIdDoc {
                     _ => None,
                 },
             }),
-            hints: i.hints.clone(),
-            caveats: i.caveats.clone(),
+            hints: i.hints,
+            caveats: i.caveats,
         }
     }
 }
@@ -266,41 +257,45 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-impl FingerprintDoc {
-    pub fn new(fp: &Fingerprint<'_>) -> Self {
-        let inf = &fp.inferences;
+impl<'e> FingerprintDoc<'e> {
+    /// The document of a verdict, copying its observed values.
+    pub fn new(fp: &Fingerprint<'e>) -> Self {
+        Self::from_fingerprint(fp.clone())
+    }
+
+    /// The document of a verdict, taking its strings (no copies: the agent's path).
+    pub fn from_fingerprint(fp: Fingerprint<'e>) -> Self {
+        let rule = fp.rule;
+        let inf = fp.inferences;
         FingerprintDoc {
-            tool: esc(fp.tool()),
-            variant: fp.variant().map(esc),
-            version: fp.version().map(esc),
-            category: fp.category(),
+            tool: rule.map_or("unknown", |r| r.tool.as_str()),
+            variant: rule.and_then(|r| r.variant.as_deref()),
+            version: rule.and_then(|r| r.version.as_deref()),
+            category: rule.map_or("unknown", |r| r.category.as_str()),
             confidence: round2(fp.confidence),
-            rule: esc(fp.rule_id()),
-            ruleset: esc(fp.ruleset),
-            tags: fp
-                .rule
-                .map(|r| r.tags.iter().map(|t| esc(t)).collect())
-                .unwrap_or_default(),
-            evidence: fp.evidence.iter().map(EvidenceDoc::new).collect(),
-            modifications: fp.modifications.iter().map(EvidenceDoc::new).collect(),
+            rule: rule.map_or("unknown", |r| r.id.as_str()),
+            ruleset: fp.ruleset,
+            tags: rule.map_or(&[], |r| r.tags.as_slice()),
+            evidence: fp.evidence.into_iter().map(EvidenceDoc::new).collect(),
+            modifications: fp.modifications.into_iter().map(EvidenceDoc::new).collect(),
             alternatives: fp
                 .alternatives
                 .iter()
                 .map(|a| AlternativeDoc {
-                    rule: esc(&a.rule.id),
-                    tool: esc(&a.rule.tool),
+                    rule: &a.rule.id,
+                    tool: &a.rule.tool,
                     confidence: round2(a.confidence),
                 })
                 .collect(),
             template_hash: fp.template.hex(),
-            template: fp.template_text.clone(),
+            template: fp.template_text,
             inferences: InferencesDoc {
-                tag: inf.tag.as_ref().map(TagDoc::new),
-                via_host: inf.via_host.as_ref().map(HostDoc::new),
-                contact_host: inf.contact_host.as_ref().map(HostDoc::new),
-                processes: inf.processes.as_ref().map(ProcessDoc::new),
-                ttl: inf.ttl.as_ref().map(TtlDoc::new),
-                ip_id: inf.ip_id.as_ref().map(IpIdDoc::new),
+                tag: inf.tag.map(TagDoc::new),
+                via_host: inf.via_host.map(HostDoc::new),
+                contact_host: inf.contact_host.map(HostDoc::new),
+                processes: inf.processes.map(ProcessDoc::new),
+                ttl: inf.ttl.map(TtlDoc::new),
+                ip_id: inf.ip_id.map(IpIdDoc::new),
             },
         }
     }

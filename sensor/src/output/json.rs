@@ -46,7 +46,7 @@ pub struct EventDoc<'a> {
     pub sip: Option<SipDoc>,
     /// The attribution with its evidence (`output::fingerprint`), when the agent ran the engine.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<FingerprintDoc>,
+    pub fingerprint: Option<FingerprintDoc<'a>>,
 }
 
 #[derive(Serialize)]
@@ -147,7 +147,7 @@ impl<'a> EventDoc<'a> {
     }
 
     /// Adds what the parser and the fingerprint engine found.
-    pub fn with_analysis(mut self, sip: SipDoc, fingerprint: FingerprintDoc) -> Self {
+    pub fn with_analysis(mut self, sip: SipDoc, fingerprint: FingerprintDoc<'a>) -> Self {
         self.sip = Some(sip);
         self.fingerprint = Some(fingerprint);
         self
@@ -155,11 +155,14 @@ impl<'a> EventDoc<'a> {
 
     /// The document of an event with its payload parsed and fingerprinted (the source's
     /// IP-ID state updated on the way).
-    pub fn analyzed(event: &Event<'a>, engine: &Engine, sources: &mut SourceTracker) -> Self {
+    pub fn analyzed(event: &Event<'a>, engine: &'a Engine, sources: &mut SourceTracker) -> Self {
         let record = event.record;
         let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
         let fingerprint = engine.classify_tracked(event, &sip, sources);
-        Self::new(event).with_analysis(SipDoc::new(&sip), FingerprintDoc::new(&fingerprint))
+        Self::new(event).with_analysis(
+            SipDoc::new(&sip),
+            FingerprintDoc::from_fingerprint(fingerprint),
+        )
     }
 }
 
