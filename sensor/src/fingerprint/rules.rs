@@ -241,7 +241,14 @@ impl Condition {
     fn test(&self, facts: &Facts<'_>) -> bool {
         if let Op::Order(pattern) = &self.op {
             let as_spelled = self.field == Field::HeaderNames;
-            return order_matches(facts.msg.headers(), pattern, as_spelled);
+            // A message cut by the capture keeps only the first headers: they must follow the
+            // pattern, the rest of it cannot be checked. The cut line itself is left out.
+            let cut = facts.msg.truncated();
+            let headers = facts
+                .msg
+                .headers()
+                .filter(|h| !h.has(crate::sip::message::header_flags::PARTIAL));
+            return order_matches(headers, pattern, as_spelled, cut);
         }
         if let Op::EqList(list) = &self.op {
             return facts
@@ -280,6 +287,7 @@ fn order_matches<'a>(
     headers: impl Iterator<Item = Header<'a>>,
     pattern: &[(OrderName, bool)],
     as_spelled: bool,
+    prefix_only: bool,
 ) -> bool {
     let mut p = 0;
     for h in headers {
@@ -296,7 +304,7 @@ fn order_matches<'a>(
             }
         }
     }
-    pattern[p.min(pattern.len())..].iter().all(|(_, opt)| *opt)
+    prefix_only || pattern[p.min(pattern.len())..].iter().all(|(_, opt)| *opt)
 }
 
 /// A compiled rule. Its text fields (tool, variant, version, description, tags, and the
@@ -843,7 +851,7 @@ mod tests {
         let holds = |names: &[&str], pat: &[(OrderName, bool)]| {
             let bytes = msg(names);
             let m = SipMessage::parse(&bytes);
-            order_matches(m.headers(), pat, false)
+            order_matches(m.headers(), pat, false, false)
         };
         let pat = p(&["Via", "To", "Contact?", "CSeq", "X-Auth?"]);
         assert!(holds(&["Via", "To", "Contact", "CSeq"], &pat));
@@ -858,5 +866,13 @@ mod tests {
         assert!(!holds(&["To", "Via", "CSeq"], &pat));
         // An unknown name in a pattern does not match a known header spelled differently.
         assert!(!holds(&["Via", "To", "CSeq", "Authorization"], &pat));
+        // A cut message: the headers that survived must follow the pattern, nothing more.
+        let bytes = msg(&["Via", "To"]);
+        let m = SipMessage::parse(&bytes);
+        assert!(order_matches(m.headers(), &pat, false, true));
+        assert!(!order_matches(m.headers(), &pat, false, false));
+        let bytes = msg(&["To", "Via"]);
+        let m = SipMessage::parse(&bytes);
+        assert!(!order_matches(m.headers(), &pat, false, true));
     }
 }

@@ -1164,14 +1164,22 @@ fn classify_from_an_event() {
     let src: IpAddr = "203.0.113.50".parse().unwrap();
     assert_eq!(record.src_ip(), src);
 
-    // Cut at the prefix length: still parsed, marked truncated, still attributed on what
-    // survived (the header order up to the cut does not hold, but the family rule may).
-    let raw = record_for(&payload[..180], 200);
+    // Cut at a 300-byte prefix: marked truncated, and still attributed on what survived (the
+    // header order holds as far as it goes; the cut line is left out).
+    let raw = record_for(&payload[..300], (payload.len() - 300) as u16);
     let record = Record::new(&raw).unwrap();
     let msg = SipMessage::parse_captured(record.payload(), record.payload_truncated());
     assert!(msg.truncated());
     let event = Event { record, wall_ns: 2 };
     let fp = e.classify(&event, &msg);
+    assert_tool(&fp, "sipvicious", "sipvicious-svmap-py2");
+    // Cut inside the From tag: only the display name is left, a weak (0.5) identity-only hint.
+    let raw = record_for(&payload[..180], 200);
+    let record = Record::new(&raw).unwrap();
+    let msg = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+    let fp = e.classify(&Event { record, wall_ns: 3 }, &msg);
+    assert_eq!(fp.rule_id(), "ua-only-sipvicious");
+    assert_eq!(fp.confidence, 0.5);
     assert_all_printable(&fp);
 }
 
