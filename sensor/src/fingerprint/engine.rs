@@ -224,9 +224,9 @@ impl Engine {
         let Some(path) = extra else {
             return Self::builtin();
         };
-        let text = std::fs::read_to_string(path).map_err(|source| RuleError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| RuleError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::from_texts(&[
             (BUILTIN_RULES, "builtin"),

@@ -61,11 +61,10 @@ pub enum RuleError {
         id: String,
         first: String,
     },
-    #[error("cannot read rule file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    // The I/O error is in the message, not a `source`, so that a cause chain does not print it
+    // twice.
+    #[error("cannot read rule file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
 }
 
 #[derive(Deserialize)]
