@@ -12,6 +12,7 @@ use crate::{
     clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
+    fingerprint::{Engine, RuleError, SourceTracker},
     output::{
         NdjsonWriter,
         json::{EventDoc, StatsDoc},
@@ -62,6 +63,8 @@ pub struct RunOptions {
     /// Follow requests and responses per server and report rogue SIP daemons (needs
     /// `match_source_port` to see the responses).
     pub detect_rogue: Option<TrackerConfig>,
+    /// Fingerprint rules loaded beside the built-in ones.
+    pub rules: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -84,6 +87,7 @@ impl RunOptions {
             output: None,
             max_events: None,
             detect_rogue: None,
+            rules: None,
         }
     }
 
@@ -113,6 +117,8 @@ pub enum AgentError {
     ReactiveWithoutPrefixes,
     #[error("cannot read random bytes for the SYN cookie secret: {0}")]
     Random(std::io::Error),
+    #[error(transparent)]
+    Rules(#[from] RuleError),
 }
 
 /// What a run did, for the final report.
@@ -144,6 +150,9 @@ pub async fn run(
     if options.prefix_len == 0 || usize::from(options.prefix_len) > PAYLOAD_CAPACITY {
         return Err(AgentError::PrefixLen(options.prefix_len));
     }
+    // Rules first: a bad rule file stops the run before anything is attached.
+    let engine = Engine::load(options.rules.as_deref())?;
+    let mut sources = SourceTracker::default();
     let mut writer = match &options.output {
         None => NdjsonWriter::stdout(),
         Some(path) => NdjsonWriter::create(path).map_err(|source| AgentError::Output {
@@ -197,7 +206,7 @@ pub async fn run(
                     record,
                     wall_ns: clock.wall_ns(record.timestamp_ns()),
                 };
-                let mut doc = EventDoc::new(&event);
+                let mut doc = EventDoc::analyzed(&event, &engine, &mut sources);
                 if let Some(reactive) = &mut doc.reactive {
                     reactive.syn = joiner.observe(&record, event.wall_ns);
                 }

@@ -172,6 +172,9 @@ struct RunArgs {
     /// Rogue detection: servers tracked at once (the least recently seen are evicted).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     rogue_max_servers: u64,
+    /// Fingerprint rule file (TOML) loaded beside the built-in rules.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -244,6 +247,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             connect_timeout_ns: args.rogue_timeout_ms.saturating_mul(1_000_000),
             ..TrackerConfig::default()
         }),
+        rules: args.rules,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

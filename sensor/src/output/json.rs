@@ -11,7 +11,10 @@ use crate::{
     counters::{AgentCounters, KernelCounters},
     escape::{escape_bytes, hex},
     event::Event,
+    fingerprint::{Engine, SourceTracker},
+    output::{fingerprint::FingerprintDoc, sip::SipDoc},
     record::{MatchedOn, tcp_flags_string},
+    sip::SipMessage,
 };
 
 /// Version of the event schema; bumped only on incompatible change.
@@ -41,6 +44,12 @@ pub struct EventDoc<'a> {
     /// Present for TCP segments the reactive responder answered or validated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reactive: Option<ReactiveDoc>,
+    /// The parsed payload (`output::sip`), when the agent parsed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sip: Option<SipDoc>,
+    /// The attribution with its evidence (`output::fingerprint`), when the agent ran the engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<FingerprintDoc<'a>>,
 }
 
 #[derive(Serialize)]
@@ -155,7 +164,28 @@ impl<'a> EventDoc<'a> {
                     syn: None,
                 })
             },
+            sip: None,
+            fingerprint: None,
         }
+    }
+
+    /// Adds what the parser and the fingerprint engine found.
+    pub fn with_analysis(mut self, sip: SipDoc, fingerprint: FingerprintDoc<'a>) -> Self {
+        self.sip = Some(sip);
+        self.fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// The document of an event with its payload parsed and fingerprinted (the source's
+    /// IP-ID state updated on the way).
+    pub fn analyzed(event: &Event<'a>, engine: &'a Engine, sources: &mut SourceTracker) -> Self {
+        let record = event.record;
+        let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+        let fingerprint = engine.classify_tracked(event, &sip, sources);
+        Self::new(event).with_analysis(
+            SipDoc::new(&sip),
+            FingerprintDoc::from_fingerprint(fingerprint),
+        )
     }
 }
 

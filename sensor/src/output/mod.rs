@@ -1,6 +1,8 @@
 //! Where events go: NDJSON today; each format in its own module.
 
+pub mod fingerprint;
 pub mod json;
 pub mod ndjson;
+pub mod sip;
 
 pub use ndjson::NdjsonWriter;

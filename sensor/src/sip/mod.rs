@@ -1,1 +1,15 @@
 //! SIP message parsing: zero-copy over the captured payload.
+//!
+//! - [`message`]: start line, header spans in wire order, body, truncation.
+//! - [`headers`]: header names, compact forms, case-insensitive lookup.
+//! - [`fields`]: Via, From/To/Contact, URIs, CSeq, SDP lines.
+//! - [`classify`]: what a payload is when it is not SIP.
+
+pub mod classify;
+pub mod fields;
+pub mod headers;
+pub mod message;
+
+pub use classify::PayloadKind;
+pub use headers::HeaderName;
+pub use message::{Header, LineEndings, MAX_HEADERS, SipMessage, StartLine};

@@ -1,0 +1,546 @@
+//! What a rule can look at: the packet, the parsed message, and values derived from them,
+//! each reachable by a stable field name (`via.branch`, `header:User-Agent`, `ip.ttl`...).
+
+use std::net::IpAddr;
+
+use crate::{
+    event::Event,
+    record::Transport,
+    sip::{
+        HeaderName, SipMessage,
+        fields::{CSeq, NameAddr, Uri, Via, sdp_line},
+        message::parse_u32,
+    },
+};
+
+use super::infer::{SvTag, decode_sv_tag};
+
+/// The packet-level facts of an event (what the record says beside the payload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub transport: Transport,
+    pub ttl: u8,
+    /// IPv4 identification; 0 for IPv6.
+    pub ip_id: u16,
+    pub dont_fragment: bool,
+    pub ip_version: u8,
+    /// TCP sequence number, for TCP records.
+    pub tcp_seq: Option<u32>,
+}
+
+impl Packet {
+    pub fn from_event(event: &Event<'_>) -> Self {
+        let r = event.record;
+        Packet {
+            src_ip: r.src_ip(),
+            dst_ip: r.dst_ip(),
+            src_port: r.src_port(),
+            dst_port: r.dst_port(),
+            transport: r.transport(),
+            ttl: r.ttl(),
+            ip_id: r.ip_id(),
+            dont_fragment: r.dont_fragment(),
+            ip_version: r.ip_version(),
+            tcp_seq: (r.transport() == Transport::Tcp).then_some(r.raw().tcp_seq),
+        }
+    }
+}
+
+/// Everything derived from one message, computed once per classification.
+pub struct Facts<'a> {
+    pub msg: &'a SipMessage<'a>,
+    pub packet: Option<Packet>,
+    pub ruri: Option<Uri<'a>>,
+    pub via: Option<Via<'a>>,
+    pub from: Option<NameAddr<'a>>,
+    pub to: Option<NameAddr<'a>>,
+    pub contact: Option<NameAddr<'a>>,
+    pub cseq: Option<CSeq<'a>>,
+    pub call_id: Option<&'a [u8]>,
+    /// The From tag decoded as SIPVicious' `createTag` encoding, when it is one.
+    pub sv_tag: Option<SvTag>,
+}
+
+impl<'a> Facts<'a> {
+    pub fn new(msg: &'a SipMessage<'a>, packet: Option<Packet>) -> Self {
+        let from = msg.header_value(HeaderName::From).map(NameAddr::parse);
+        Facts {
+            msg,
+            packet,
+            ruri: msg.request_uri().map(Uri::parse),
+            via: msg.header_value(HeaderName::Via).map(Via::parse),
+            to: msg.header_value(HeaderName::To).map(NameAddr::parse),
+            contact: msg.header_value(HeaderName::Contact).map(NameAddr::parse),
+            cseq: msg.header_value(HeaderName::CSeq).map(CSeq::parse),
+            call_id: msg.header_value(HeaderName::CallId),
+            sv_tag: from.and_then(|f| f.tag).and_then(decode_sv_tag),
+            from,
+        }
+    }
+}
+
+/// Which header a header field names: a known one (compact forms included) or a raw name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderKey {
+    Known(HeaderName),
+    Raw(Vec<u8>),
+}
+
+impl HeaderKey {
+    pub fn parse(name: &str) -> Self {
+        match HeaderName::from_rule_name(name) {
+            HeaderName::Other => HeaderKey::Raw(name.as_bytes().to_vec()),
+            known => HeaderKey::Known(known),
+        }
+    }
+
+    fn find<'a>(&self, msg: &SipMessage<'a>) -> Option<crate::sip::Header<'a>> {
+        match self {
+            HeaderKey::Known(n) => msg.header(*n),
+            HeaderKey::Raw(raw) => msg.header_by_raw_name(raw),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addr {
+    From,
+    To,
+    Contact,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrPart {
+    Display,
+    /// Whether the display name was quoted.
+    DisplayQuoted,
+    Gap,
+    Uri,
+    User,
+    Host,
+    Port,
+    Params,
+    ParamsSep,
+    Tag,
+    /// The tag read as a hexadecimal number (sipsak's tag is the Call-ID's number in hex).
+    TagHexNum,
+}
+
+/// A field a rule condition reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Field {
+    PayloadKind,
+    Payload,
+    PayloadLen,
+    LineEndings,
+    HeadersComplete,
+    Truncated,
+    HeaderCount,
+    FirstLine,
+    Method,
+    RequestUri,
+    RequestUriUser,
+    RequestUriHost,
+    RequestUriPort,
+    SipVersion,
+    StatusCode,
+    /// Header names in wire order, canonical when known (list field).
+    HeaderOrder,
+    /// Header names in wire order as spelled (`v`, `User Agent`) (list field).
+    HeaderNames,
+    Header(HeaderKey),
+    Line(HeaderKey),
+    Sep(HeaderKey),
+    Name(HeaderKey),
+    ViaTransport,
+    ViaHost,
+    ViaPort,
+    ViaBranch,
+    ViaParams,
+    Addr(Addr, AddrPart),
+    CallId,
+    CallIdNum,
+    CallIdHost,
+    CSeqNum,
+    CSeqMethod,
+    UserAgent,
+    MaxForwards,
+    ContentLength,
+    Body,
+    SdpSession,
+    SdpOrigin,
+    SvTagKind,
+    SvTagValue,
+    Transport,
+    SrcIp,
+    DstIp,
+    SrcPort,
+    DstPort,
+    Ttl,
+    IpId,
+    Df,
+    IpVersion,
+    TcpSeq,
+}
+
+/// Fixed field names (header fields are `header:NAME`, `line:NAME`, `sep:NAME`, `name:NAME`).
+const NAMED: &[(&str, Field)] = &[
+    ("payload.kind", Field::PayloadKind),
+    ("payload", Field::Payload),
+    ("payload.len", Field::PayloadLen),
+    ("line_endings", Field::LineEndings),
+    ("headers_complete", Field::HeadersComplete),
+    ("truncated", Field::Truncated),
+    ("header_count", Field::HeaderCount),
+    ("first_line", Field::FirstLine),
+    ("method", Field::Method),
+    ("request_uri", Field::RequestUri),
+    ("request_uri.user", Field::RequestUriUser),
+    ("request_uri.host", Field::RequestUriHost),
+    ("request_uri.port", Field::RequestUriPort),
+    ("sip_version", Field::SipVersion),
+    ("status_code", Field::StatusCode),
+    ("header_order", Field::HeaderOrder),
+    ("header_names", Field::HeaderNames),
+    ("via.transport", Field::ViaTransport),
+    ("via.host", Field::ViaHost),
+    ("via.port", Field::ViaPort),
+    ("via.branch", Field::ViaBranch),
+    ("via.params", Field::ViaParams),
+    ("call_id", Field::CallId),
+    ("call_id.num", Field::CallIdNum),
+    ("call_id.host", Field::CallIdHost),
+    ("cseq.num", Field::CSeqNum),
+    ("cseq.method", Field::CSeqMethod),
+    ("user_agent", Field::UserAgent),
+    ("max_forwards", Field::MaxForwards),
+    ("content_length", Field::ContentLength),
+    ("body", Field::Body),
+    ("sdp.s", Field::SdpSession),
+    ("sdp.o", Field::SdpOrigin),
+    ("sv_tag.kind", Field::SvTagKind),
+    ("sv_tag.value", Field::SvTagValue),
+    ("transport", Field::Transport),
+    ("src_ip", Field::SrcIp),
+    ("dst_ip", Field::DstIp),
+    ("src_port", Field::SrcPort),
+    ("dst_port", Field::DstPort),
+    ("ip.ttl", Field::Ttl),
+    ("ip.id", Field::IpId),
+    ("ip.df", Field::Df),
+    ("ip.version", Field::IpVersion),
+    ("tcp.seq", Field::TcpSeq),
+];
+
+const ADDR_PARTS: &[(&str, AddrPart)] = &[
+    ("display", AddrPart::Display),
+    ("display_quoted", AddrPart::DisplayQuoted),
+    ("gap", AddrPart::Gap),
+    ("uri", AddrPart::Uri),
+    ("user", AddrPart::User),
+    ("host", AddrPart::Host),
+    ("port", AddrPart::Port),
+    ("params", AddrPart::Params),
+    ("params_sep", AddrPart::ParamsSep),
+    ("tag", AddrPart::Tag),
+    ("tag.hexnum", AddrPart::TagHexNum),
+];
+
+/// The kind of value a field yields, for validating operators at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Bytes,
+    Int,
+    Bool,
+    Ip,
+    List,
+}
+
+impl Field {
+    pub fn parse(name: &str) -> Option<Field> {
+        if let Some((_, f)) = NAMED.iter().find(|(n, _)| *n == name) {
+            return Some(f.clone());
+        }
+        for (prefix, make) in [
+            ("header:", Field::Header as fn(HeaderKey) -> Field),
+            ("line:", Field::Line),
+            ("sep:", Field::Sep),
+            ("name:", Field::Name),
+        ] {
+            if let Some(h) = name.strip_prefix(prefix) {
+                return (!h.is_empty()).then(|| make(HeaderKey::parse(h)));
+            }
+        }
+        let (addr, part) = name.split_once('.')?;
+        let addr = match addr {
+            "from" => Addr::From,
+            "to" => Addr::To,
+            "contact" => Addr::Contact,
+            _ => return None,
+        };
+        ADDR_PARTS
+            .iter()
+            .find(|(n, _)| *n == part)
+            .map(|(_, p)| Field::Addr(addr, *p))
+    }
+
+    /// All fixed names, for error messages and documentation.
+    pub fn known_names() -> String {
+        let mut names: Vec<String> = NAMED.iter().map(|(n, _)| n.to_string()).collect();
+        for a in ["from", "to", "contact"] {
+            names.extend(ADDR_PARTS.iter().map(|(p, _)| format!("{a}.{p}")));
+        }
+        names.extend(["header:NAME", "line:NAME", "sep:NAME", "name:NAME"].map(String::from));
+        names.join(", ")
+    }
+
+    pub fn kind(&self) -> Kind {
+        use Field::*;
+        match self {
+            PayloadLen | HeaderCount | RequestUriPort | StatusCode | ViaPort | CallIdNum
+            | CSeqNum | MaxForwards | ContentLength | SrcPort | DstPort | Ttl | IpId
+            | IpVersion | TcpSeq => Kind::Int,
+            Addr(_, AddrPart::Port | AddrPart::TagHexNum) => Kind::Int,
+            HeadersComplete | Truncated | Df => Kind::Bool,
+            Addr(_, AddrPart::DisplayQuoted) => Kind::Bool,
+            SrcIp | DstIp => Kind::Ip,
+            HeaderOrder | HeaderNames => Kind::List,
+            _ => Kind::Bytes,
+        }
+    }
+}
+
+/// A field's value in one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value<'a> {
+    Missing,
+    Bytes(&'a [u8]),
+    Int(u64),
+    Bool(bool),
+    Ip(IpAddr),
+    /// List fields are read through [`Facts::names`], not as a value.
+    List,
+}
+
+impl Value<'_> {
+    /// Equality across kinds where it makes sense (an IP against its text, a number against
+    /// its digits), used by `same_as`.
+    pub fn same(&self, other: &Value<'_>) -> bool {
+        match (self, other) {
+            (Value::Missing, _) | (_, Value::Missing) => false,
+            (Value::Bytes(a), Value::Bytes(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Ip(a), Value::Ip(b)) => a == b,
+            (Value::Ip(ip), Value::Bytes(b)) | (Value::Bytes(b), Value::Ip(ip)) => {
+                parse_ip(b) == Some(*ip)
+            }
+            (Value::Int(n), Value::Bytes(b)) | (Value::Bytes(b), Value::Int(n)) => {
+                parse_u64(b) == Some(*n)
+            }
+            _ => false,
+        }
+    }
+}
+
+pub fn parse_ip(bytes: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    let s = s
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s);
+    s.parse().ok()
+}
+
+fn parse_u64(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(bytes.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn parse_hex_u64(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 16 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(bytes).ok()?, 16).ok()
+}
+
+fn bytes_or_missing(b: Option<&[u8]>) -> Value<'_> {
+    b.map_or(Value::Missing, Value::Bytes)
+}
+
+fn int_or_missing<T: Into<u64>>(n: Option<T>) -> Value<'static> {
+    n.map_or(Value::Missing, |n| Value::Int(n.into()))
+}
+
+impl<'a> Facts<'a> {
+    /// Reads a field. List fields yield [`Value::List`]; read them with [`Facts::names`].
+    pub fn get<'f>(&'f self, field: &Field) -> Value<'f> {
+        let msg = self.msg;
+        let packet = self.packet.as_ref();
+        match field {
+            Field::PayloadKind => Value::Bytes(msg.kind().as_str().as_bytes()),
+            Field::Payload => Value::Bytes(msg.bytes()),
+            Field::PayloadLen => Value::Int(msg.bytes().len() as u64),
+            Field::LineEndings => Value::Bytes(msg.line_endings().as_str().as_bytes()),
+            Field::HeadersComplete => Value::Bool(msg.headers_complete()),
+            Field::Truncated => Value::Bool(msg.truncated()),
+            Field::HeaderCount => {
+                Value::Int(msg.header_count() as u64 + u64::from(msg.headers_overflow()))
+            }
+            Field::FirstLine => Value::Bytes(msg.first_line()),
+            Field::Method => bytes_or_missing(msg.method()),
+            Field::RequestUri => bytes_or_missing(msg.request_uri()),
+            Field::RequestUriUser => bytes_or_missing(self.ruri.and_then(|u| u.user)),
+            Field::RequestUriHost => bytes_or_missing(self.ruri.map(|u| u.host)),
+            Field::RequestUriPort => int_or_missing(self.ruri.and_then(|u| u.port)),
+            Field::SipVersion => match msg.start_line() {
+                crate::sip::StartLine::Request { version, .. }
+                | crate::sip::StartLine::Response { version, .. } => Value::Bytes(version),
+                crate::sip::StartLine::None => Value::Missing,
+            },
+            Field::StatusCode => int_or_missing(msg.status_code()),
+            Field::HeaderOrder | Field::HeaderNames => Value::List,
+            Field::Header(key) => bytes_or_missing(key.find(msg).map(|h| h.value)),
+            Field::Line(key) => bytes_or_missing(key.find(msg).map(|h| h.line)),
+            Field::Sep(key) => bytes_or_missing(key.find(msg).map(|h| h.separator)),
+            Field::Name(key) => bytes_or_missing(key.find(msg).map(|h| h.raw_name)),
+            Field::ViaTransport => bytes_or_missing(self.via.map(|v| v.transport)),
+            Field::ViaHost => bytes_or_missing(self.via.map(|v| v.host)),
+            Field::ViaPort => int_or_missing(self.via.and_then(|v| v.port)),
+            Field::ViaBranch => bytes_or_missing(self.via.and_then(|v| v.branch())),
+            Field::ViaParams => bytes_or_missing(self.via.map(|v| v.params)),
+            Field::Addr(which, part) => {
+                let addr = match which {
+                    Addr::From => self.from,
+                    Addr::To => self.to,
+                    Addr::Contact => self.contact,
+                };
+                let Some(a) = addr else {
+                    return Value::Missing;
+                };
+                match part {
+                    AddrPart::Display => bytes_or_missing(a.display),
+                    AddrPart::DisplayQuoted => Value::Bool(a.display_quoted),
+                    AddrPart::Gap => Value::Bytes(a.gap),
+                    AddrPart::Uri => Value::Bytes(a.uri.raw),
+                    AddrPart::User => bytes_or_missing(a.uri.user),
+                    AddrPart::Host => Value::Bytes(a.uri.host),
+                    AddrPart::Port => int_or_missing(a.uri.port),
+                    AddrPart::Params => Value::Bytes(a.params),
+                    AddrPart::ParamsSep => Value::Bytes(a.params_sep),
+                    AddrPart::Tag => bytes_or_missing(a.tag),
+                    AddrPart::TagHexNum => a
+                        .tag
+                        .and_then(parse_hex_u64)
+                        .map_or(Value::Missing, Value::Int),
+                }
+            }
+            Field::CallId => bytes_or_missing(self.call_id),
+            Field::CallIdNum => self
+                .call_id
+                .and_then(|c| parse_u64(c.split(|&b| b == b'@').next().unwrap_or_default()))
+                .map_or(Value::Missing, Value::Int),
+            Field::CallIdHost => bytes_or_missing(
+                self.call_id
+                    .and_then(|c| c.iter().position(|&b| b == b'@').map(|at| &c[at + 1..])),
+            ),
+            Field::CSeqNum => int_or_missing(self.cseq.and_then(|c| c.number)),
+            Field::CSeqMethod => bytes_or_missing(self.cseq.map(|c| c.method)),
+            Field::UserAgent => bytes_or_missing(msg.header_value(HeaderName::UserAgent)),
+            Field::MaxForwards => int_or_missing(
+                msg.header_value(HeaderName::MaxForwards)
+                    .and_then(parse_u32),
+            ),
+            Field::ContentLength => int_or_missing(msg.content_length()),
+            Field::Body => bytes_or_missing(msg.body()),
+            Field::SdpSession => bytes_or_missing(msg.body().and_then(|b| sdp_line(b, b's'))),
+            Field::SdpOrigin => bytes_or_missing(msg.body().and_then(|b| sdp_line(b, b'o'))),
+            Field::SvTagKind => {
+                bytes_or_missing(self.sv_tag.as_ref().map(|t| t.kind_str().as_bytes()))
+            }
+            Field::SvTagValue => bytes_or_missing(self.sv_tag.as_ref().map(|t| t.encoded())),
+            Field::Transport => bytes_or_missing(packet.map(|p| match p.transport {
+                Transport::Udp => &b"udp"[..],
+                Transport::Tcp => &b"tcp"[..],
+            })),
+            Field::SrcIp => packet.map_or(Value::Missing, |p| Value::Ip(p.src_ip)),
+            Field::DstIp => packet.map_or(Value::Missing, |p| Value::Ip(p.dst_ip)),
+            Field::SrcPort => int_or_missing(packet.map(|p| p.src_port)),
+            Field::DstPort => int_or_missing(packet.map(|p| p.dst_port)),
+            Field::Ttl => int_or_missing(packet.map(|p| p.ttl)),
+            Field::IpId => int_or_missing(packet.filter(|p| p.ip_version == 4).map(|p| p.ip_id)),
+            Field::Df => packet.map_or(Value::Missing, |p| Value::Bool(p.dont_fragment)),
+            Field::IpVersion => int_or_missing(packet.map(|p| p.ip_version)),
+            Field::TcpSeq => int_or_missing(packet.and_then(|p| p.tcp_seq)),
+        }
+    }
+
+    /// The names of a list field, in wire order.
+    pub fn names(&self, field: &Field) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let raw = matches!(field, Field::HeaderNames);
+        let msg: &'a SipMessage<'a> = self.msg;
+        msg.headers()
+            .map(move |h| if raw { h.raw_name } else { h.order_name() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_parse() {
+        assert_eq!(Field::parse("via.branch"), Some(Field::ViaBranch));
+        assert_eq!(
+            Field::parse("from.tag.hexnum"),
+            Some(Field::Addr(Addr::From, AddrPart::TagHexNum))
+        );
+        assert_eq!(
+            Field::parse("header:User-Agent"),
+            Some(Field::Header(HeaderKey::Known(HeaderName::UserAgent)))
+        );
+        assert_eq!(
+            Field::parse("name:User Agent"),
+            Some(Field::Name(HeaderKey::Raw(b"User Agent".to_vec())))
+        );
+        assert_eq!(Field::parse("header:"), None);
+        assert_eq!(Field::parse("via.nope"), None);
+        assert_eq!(Field::parse("bcc.tag"), None);
+        assert!(Field::known_names().contains("contact.host"));
+    }
+
+    #[test]
+    fn values_from_a_message() {
+        let m = SipMessage::parse(
+            b"OPTIONS sip:sipsak@example SIP/2.0\r\n\
+Via: SIP/2.0/UDP h:5060;branch=z9hG4bK.1;rport;alias\r\n\
+From: sip:sipsak@h:5060;tag=3039\r\n\
+Call-ID: 12345@h\r\nUser Agent: x\r\n\r\n",
+        );
+        let f = Facts::new(&m, None);
+        assert_eq!(f.get(&Field::ViaPort), Value::Int(5060));
+        assert_eq!(
+            f.get(&Field::Addr(Addr::From, AddrPart::TagHexNum)),
+            Value::Int(0x3039)
+        );
+        assert_eq!(f.get(&Field::CallIdNum), Value::Int(12345));
+        assert!(
+            f.get(&Field::CallIdNum)
+                .same(&f.get(&Field::Addr(Addr::From, AddrPart::TagHexNum)))
+        );
+        assert_eq!(f.get(&Field::CallIdHost), Value::Bytes(b"h"));
+        assert_eq!(f.get(&Field::SrcPort), Value::Missing);
+        assert_eq!(
+            f.get(&Field::parse("header:User Agent").unwrap()),
+            Value::Bytes(b"x")
+        );
+        let names: Vec<_> = f.names(&Field::HeaderOrder).collect();
+        assert_eq!(names, [&b"Via"[..], b"From", b"Call-ID", b"User Agent"]);
+    }
+}

@@ -1,0 +1,591 @@
+//! Field inference, as the first seed's analyst does it by hand: what a tag encodes, what the
+//! Via and Contact addresses say about the sender's host, how many scanner processes ran, and
+//! what the TTL says about the stack and the distance.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::escape::escape_bounded;
+
+use super::facts::parse_ip;
+
+/// Longest decoded SIPVicious tag payload kept (an IPv6 target is 36 characters).
+const SV_TAG_MAX: usize = 48;
+
+/// What a SIPVicious `createTag` tag carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SvTagKind {
+    /// svmap: 8 (or 32) hex digits of the target address and 4 of its port.
+    Target,
+    /// svcrack auth retry: `user:password`.
+    Credentials,
+    /// svwar: the extension being probed.
+    Extension,
+}
+
+/// A tag in SIPVicious' `createTag` encoding: hex of `payload + 0x01 + random decimal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SvTag {
+    pub kind: SvTagKind,
+    encoded: [u8; SV_TAG_MAX],
+    len: u8,
+}
+
+impl SvTag {
+    /// The payload before the 0x01 separator, decoded from hex (printable ASCII).
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded[..usize::from(self.len)]
+    }
+
+    pub fn kind_str(&self) -> &'static str {
+        match self.kind {
+            SvTagKind::Target => "target",
+            SvTagKind::Credentials => "credentials",
+            SvTagKind::Extension => "extension",
+        }
+    }
+
+    /// The svmap target this tag was made for.
+    pub fn target(&self) -> Option<(IpAddr, u16)> {
+        if self.kind != SvTagKind::Target {
+            return None;
+        }
+        let text = std::str::from_utf8(self.encoded()).ok()?;
+        let (ip_hex, port_hex) = text.split_at(text.len() - 4);
+        let port = u16::from_str_radix(port_hex, 16).ok()?;
+        let ip = if ip_hex.len() == 8 {
+            IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip_hex, 16).ok()?))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(u128::from_str_radix(ip_hex, 16).ok()?))
+        };
+        Some((ip, port))
+    }
+
+    /// The svcrack guess `(user, password)`.
+    pub fn credentials(&self) -> Option<(&[u8], &[u8])> {
+        if self.kind != SvTagKind::Credentials {
+            return None;
+        }
+        let e = self.encoded();
+        let colon = e.iter().position(|&b| b == b':')?;
+        Some((&e[..colon], &e[colon + 1..]))
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes a tag made by SIPVicious' `createTag`; `None` for any other tag.
+pub fn decode_sv_tag(tag: &[u8]) -> Option<SvTag> {
+    // payload (<= 48) + 0x01 + up to 10 random digits, hex-encoded.
+    if !tag.len().is_multiple_of(2) || tag.len() < 6 || tag.len() > 2 * (SV_TAG_MAX + 11) {
+        return None;
+    }
+    let mut raw = [0u8; SV_TAG_MAX + 11];
+    let mut n = 0;
+    for pair in tag.chunks_exact(2) {
+        raw[n] = hex_val(pair[0])? << 4 | hex_val(pair[1])?;
+        n += 1;
+    }
+    let raw = &raw[..n];
+    let sep = raw.iter().position(|&b| b == 0x01)?;
+    let (payload, random) = (&raw[..sep], &raw[sep + 1..]);
+    if payload.is_empty()
+        || payload.len() > SV_TAG_MAX
+        || !payload.iter().all(|b| b.is_ascii_graphic())
+        || random.is_empty()
+        || random.len() > 10
+        || !random.iter().all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    let all_hex = payload.iter().all(u8::is_ascii_hexdigit);
+    let kind = if all_hex && (payload.len() == 12 || payload.len() == 36) {
+        SvTagKind::Target
+    } else if payload.contains(&b':') {
+        SvTagKind::Credentials
+    } else {
+        SvTagKind::Extension
+    };
+    let mut encoded = [0u8; SV_TAG_MAX];
+    encoded[..payload.len()].copy_from_slice(payload);
+    Some(SvTag {
+        kind,
+        encoded,
+        len: payload.len() as u8,
+    })
+}
+
+/// What a tag decoded to, compared with the packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagInference {
+    pub field: &'static str,
+    pub encoding: &'static str,
+    pub kind: &'static str,
+    /// Escaped decoded payload (`c000020113c4`, `100`, `100:1234`).
+    pub decoded: String,
+    /// svmap: the target the scanner meant, `ip:port`.
+    pub target: Option<String>,
+    /// svmap: whether that target is the packet's real destination.
+    pub matches_destination: Option<bool>,
+    pub extension: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub note: String,
+}
+
+pub fn infer_tag(tag: &SvTag, dst: Option<(IpAddr, u16)>) -> TagInference {
+    let mut out = TagInference {
+        field: "from.tag",
+        encoding: "sipvicious_createtag",
+        kind: tag.kind_str(),
+        decoded: escape_bounded(tag.encoded(), 64),
+        target: None,
+        matches_destination: None,
+        extension: None,
+        user: None,
+        password: None,
+        note: String::new(),
+    };
+    match tag.kind {
+        SvTagKind::Target => {
+            if let Some((ip, port)) = tag.target() {
+                let target = match ip {
+                    IpAddr::V4(v4) => format!("{v4}:{port}"),
+                    IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+                };
+                out.note = match dst {
+                    Some((dip, dport)) if dip == ip && dport == port => format!(
+                        "svmap encodes its target in the From tag; it decodes to {target}, this \
+                         packet's own destination"
+                    ),
+                    Some((dip, dport)) => format!(
+                        "svmap encodes its target in the From tag; it decodes to {target}, not this \
+                         packet's destination {dip}:{dport}: the payload was replayed, relayed, \
+                         edited (an address obfuscated) or sent to another address than it was built for"
+                    ),
+                    None => {
+                        format!("svmap encodes its target in the From tag; it decodes to {target}")
+                    }
+                };
+                out.matches_destination = dst.map(|(dip, dport)| dip == ip && dport == port);
+                out.target = Some(target);
+            }
+        }
+        SvTagKind::Credentials => {
+            if let Some((user, password)) = tag.credentials() {
+                out.user = Some(escape_bounded(user, 64));
+                out.password = Some(escape_bounded(password, 64));
+                out.note = "svcrack puts the credentials it is trying in the From tag of its \
+                            authenticated retry: this is the password guess"
+                    .to_string();
+            }
+        }
+        SvTagKind::Extension => {
+            out.extension = Some(escape_bounded(tag.encoded(), 64));
+            out.note = "svwar encodes the extension it probes in the From tag".to_string();
+        }
+    }
+    out
+}
+
+/// What kind of address a tool wrote as its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostClass {
+    /// 127.0.0.1: SIPVicious' fallback when it cannot resolve its own name.
+    LoopbackUnresolved,
+    /// 127.0.1.1: the Debian/Ubuntu `/etc/hosts` entry for the machine's own name.
+    DebianHostsFile,
+    Loopback,
+    /// 172.17.0.0/16: Docker's default bridge.
+    DockerBridge,
+    /// RFC 1918 / unique local: behind NAT.
+    Private,
+    /// 100.64.0.0/10: carrier-grade NAT.
+    SharedCgnat,
+    LinkLocal,
+    Unspecified,
+    /// Equal to the packet's source address (whatever its range).
+    SameAsSource,
+    /// Public, not the packet's source.
+    PublicOther,
+    /// An address the matched rule knows the tool hard-codes.
+    ToolConstant,
+    Hostname,
+    Empty,
+}
+
+impl HostClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostClass::LoopbackUnresolved => "loopback_unresolved",
+            HostClass::DebianHostsFile => "debian_hosts_file",
+            HostClass::Loopback => "loopback",
+            HostClass::DockerBridge => "docker_bridge",
+            HostClass::Private => "private_nat",
+            HostClass::SharedCgnat => "shared_cgnat",
+            HostClass::LinkLocal => "link_local",
+            HostClass::Unspecified => "unspecified",
+            HostClass::SameAsSource => "same_as_source",
+            HostClass::PublicOther => "public_other_than_source",
+            HostClass::ToolConstant => "tool_constant",
+            HostClass::Hostname => "hostname",
+            HostClass::Empty => "empty",
+        }
+    }
+
+    pub fn explanation(self) -> &'static str {
+        match self {
+            HostClass::LoopbackUnresolved => {
+                "127.0.0.1: the tool could not resolve its own host name (SIPVicious falls back to \
+                 127.0.0.1 when gethostbyname(gethostname()) fails)"
+            }
+            HostClass::DebianHostsFile => {
+                "127.0.1.1: the host name resolves through a Debian/Ubuntu /etc/hosts entry: the \
+                 scanner runs on a Debian-family system"
+            }
+            HostClass::Loopback => "a loopback address: the tool used its loopback interface",
+            HostClass::DockerBridge => {
+                "Docker's default bridge (172.17.0.0/16): the tool runs in a container"
+            }
+            HostClass::Private => {
+                "a private address: the scanner's own LAN address, so it sits behind NAT"
+            }
+            HostClass::SharedCgnat => {
+                "shared address space (100.64.0.0/10): the scanner sits behind carrier-grade NAT"
+            }
+            HostClass::LinkLocal => "a link-local address",
+            HostClass::Unspecified => "the unspecified address (0.0.0.0 or ::)",
+            HostClass::SameAsSource => {
+                "the packet's own source address: no NAT between the tool and the sensor"
+            }
+            HostClass::PublicOther => {
+                "a public address other than the packet's source: a relay, spoofing, a multi-homed \
+                 host, or an external address set by hand"
+            }
+            HostClass::ToolConstant => {
+                "an address hard-coded in this tool or variant (seen from many unrelated sources), \
+                 not evidence of the sender's own network"
+            }
+            HostClass::Hostname => "a host name rather than an address",
+            HostClass::Empty => "no host",
+        }
+    }
+}
+
+pub fn classify_host(host: &[u8], source: Option<IpAddr>, tool_constants: &[IpAddr]) -> HostClass {
+    if host.is_empty() {
+        return HostClass::Empty;
+    }
+    let Some(ip) = parse_ip(host) else {
+        return HostClass::Hostname;
+    };
+    if tool_constants.contains(&ip) {
+        return HostClass::ToolConstant;
+    }
+    if source == Some(ip) {
+        return HostClass::SameAsSource;
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4 == Ipv4Addr::new(127, 0, 0, 1) {
+                HostClass::LoopbackUnresolved
+            } else if v4 == Ipv4Addr::new(127, 0, 1, 1) {
+                HostClass::DebianHostsFile
+            } else if v4.is_loopback() {
+                HostClass::Loopback
+            } else if o[0] == 172 && o[1] == 17 {
+                HostClass::DockerBridge
+            } else if v4.is_private() {
+                HostClass::Private
+            } else if o[0] == 100 && (64..128).contains(&o[1]) {
+                HostClass::SharedCgnat
+            } else if v4.is_link_local() {
+                HostClass::LinkLocal
+            } else if v4.is_unspecified() {
+                HostClass::Unspecified
+            } else {
+                HostClass::PublicOther
+            }
+        }
+        IpAddr::V6(v6) => {
+            let seg0 = v6.segments()[0];
+            if v6.is_loopback() {
+                HostClass::Loopback
+            } else if v6.is_unspecified() {
+                HostClass::Unspecified
+            } else if seg0 & 0xfe00 == 0xfc00 {
+                HostClass::Private
+            } else if seg0 & 0xffc0 == 0xfe80 {
+                HostClass::LinkLocal
+            } else {
+                HostClass::PublicOther
+            }
+        }
+    }
+}
+
+/// The class of the Via or Contact host, with what it means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostInference {
+    pub field: &'static str,
+    pub host: String,
+    pub port: Option<u16>,
+    pub class: HostClass,
+    pub note: String,
+}
+
+pub fn infer_host(
+    field: &'static str,
+    host: &[u8],
+    port: Option<u16>,
+    source: Option<IpAddr>,
+    tool_constants: &[IpAddr],
+) -> HostInference {
+    let class = classify_host(host, source, tool_constants);
+    let mut note = class.explanation().to_string();
+    if port == Some(0) {
+        note.push_str(
+            "; port 0: the tool bound port 0 (svmap -P 0), the kernel picked an ephemeral source \
+             port but the header still says 0",
+        );
+    }
+    HostInference {
+        field,
+        host: escape_bounded(host, 64),
+        port,
+        class,
+        note,
+    }
+}
+
+/// How many scanner processes ran on the sender, for tools that bind a fixed port and take
+/// the next free one when it is busy (SIPVicious: 5060, 5061, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessEstimate {
+    pub base_port: u16,
+    pub bound_port: u16,
+    /// `via.port` (the tool's own view) or `src_port`.
+    pub basis: &'static str,
+    pub processes: u32,
+    pub note: String,
+}
+
+/// Ports above the base still read as "the tool counted up to here".
+const MAX_PORT_WALK: u16 = 1024;
+
+pub fn estimate_processes(
+    base: u16,
+    via_port: Option<u16>,
+    src_port: Option<u16>,
+) -> Option<ProcessEstimate> {
+    let in_walk = |p: u16| p >= base && p - base < MAX_PORT_WALK;
+    let (bound, basis) = match (via_port, src_port) {
+        (Some(v), _) if in_walk(v) => (v, "via.port"),
+        (_, Some(s)) if in_walk(s) => (s, "src_port"),
+        _ => return None,
+    };
+    let processes = u32::from(bound - base) + 1;
+    let mut note = if processes == 1 {
+        format!(
+            "bound {base} itself: nothing else held {base} on the sender, so one scanner process \
+             and no local SIP service"
+        )
+    } else {
+        format!(
+            "bound {bound}: ports {base}..{} were already taken, so about {processes} concurrent \
+             scanner processes on the sender (or a local SIP service on {base} and {} scanner \
+             processes)",
+            bound - 1,
+            processes - 1
+        )
+    };
+    if let (Some(v), Some(s)) = (via_port, src_port)
+        && v != s
+        && v != 0
+    {
+        note.push_str(&format!(
+            "; the source port {s} differs from the Via port {v}: a NAT rewrote the port, the Via \
+             port is the tool's own"
+        ));
+    }
+    Some(ProcessEstimate {
+        base_port: base,
+        bound_port: bound,
+        basis,
+        processes,
+        note,
+    })
+}
+
+/// The initial TTL family and the hop count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TtlInference {
+    pub observed: u8,
+    pub initial: u8,
+    pub hops: u8,
+    pub hint: &'static str,
+    pub caveat: Option<&'static str>,
+}
+
+pub fn infer_ttl(ttl: u8) -> TtlInference {
+    let initial = match ttl {
+        0..=32 => 32,
+        33..=64 => 64,
+        65..=128 => 128,
+        _ => 255,
+    };
+    let hops = initial - ttl;
+    let hint = match initial {
+        32 => "initial TTL 32: old Windows (9x/NT 4) or a TTL set by the tool",
+        64 => "initial TTL 64: Linux, a BSD, macOS or another Unix-like stack",
+        128 => "initial TTL 128: Windows",
+        _ => {
+            "initial TTL 255: raw packets from a scanner that sets 255 (zmap before 4.1, masscan), \
+             or network equipment / Solaris"
+        }
+    };
+    let caveat = (hops > 30).then_some(
+        "more than 30 hops is implausible: the initial TTL was probably randomised or unusual \
+         (nmap's raw probes use 37 to 59)",
+    );
+    TtlInference {
+        observed: ttl,
+        initial,
+        hops,
+        hint,
+        caveat,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_seed_svmap_tag() {
+        let tag = decode_sv_tag(b"34353131313634613133633401353835363538393133").unwrap();
+        assert_eq!(tag.kind, SvTagKind::Target);
+        assert_eq!(tag.encoded(), b"4511164a13c4");
+        let (ip, port) = tag.target().unwrap();
+        assert_eq!(ip.to_string(), "69.17.22.74");
+        assert_eq!(port, 5060);
+    }
+
+    #[test]
+    fn decodes_reference_tags() {
+        for (tag, target) in [
+            (
+                "63303030303230613133633401353737303930303337",
+                "192.0.2.10:5060",
+            ),
+            (
+                "3262636137666337313363340133383939323732353135",
+                "43.202.127.199:5060",
+            ),
+            (
+                "3830303330303030313761630131333132303130313639",
+                "128.3.0.0:6060",
+            ),
+            (
+                "6434396633623535313363340133343333313138393833",
+                "212.159.59.85:5060",
+            ),
+        ] {
+            let t = decode_sv_tag(tag.as_bytes()).unwrap();
+            let inf = infer_tag(&t, None);
+            assert_eq!(inf.target.as_deref(), Some(target), "{tag}");
+        }
+    }
+
+    #[test]
+    fn decodes_svwar_and_svcrack_tags() {
+        let hex = |s: &[u8]| -> String { s.iter().map(|b| format!("{b:02x}")).collect() };
+        let t = decode_sv_tag(hex(b"100\x011234567890").as_bytes()).unwrap();
+        assert_eq!(t.kind, SvTagKind::Extension);
+        assert_eq!(infer_tag(&t, None).extension.as_deref(), Some("100"));
+        let t = decode_sv_tag(hex(b"100:secret\x01987").as_bytes()).unwrap();
+        assert_eq!(t.credentials(), Some((&b"100"[..], &b"secret"[..])));
+        // Not createTag: plain decimal, odd length, no separator, bad random part.
+        for bad in [
+            &b"3206210844"[..],
+            b"77194458456158489721772408023096992174807017852",
+            b"313030",
+            b"31303001",
+            b"3130300141",
+            b"zz",
+        ] {
+            assert_eq!(decode_sv_tag(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn tag_target_against_destination() {
+        let t = decode_sv_tag(b"63303030303230613133633401353737303930303337").unwrap();
+        let same = infer_tag(&t, Some(("192.0.2.10".parse().unwrap(), 5060)));
+        assert_eq!(same.matches_destination, Some(true));
+        let other = infer_tag(&t, Some(("192.0.2.11".parse().unwrap(), 5060)));
+        assert_eq!(other.matches_destination, Some(false));
+        assert!(other.note.contains("not this packet's destination"));
+    }
+
+    #[test]
+    fn host_classes() {
+        let src: IpAddr = "198.51.100.7".parse().unwrap();
+        let c = |h: &str| classify_host(h.as_bytes(), Some(src), &[]);
+        assert_eq!(c("127.0.0.1"), HostClass::LoopbackUnresolved);
+        assert_eq!(c("127.0.1.1"), HostClass::DebianHostsFile);
+        assert_eq!(c("127.9.9.9"), HostClass::Loopback);
+        assert_eq!(c("172.17.0.5"), HostClass::DockerBridge);
+        assert_eq!(c("172.18.0.5"), HostClass::Private);
+        assert_eq!(c("192.168.1.9"), HostClass::Private);
+        assert_eq!(c("10.1.2.3"), HostClass::Private);
+        assert_eq!(c("100.70.0.1"), HostClass::SharedCgnat);
+        assert_eq!(c("0.0.0.0"), HostClass::Unspecified);
+        assert_eq!(c("198.51.100.7"), HostClass::SameAsSource);
+        assert_eq!(c("162.217.96.20"), HostClass::PublicOther);
+        assert_eq!(c("pc33.atlanta.com"), HostClass::Hostname);
+        assert_eq!(c("[fd00::1]"), HostClass::Private);
+        assert_eq!(c(""), HostClass::Empty);
+        let constant: IpAddr = "192.168.1.9".parse().unwrap();
+        assert_eq!(
+            classify_host(b"192.168.1.9", Some(src), &[constant]),
+            HostClass::ToolConstant
+        );
+        let port0 = infer_host("via.host", b"162.217.96.20", Some(0), Some(src), &[]);
+        assert!(port0.note.contains("port 0"));
+    }
+
+    #[test]
+    fn process_estimates() {
+        let one = estimate_processes(5060, Some(5060), Some(5060)).unwrap();
+        assert_eq!(one.processes, 1);
+        assert!(one.note.contains("one scanner process"));
+        let many = estimate_processes(5060, Some(5084), Some(5084)).unwrap();
+        assert_eq!(many.processes, 25);
+        let natted = estimate_processes(5060, Some(5061), Some(40000)).unwrap();
+        assert_eq!((natted.processes, natted.basis), (2, "via.port"));
+        assert!(natted.note.contains("NAT"));
+        let by_src = estimate_processes(5060, Some(0), Some(5062)).unwrap();
+        assert_eq!((by_src.processes, by_src.basis), (3, "src_port"));
+        assert_eq!(estimate_processes(5060, Some(0), Some(40000)), None);
+        assert_eq!(estimate_processes(5060, None, Some(5059)), None);
+    }
+
+    #[test]
+    fn ttl_families() {
+        assert_eq!((infer_ttl(52).initial, infer_ttl(52).hops), (64, 12));
+        assert_eq!(infer_ttl(113).initial, 128);
+        assert_eq!(infer_ttl(250).initial, 255);
+        assert_eq!(infer_ttl(30).initial, 32);
+        assert!(infer_ttl(33).caveat.is_some());
+        assert!(infer_ttl(37).caveat.is_none());
+        assert!(infer_ttl(60).caveat.is_none());
+    }
+}
