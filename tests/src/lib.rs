@@ -2,6 +2,7 @@
 //! program under BPF_PROG_TEST_RUN, and (from `xtask::lab`) namespaces and veth pairs.
 
 pub mod agent_run;
+pub mod corpus;
 /// Crafted frames live in xtask, where the lab's traffic generator uses them too.
 pub use xtask::frames;
 pub mod harness;

@@ -173,6 +173,11 @@ fn nmap_service_probe_over_tcp_is_captured_at_a_darknet_address() {
         });
     assert_eq!(probe["proto"], "TCP");
     assert_eq!(probe["reactive"]["session"], true);
+    assert_eq!(probe["fingerprint"]["tool"], "nmap", "{probe}");
+    assert_eq!(
+        probe["fingerprint"]["rule"], "nmap-service-probe-tcp",
+        "{probe}"
+    );
     assert!(summary.kernel.get(Counter::SynAckSent) >= 1);
 }
 

@@ -2,7 +2,7 @@
 //! Via and Contact addresses say about the sender's host, how many scanner processes ran, and
 //! what the TTL says about the stack and the distance.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::escape::escape_bounded;
 
@@ -14,7 +14,9 @@ const SV_TAG_MAX: usize = 48;
 /// What a SIPVicious `createTag` tag carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SvTagKind {
-    /// svmap: 8 (or 32) hex digits of the target address and 4 of its port.
+    /// svmap: the target address in hex and 4 hex digits of its port. IPv4: 8 hex digits.
+    /// IPv6: the address as svmap was given it, colons removed (`2001db8250` for
+    /// `2001:db8:2::50`), so its length varies and only the packet's destination can confirm it.
     Target,
     /// svcrack auth retry: `user:password`.
     Credentials,
@@ -50,13 +52,12 @@ impl SvTag {
             return None;
         }
         let text = std::str::from_utf8(self.encoded()).ok()?;
-        let (ip_hex, port_hex) = text.split_at(text.len() - 4);
+        if text.len() != 12 {
+            return None;
+        }
+        let (ip_hex, port_hex) = text.split_at(8);
         let port = u16::from_str_radix(port_hex, 16).ok()?;
-        let ip = if ip_hex.len() == 8 {
-            IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip_hex, 16).ok()?))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(u128::from_str_radix(ip_hex, 16).ok()?))
-        };
+        let ip = IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip_hex, 16).ok()?));
         Some((ip, port))
     }
 
@@ -105,7 +106,9 @@ pub fn decode_sv_tag(tag: &[u8]) -> Option<SvTag> {
         return None;
     }
     let all_hex = payload.iter().all(u8::is_ascii_hexdigit);
-    let kind = if all_hex && (payload.len() == 12 || payload.len() == 36) {
+    // svwar extensions are short; 12 or more hex digits are an svmap target (IPv6 as svmap
+    // writes it is at most 32 + 4).
+    let kind = if all_hex && (12..=36).contains(&payload.len()) {
         SvTagKind::Target
     } else if payload.contains(&b':') {
         SvTagKind::Credentials
@@ -154,7 +157,27 @@ pub fn infer_tag(tag: &SvTag, dst: Option<(IpAddr, u16)>) -> TagInference {
     };
     match tag.kind {
         SvTagKind::Target => {
-            if let Some((ip, port)) = tag.target() {
+            let v6_target = match dst {
+                Some((IpAddr::V6(dip), dport)) if tag.target().is_none() => {
+                    let expected = format!("{}{dport:04x}", dip.to_string().replace(':', ""));
+                    Some((expected.as_bytes() == tag.encoded(), dip, dport))
+                }
+                _ => None,
+            };
+            if let Some((same, dip, dport)) = v6_target {
+                out.matches_destination = Some(same);
+                if same {
+                    out.target = Some(format!("[{dip}]:{dport}"));
+                    out.note = format!(
+                        "svmap encodes its IPv6 target in the From tag with the colons removed; \
+                         it is [{dip}]:{dport}, this packet's own destination"
+                    );
+                } else {
+                    out.note = "svmap encodes its IPv6 target in the From tag with the colons \
+                                removed; it is not this packet's destination"
+                        .to_string();
+                }
+            } else if let Some((ip, port)) = tag.target() {
                 let target = match ip {
                     IpAddr::V4(v4) => format!("{v4}:{port}"),
                     IpAddr::V6(v6) => format!("[{v6}]:{port}"),
