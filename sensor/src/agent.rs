@@ -1,4 +1,5 @@
-//! The live pipeline: load, configure, attach, drain, decode, write; detach and report on stop.
+//! The live run: load, configure and attach the kernel program, drain its ring buffer into the
+//! pipeline; detach and report on stop.
 
 use std::{future::Future, path::PathBuf, pin::pin, time::Duration};
 
@@ -9,32 +10,20 @@ use sensor_common::{
 
 use crate::{
     capture::{AttachMode, CaptureError, IpPrefix, PortSet, RingReader, SensorProgram},
-    clock::{WallClock, monotonic_ns, realtime_ns},
+    clock::WallClock,
     counters::{AgentCounters, KernelCounters},
-    event::Event,
-    fingerprint::{Engine, RuleError, SourceTracker},
-    output::{
-        NdjsonWriter,
-        json::{EventDoc, StatsDoc},
-    },
-    record::Record,
-    rogue::{
-        Tracker, TrackerConfig, TrackerCounters,
-        doc::{RogueStatsDoc, ServerDoc},
-    },
-    session::SynJoiner,
+    pipeline::{Pipeline, PipelineError, PipelineOptions},
+    rogue::{TrackerConfig, TrackerCounters},
 };
 
 /// Records handled per wakeup before the loop checks for shutdown and flushes.
 const BATCH: usize = 4096;
 /// The longest a record waits in the ring when the kernel batches wakeups.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
-/// Answered SYNs remembered to join to the request that follows.
-const SYN_JOIN_CAPACITY: usize = 65_536;
 /// How often the SYN cookie secret changes; a cookie survives one change.
 const SECRET_ROTATION: Duration = Duration::from_secs(600);
-/// How often the rogue tracker resolves timeouts and reports findings.
-const ROGUE_POLL: Duration = Duration::from_secs(1);
+/// How often the pipeline does its periodic work (the rogue tracker's timeouts and findings).
+const PIPELINE_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -103,11 +92,6 @@ impl RunOptions {
 pub enum AgentError {
     #[error(transparent)]
     Capture(#[from] CaptureError),
-    #[error("cannot open output {path}: {source}")]
-    Output {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("prefix length {0} out of range: expected 1 to {PAYLOAD_CAPACITY}")]
     PrefixLen(u16),
     #[error(
@@ -118,7 +102,7 @@ pub enum AgentError {
     #[error("cannot read random bytes for the SYN cookie secret: {0}")]
     Random(std::io::Error),
     #[error(transparent)]
-    Rules(#[from] RuleError),
+    Pipeline(#[from] PipelineError),
 }
 
 /// What a run did, for the final report.
@@ -150,16 +134,13 @@ pub async fn run(
     if options.prefix_len == 0 || usize::from(options.prefix_len) > PAYLOAD_CAPACITY {
         return Err(AgentError::PrefixLen(options.prefix_len));
     }
-    // Rules first: a bad rule file stops the run before anything is attached.
-    let engine = Engine::load(options.rules.as_deref())?;
-    let mut sources = SourceTracker::default();
-    let mut writer = match &options.output {
-        None => NdjsonWriter::stdout(),
-        Some(path) => NdjsonWriter::create(path).map_err(|source| AgentError::Output {
-            path: path.clone(),
-            source,
-        })?,
-    };
+    // Rules and outputs first: a bad rule file or output stops the run before anything is
+    // attached.
+    let mut pipeline = Pipeline::new(&PipelineOptions {
+        rules: options.rules.clone(),
+        output: options.output.clone(),
+        detect_rogue: options.detect_rogue.clone(),
+    })?;
     if options.reactive != ReactivePolicy::Off && options.reactive_prefixes.is_empty() {
         return Err(AgentError::ReactiveWithoutPrefixes);
     }
@@ -189,46 +170,15 @@ pub async fn run(
     });
 
     let clock = WallClock::now();
-    let mut agent = AgentCounters::default();
     let limit = options.max_events.unwrap_or(u64::MAX);
     let mut shutdown = pin!(shutdown);
-    let mut rogue = options.detect_rogue.clone().map(Tracker::new);
-    let mut rogue_tick = tokio::time::interval(ROGUE_POLL);
-    let mut joiner = SynJoiner::new(SYN_JOIN_CAPACITY);
-    let mut handle = |bytes: &[u8],
-                      agent: &mut AgentCounters,
-                      writer: &mut NdjsonWriter,
-                      rogue: &mut Option<Tracker>| {
-        agent.records_read += 1;
-        match Record::from_bytes(bytes) {
-            Ok(record) => {
-                let event = Event {
-                    record,
-                    wall_ns: clock.wall_ns(record.timestamp_ns()),
-                };
-                let mut doc = EventDoc::analyzed(&event, &engine, &mut sources);
-                if let Some(reactive) = &mut doc.reactive {
-                    reactive.syn = joiner.observe(&record, event.wall_ns);
-                }
-                match writer.write(&doc) {
-                    Ok(()) => agent.events_written += 1,
-                    Err(_) => agent.output_errors += 1,
-                }
-                if let Some(tracker) = rogue {
-                    tracker.observe(&event);
-                }
-            }
-            Err(_) => agent.records_undecodable += 1,
-        }
-    };
-    while agent.events_written < limit {
+    let mut ticks = tokio::time::interval(PIPELINE_TICK);
+    while pipeline.counters.events_written < limit {
         tokio::select! {
             _ = &mut shutdown => break,
-            drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| handle(bytes, &mut agent, &mut writer, &mut rogue)) => {
+            drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| pipeline.ring_item(bytes, &clock)) => {
                 drained?;
-                if writer.flush().is_err() {
-                    agent.output_errors += 1;
-                }
+                pipeline.flush();
             }
             _ = secret_rotation.tick(), if options.reactive != ReactivePolicy::Off => {
                 // Sign with the other slot from now on; the old secret still validates the
@@ -238,11 +188,7 @@ pub async fn run(
                 kernel_config.secret_generation = next;
                 program.set_config(kernel_config)?;
             }
-            _ = rogue_tick.tick(), if rogue.is_some() => {
-                if let Some(tracker) = &mut rogue {
-                    write_rogue_findings(tracker, &mut writer, &mut agent);
-                }
-            }
+            _ = ticks.tick(), if pipeline.wants_ticks() => pipeline.tick(),
         }
     }
 
@@ -250,65 +196,20 @@ pub async fn run(
     let mode = attachment.mode;
     attachment.detach();
     // Records committed before the detach are still in the ring: take them too.
-    reader.drain_now(|bytes| handle(bytes, &mut agent, &mut writer, &mut rogue));
+    reader.drain_now(|bytes| pipeline.ring_item(bytes, &clock));
     // Let in-flight program runs on other CPUs finish their counter updates.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    reader.drain_now(|bytes| handle(bytes, &mut agent, &mut writer, &mut rogue));
-    if let Some(tracker) = &mut rogue {
-        write_rogue_findings(tracker, &mut writer, &mut agent);
-        write_rogue_final(tracker, &mut writer, &mut agent);
-    }
+    reader.drain_now(|bytes| pipeline.ring_item(bytes, &clock));
     let kernel = program.counters()?;
-    if writer
-        .write(&StatsDoc::new(realtime_ns(), &kernel, &agent))
-        .and_then(|()| writer.flush())
-        .is_err()
-    {
-        agent.output_errors += 1;
-    }
+    pipeline.finish(&kernel);
     Ok(RunSummary {
         interface: options.interface.clone(),
         ifindex,
         mode,
         kernel,
-        agent,
-        rogue: rogue.map(|t| t.counters()),
+        agent: pipeline.counters,
+        rogue: pipeline.rogue_counters(),
     })
-}
-
-/// `rogue_server` documents for servers newly found rogue.
-fn write_rogue_findings(
-    tracker: &mut Tracker,
-    writer: &mut NdjsonWriter,
-    agent: &mut AgentCounters,
-) {
-    for report in tracker.poll(monotonic_ns()) {
-        if writer
-            .write(&ServerDoc::finding(realtime_ns(), &report))
-            .is_err()
-        {
-            agent.output_errors += 1;
-        }
-    }
-    if writer.flush().is_err() {
-        agent.output_errors += 1;
-    }
-}
-
-/// On stop: a `sip_server` document per tracked server, then the tracker's counters.
-fn write_rogue_final(tracker: &Tracker, writer: &mut NdjsonWriter, agent: &mut AgentCounters) {
-    let now = realtime_ns();
-    for report in tracker.snapshot() {
-        if writer.write(&ServerDoc::state(now, &report)).is_err() {
-            agent.output_errors += 1;
-        }
-    }
-    if writer
-        .write(&RogueStatsDoc::new(now, tracker.counters()))
-        .is_err()
-    {
-        agent.output_errors += 1;
-    }
 }
 
 /// 128 random bits from the kernel for a SipHash key.

@@ -7,7 +7,8 @@
 //! - [`offline`]: capture files and the userspace twin of the kernel parser.
 //! - [`output`]: NDJSON and the JSON document of an event.
 //! - [`rogue`]: rogue SIP daemons seen passively; [`probe`]: the same five signs, tested actively.
-//! - [`agent`]: the live pipeline that ties them together.
+//! - [`pipeline`]: what happens to each record, live or from a capture file.
+//! - [`agent`]: the live run: kernel program, ring buffer, pipeline.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
 pub mod agent;
@@ -19,6 +20,7 @@ pub mod event;
 pub mod fingerprint;
 pub mod offline;
 pub mod output;
+pub mod pipeline;
 pub mod probe;
 pub mod record;
 pub mod rogue;

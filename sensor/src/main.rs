@@ -29,6 +29,9 @@ struct Cli {
 enum Command {
     /// Attach to an interface and write one JSON event per matched frame.
     Run(RunArgs),
+    /// Analyse a capture file (pcap or pcapng) with the same pipeline as live traffic; needs no
+    /// privileges.
+    Analyze(AnalyzeArgs),
     /// Probe SIP servers with OPTIONS, INVITE and REGISTER and judge each one: genuine SIP
     /// daemon, rogue listener, not listening, filtered or unknown, with the evidence for the
     /// five signs. Sends only to the addresses named.
@@ -186,6 +189,57 @@ fn parse_prefix_list(s: &str) -> Result<PrefixList, String> {
         .map_err(|e| e.to_string())
 }
 
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// The capture file.
+    file: PathBuf,
+    /// Ports to match, as `sensor run --ports`.
+    #[arg(long, default_value = "5060,5061", value_parser = parse_ports)]
+    ports: PortSet,
+    /// Also match frames whose source port is in the set.
+    #[arg(long)]
+    match_source_port: bool,
+    /// Payload bytes captured per frame (1 to 1024), as `sensor run --prefix-len`.
+    #[arg(long, default_value_t = DEFAULT_PREFIX_LEN,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    prefix_len: u16,
+    /// Fingerprint rule file (TOML) loaded beside the built-in rules.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+    /// Write events to this file (mode 0640, appended) instead of stdout.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+}
+
+fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let options = sensor::offline::analyze::AnalyzeOptions {
+        ports: args.ports,
+        match_source_port: args.match_source_port,
+        prefix_len: args.prefix_len,
+        pipeline: sensor::pipeline::PipelineOptions {
+            rules: args.rules,
+            output: args.output,
+            detect_rogue: None,
+        },
+    };
+    let summary = sensor::offline::analyze::analyze(&args.file, &options)?;
+    eprintln!(
+        "sensor: analysed {} packets from {} ({} not Ethernet); counters:",
+        summary.packets,
+        args.file.display(),
+        summary.not_ethernet
+    );
+    eprint!("{}{}", summary.kernel, summary.agent);
+    if let Some(e) = summary.read_error {
+        anyhow::bail!(
+            "{} is damaged after packet {}: {e}",
+            args.file.display(),
+            summary.packets
+        );
+    }
+    Ok(())
+}
+
 fn parse_ports(s: &str) -> Result<PortSet, String> {
     s.parse()
         .map_err(|e: sensor::capture::PortSetError| e.to_string())
@@ -196,6 +250,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Probe(args) => probe_command(args),
+        Command::Analyze(args) => analyze_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,9 @@
 //!
 //! - [`pcap`]: a streaming reader for pcap and pcapng files.
 //! - [`extract`](mod@extract): the record the XDP program would write for a frame.
+//! - [`analyze`](mod@analyze): a capture file through the live pipeline.
 
+pub mod analyze;
 pub mod extract;
 pub mod pcap;
 
