@@ -162,6 +162,17 @@ impl Pipeline {
         self.flush();
     }
 
+    /// Keeps per-source state for up to `capacity` sources (the least recently seen are evicted
+    /// beyond it).
+    pub fn track_sources(&mut self, capacity: usize) {
+        self.sources = SourceTracker::new(capacity);
+    }
+
+    /// Sources the pipeline holds state for.
+    pub fn tracked_sources(&self) -> usize {
+        self.sources.len()
+    }
+
     pub fn rogue_counters(&self) -> Option<TrackerCounters> {
         self.rogue.as_ref().map(Tracker::counters)
     }
