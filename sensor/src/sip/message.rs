@@ -4,9 +4,12 @@
 //! Nothing here rejects a message: malformed lines, odd spacing and missing line endings are what
 //! tells one scanner from another, so they are kept and flagged.
 
+use std::mem::MaybeUninit;
+
 use super::{
     classify::{PayloadKind, classify_other},
     headers::{HeaderName, is_token_byte},
+    scan::Scanner,
 };
 
 /// Headers kept per message. SIP requests from scanners carry 8 to 16; more than 64 is itself
@@ -159,6 +162,9 @@ enum StartKind {
 
 /// A parsed payload. Borrows the captured bytes; costs no allocation.
 #[derive(Clone)]
+// C layout with the header slots last: the other fields start zeroed, and with the slots in
+// between the compiler zeroes the whole 2 KB in one memset instead of leaving them unwritten.
+#[repr(C)]
 pub struct SipMessage<'a> {
     bytes: &'a [u8],
     kind: PayloadKind,
@@ -166,11 +172,13 @@ pub struct SipMessage<'a> {
     start: [Span; 3],
     start_line: Span,
     status_code: u16,
-    slots: [Slot; MAX_HEADERS],
     count: u8,
     overflow: u32,
     body_start: Option<u32>,
     flags: u16,
+    /// The first `count` are initialized: a parse writes only the headers it finds, never the
+    /// whole array (it is most of the struct's 2 KB).
+    slots: [MaybeUninit<Slot>; MAX_HEADERS],
 }
 
 impl std::fmt::Debug for SipMessage<'_> {
@@ -195,12 +203,16 @@ fn is_ws(b: u8) -> bool {
 
 impl<'a> SipMessage<'a> {
     /// Parses a complete payload.
+    #[inline]
     pub fn parse(bytes: &'a [u8]) -> Self {
         Self::parse_captured(bytes, false)
     }
 
     /// Parses captured bytes; `cut` says the capture holds fewer bytes than the packet did
     /// ([`crate::record::Record::payload_truncated`]).
+    // Inlined so that the message is built where the caller keeps it: returning 2 KB by value
+    // from an outlined function costs a copy per message.
+    #[inline]
     pub fn parse_captured(bytes: &'a [u8], cut: bool) -> Self {
         let bytes = &bytes[..bytes.len().min(u32::MAX as usize)];
         let mut msg = SipMessage {
@@ -210,33 +222,53 @@ impl<'a> SipMessage<'a> {
             start: [Span::default(); 3],
             start_line: Span::default(),
             status_code: 0,
-            slots: [Slot::default(); MAX_HEADERS],
+            slots: [MaybeUninit::uninit(); MAX_HEADERS],
             count: 0,
             overflow: 0,
             body_start: None,
             flags: if cut { message_flags::CAPTURE_CUT } else { 0 },
         };
-        let (first_end, next) = match find_byte(bytes, b'\n') {
+        msg.parse_all();
+        msg
+    }
+
+    fn parse_all(&mut self) {
+        let bytes = self.bytes;
+        let mut scan = Scanner::new(bytes);
+        let (first_end, next) = match scan.newline(0) {
             Some(lf) => (lf, lf + 1),
             None => {
-                msg.flags |= message_flags::LAST_LINE_UNTERMINATED;
+                self.flags |= message_flags::LAST_LINE_UNTERMINATED;
                 (bytes.len(), bytes.len())
             }
         };
         let mut line_end = first_end;
         if line_end > 0 && bytes[line_end - 1] == b'\r' {
             line_end -= 1;
-            msg.flags |= message_flags::CRLF;
+            self.flags |= message_flags::CRLF;
         } else if next > first_end {
-            msg.flags |= message_flags::BARE_LF;
+            self.flags |= message_flags::BARE_LF;
         }
-        msg.start_line = Span::new(0, line_end);
-        if !msg.parse_start_line(line_end) {
-            msg.kind = classify_other(bytes, &bytes[..line_end]);
-            return msg;
+        self.start_line = Span::new(0, line_end);
+        if !self.parse_start_line(line_end) {
+            self.kind = classify_other(bytes, &bytes[..line_end]);
+            return;
         }
-        msg.parse_headers(next);
-        msg
+        self.parse_headers(next, &mut scan);
+    }
+
+    fn slots(&self) -> &[Slot] {
+        let init = &self.slots[..usize::from(self.count)];
+        // SAFETY: `push_header` writes slot `count` before incrementing `count`, and nothing
+        // else changes `count`: the first `count` slots are initialized. MaybeUninit<Slot> and
+        // Slot have the same layout.
+        unsafe { &*(init as *const [MaybeUninit<Slot>] as *const [Slot]) }
+    }
+
+    fn last_slot_mut(&mut self) -> Option<&mut Slot> {
+        let last = usize::from(self.count).checked_sub(1)?;
+        // SAFETY: slot `count - 1` is initialized (see `slots`).
+        Some(unsafe { self.slots[last].assume_init_mut() })
     }
 
     /// Fills the start line spans; false when the line is not a SIP start line.
@@ -305,14 +337,14 @@ impl<'a> SipMessage<'a> {
         true
     }
 
-    fn parse_headers(&mut self, mut pos: usize) {
+    fn parse_headers(&mut self, mut pos: usize, scan: &mut Scanner<'_>) {
         let bytes = self.bytes;
         let cut = self.flags & message_flags::CAPTURE_CUT != 0;
         // Whether the previous header line was stored (so a folded line may extend it).
         let mut last_stored = false;
         while pos < bytes.len() {
-            let (mut end, next, terminated) = match find_byte(&bytes[pos..], b'\n') {
-                Some(off) => (pos + off, pos + off + 1, true),
+            let (mut end, next, terminated) = match scan.newline(pos) {
+                Some(lf) => (lf, lf + 1, true),
                 None => (bytes.len(), bytes.len(), false),
             };
             let mut line_flags = 0u8;
@@ -338,8 +370,10 @@ impl<'a> SipMessage<'a> {
                 }
                 return;
             }
-            if is_ws(bytes[pos]) && last_stored && self.count > 0 {
-                let slot = &mut self.slots[usize::from(self.count) - 1];
+            if is_ws(bytes[pos])
+                && last_stored
+                && let Some(slot) = self.last_slot_mut()
+            {
                 slot.flags |= header_flags::FOLDED | line_flags;
                 let value_end = trim_end(bytes, pos, end);
                 if value_end > pos {
@@ -352,21 +386,26 @@ impl<'a> SipMessage<'a> {
             } else if is_ws(bytes[pos]) && !last_stored && self.count as usize >= MAX_HEADERS {
                 // Continuation of a header past the limit: already counted.
             } else {
-                last_stored = self.push_header(pos, end, line_flags);
+                last_stored = self.push_header(pos, end, line_flags, scan);
             }
             pos = next;
         }
     }
 
     /// Stores one header line; false when the array was full and it was only counted.
-    fn push_header(&mut self, start: usize, end: usize, mut flags: u8) -> bool {
+    fn push_header(
+        &mut self,
+        start: usize,
+        end: usize,
+        mut flags: u8,
+        scan: &mut Scanner<'_>,
+    ) -> bool {
         if usize::from(self.count) >= MAX_HEADERS {
             self.overflow = self.overflow.saturating_add(1);
             return false;
         }
         let bytes = self.bytes;
-        let line = &bytes[start..end];
-        let slot = match find_byte(line, b':') {
+        let slot = match scan.colon(start, end) {
             None => Slot {
                 name: HeaderName::Other,
                 compact: false,
@@ -376,17 +415,19 @@ impl<'a> SipMessage<'a> {
                 separator: Span::new(start, start),
                 value: Span::new(start, trim_end(bytes, start, end)),
             },
-            Some(off) => {
-                let colon = start + off;
+            Some(colon) => {
                 let name_end = trim_end(bytes, start, colon);
                 if name_end < colon {
                     flags |= header_flags::SPACE_BEFORE_COLON;
                 }
                 let raw_name = &bytes[start..name_end];
-                if raw_name.is_empty() || !raw_name.iter().all(|&b| is_token_byte(b)) {
+                let (name, compact) = HeaderName::lookup(raw_name);
+                // A known name is spelled in token characters: only unknown ones need the check.
+                if name == HeaderName::Other
+                    && (raw_name.is_empty() || !raw_name.iter().all(|&b| is_token_byte(b)))
+                {
                     flags |= header_flags::NAME_NOT_TOKEN;
                 }
-                let (name, compact) = HeaderName::lookup(raw_name);
                 let value_start = skip_ws(bytes, colon + 1, end);
                 Slot {
                     name,
@@ -399,7 +440,7 @@ impl<'a> SipMessage<'a> {
                 }
             }
         };
-        self.slots[usize::from(self.count)] = slot;
+        self.slots[usize::from(self.count)] = MaybeUninit::new(slot);
         self.count += 1;
         true
     }
@@ -461,9 +502,7 @@ impl<'a> SipMessage<'a> {
 
     /// Headers in wire order (at most [`MAX_HEADERS`]).
     pub fn headers(&self) -> impl ExactSizeIterator<Item = Header<'a>> + '_ {
-        self.slots[..usize::from(self.count)]
-            .iter()
-            .map(|slot| self.view(slot))
+        self.slots().iter().map(|slot| self.view(slot))
     }
 
     fn view(&self, slot: &Slot) -> Header<'a> {
@@ -491,7 +530,7 @@ impl<'a> SipMessage<'a> {
 
     /// The first header with this name (compact forms included).
     pub fn header(&self, name: HeaderName) -> Option<Header<'a>> {
-        self.slots[..usize::from(self.count)]
+        self.slots()
             .iter()
             .find(|s| s.name == name)
             .map(|s| self.view(s))

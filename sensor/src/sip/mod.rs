@@ -4,11 +4,13 @@
 //! - [`headers`]: header names, compact forms, case-insensitive lookup.
 //! - [`fields`]: Via, From/To/Contact, URIs, CSeq, SDP lines.
 //! - [`classify`]: what a payload is when it is not SIP.
+//! - `scan`: line ends and colons, 64 bytes at a time.
 
 pub mod classify;
 pub mod fields;
 pub mod headers;
 pub mod message;
+mod scan;
 
 pub use classify::PayloadKind;
 pub use headers::HeaderName;
