@@ -30,7 +30,7 @@ use std::{
 use sensor::{
     clock::WallClock,
     event::Event,
-    fingerprint::{Engine, Packet, SourceTracker},
+    fingerprint::{ClassCache, Engine, Packet, SourceTracker, facts::Facts},
     pipeline::{Pipeline, PipelineOptions},
     record::{Record, Transport},
     sip::SipMessage,
@@ -145,6 +145,7 @@ fn main() {
             .sum()
     });
     let mut sources = SourceTracker::default();
+    let mut cache = ClassCache::default();
     let agent = measure("agent, no output: decode+parse+fingerprint", budget, || {
         records
             .iter()
@@ -157,11 +158,20 @@ fn main() {
                     wall_ns: record.timestamp_ns(),
                 };
                 let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
-                let fp = engine.classify_tracked(&event, &sip, &mut sources);
-                fp.evidence.len()
+                let packet = Packet::from_event(&event);
+                let view = sources.observe(&packet, event.wall_ns);
+                let facts = Facts::new(&sip, Some(packet));
+                let verdict = cache.classify(&engine, &facts);
+                black_box(view);
+                verdict.winner.map_or(0, |(r, _)| usize::from(r))
             })
             .sum()
     });
+    println!(
+        "  classification cache: {:?}, {} templates",
+        cache.counters,
+        cache.len()
+    );
     let out_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fingerprint-bench.ndjson");
     let _ = std::fs::remove_file(&out_path);
     let mut pipeline = Pipeline::new(&PipelineOptions {

@@ -112,6 +112,13 @@ pub struct AgentCounters {
     pub events_written: u64,
     /// Events lost because the output could not be written.
     pub output_errors: u64,
+    /// Messages whose template the classification cache knew (rules not evaluated again).
+    pub fingerprint_cache_hits: u64,
+    /// Messages of a template met for the first time (or again after eviction).
+    pub fingerprint_cache_misses: u64,
+    pub fingerprint_cache_evictions: u64,
+    /// Messages classified without the cache (too long, or a key collision).
+    pub fingerprint_cache_bypassed: u64,
 }
 
 impl AgentCounters {
@@ -121,6 +128,16 @@ impl AgentCounters {
             ("records_undecodable", self.records_undecodable),
             ("events_written", self.events_written),
             ("output_errors", self.output_errors),
+            ("fingerprint_cache_hits", self.fingerprint_cache_hits),
+            ("fingerprint_cache_misses", self.fingerprint_cache_misses),
+            (
+                "fingerprint_cache_evictions",
+                self.fingerprint_cache_evictions,
+            ),
+            (
+                "fingerprint_cache_bypassed",
+                self.fingerprint_cache_bypassed,
+            ),
         ]
         .into_iter()
     }

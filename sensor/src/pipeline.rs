@@ -9,17 +9,19 @@ use crate::{
     clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
-    fingerprint::{Engine, RuleError, SourceTracker},
+    fingerprint::{ClassCache, Engine, Packet, RuleError, SourceTracker, facts::Facts},
     output::{
         NdjsonWriter,
         json::{EventDoc, StatsDoc},
     },
+    output::{fingerprint::FingerprintDoc, sip::SipDoc},
     record::Record,
     rogue::{
         Tracker, TrackerConfig, TrackerCounters,
         doc::{RogueStatsDoc, ServerDoc},
     },
     session::SynJoiner,
+    sip::SipMessage,
 };
 
 /// Answered SYNs remembered to join to the request that follows.
@@ -48,6 +50,7 @@ pub enum PipelineError {
 
 pub struct Pipeline {
     engine: Engine,
+    cache: ClassCache,
     sources: SourceTracker,
     joiner: SynJoiner,
     rogue: Option<Tracker>,
@@ -69,6 +72,7 @@ impl Pipeline {
         };
         Ok(Self {
             engine,
+            cache: ClassCache::default(),
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
@@ -92,7 +96,18 @@ impl Pipeline {
     /// One record, with its wall-clock time.
     pub fn record(&mut self, record: Record<'_>, wall_ns: u64) {
         let event = Event { record, wall_ns };
-        let mut doc = EventDoc::analyzed(&event, &self.engine, &mut self.sources);
+        let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+        let packet = Packet::from_event(&event);
+        let source = self.sources.observe(&packet, wall_ns);
+        let facts = Facts::new(&sip, Some(packet));
+        let verdict = self.cache.classify(&self.engine, &facts);
+        let fingerprint = self
+            .cache
+            .fingerprint(&self.engine, &verdict, &facts, Some(source));
+        let mut doc = EventDoc::new(&event).with_analysis(
+            SipDoc::new(&sip),
+            FingerprintDoc::from_fingerprint(fingerprint),
+        );
         if let Some(reactive) = &mut doc.reactive {
             reactive.syn = self.joiner.observe(&record, wall_ns);
         }
@@ -107,9 +122,18 @@ impl Pipeline {
 
     /// Pushes buffered output out; called after each batch.
     pub fn flush(&mut self) {
+        self.sync_cache_counters();
         if self.writer.flush().is_err() {
             self.counters.output_errors += 1;
         }
+    }
+
+    fn sync_cache_counters(&mut self) {
+        let cache = self.cache.counters;
+        self.counters.fingerprint_cache_hits = cache.hits;
+        self.counters.fingerprint_cache_misses = cache.misses;
+        self.counters.fingerprint_cache_evictions = cache.evictions;
+        self.counters.fingerprint_cache_bypassed = cache.bypassed;
     }
 
     /// Periodic work: the rogue tracker's timeouts and new findings.
@@ -137,6 +161,7 @@ impl Pipeline {
     /// (kernel counters when there is a kernel, i.e. live).
     pub fn finish(&mut self, kernel: &KernelCounters) {
         self.tick();
+        self.sync_cache_counters();
         if let Some(tracker) = &self.rogue {
             let now = realtime_ns();
             for report in tracker.snapshot() {

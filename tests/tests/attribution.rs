@@ -114,3 +114,67 @@ fn every_tool_is_identified_from_what_it_really_sent() {
     }
     println!("{}", report.join("\n"));
 }
+
+/// The classification cache (rules evaluated once per template) attributes every corpus packet
+/// exactly as the engine does evaluating every rule for every packet: same rule, confidence,
+/// evidence with its observed values, modifications, alternatives, template and inferences.
+#[test]
+fn the_classification_cache_changes_no_attribution() {
+    use sensor::fingerprint::{ClassCache, Packet, facts::Facts};
+    let engine = Engine::builtin().expect("built-in rules");
+    let manifest = corpus::manifest();
+    let mut cache = ClassCache::default();
+    let mut compared = 0;
+    // Twice: the second pass answers from the cache's entries.
+    for _ in 0..2 {
+        for capture in &manifest.captures {
+            let mut harness = Harness::new();
+            let mut sources = SourceTracker::new(1024);
+            let mut reference_sources = SourceTracker::new(1024);
+            for frame in corpus::frames(&capture.file) {
+                let run = harness.run(&frame.bytes);
+                for owned in &run.records {
+                    let record = owned.record();
+                    let event = Event {
+                        record,
+                        wall_ns: frame.timestamp_ns,
+                    };
+                    let sip =
+                        SipMessage::parse_captured(record.payload(), record.payload_truncated());
+                    let reference = engine.classify_tracked(&event, &sip, &mut reference_sources);
+                    let packet = Packet::from_event(&event);
+                    let source = sources.observe(&packet, event.wall_ns);
+                    let facts = Facts::new(&sip, Some(packet));
+                    let verdict = cache.classify(&engine, &facts);
+                    let cached = cache.fingerprint(&engine, &verdict, &facts, Some(source));
+                    let describe = |fp: &Fingerprint| {
+                        format!(
+                            "{} {:016x} {:?} {:?} {:?} {:?} {:?} {:?}",
+                            fp.rule_id(),
+                            fp.confidence.to_bits(),
+                            fp.evidence,
+                            fp.modifications,
+                            fp.alternatives
+                                .iter()
+                                .map(|a| (&a.rule.id, a.confidence.to_bits()))
+                                .collect::<Vec<_>>(),
+                            fp.template,
+                            fp.template_text,
+                            fp.inferences
+                        )
+                    };
+                    assert_eq!(
+                        describe(&cached),
+                        describe(&reference),
+                        "{}: payload {:?}",
+                        capture.file,
+                        sensor::escape::escape_bounded(record.payload(), 200)
+                    );
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(cache.counters.hits > 0 && compared > 0);
+    println!("{compared} records compared; cache {:?}", cache.counters);
+}

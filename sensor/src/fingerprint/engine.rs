@@ -30,11 +30,14 @@ const EVIDENCE_VALUE_MAX: usize = 160;
 const MAX_CONFIDENCE: f64 = 0.99;
 
 /// Other matching rules reported beside the winner.
-const MAX_ALTERNATIVES: usize = 3;
+pub(crate) const MAX_ALTERNATIVES: usize = 3;
 
 pub struct Engine {
     rules: Vec<Rule>,
     ruleset: String,
+    /// One per distinct predicate (see `Condition::predicate`): the automaton that decides it
+    /// over a classification-cache key, built the first time a key needs it.
+    pub(crate) automata: Vec<std::sync::OnceLock<Option<super::uniform::Dfa>>>,
 }
 
 /// One reason for an attribution: which rule, which field, what test, what was seen.
@@ -113,45 +116,44 @@ impl Fingerprint<'_> {
     }
 }
 
-struct Score {
-    confidence: f64,
-    matched: usize,
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Score {
+    pub confidence: f64,
+    pub matched: usize,
     /// Which `require_any`, `boost` and `expect` conditions held (rules have at most 64 per
     /// section), so the winner's evidence needs no second evaluation.
-    any: u64,
-    boost: u64,
-    expect: u64,
+    pub any: u64,
+    pub boost: u64,
+    pub expect: u64,
 }
 
-fn mask(conds: &[Condition], facts: &Facts<'_>) -> u64 {
+fn mask(conds: &[Condition], holds: &mut impl FnMut(&Condition) -> bool) -> u64 {
     conds
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.holds(facts))
+        .filter(|(_, c)| holds(c))
         .fold(0, |m, (i, _)| m | 1 << i)
 }
 
-fn bit(mask: u64, i: usize) -> bool {
+pub(crate) fn bit(mask: u64, i: usize) -> bool {
     mask & (1 << i) != 0
 }
 
-fn score(rule: &Rule, facts: &Facts<'_>) -> Option<Score> {
-    if !rule
-        .require_order
-        .iter()
-        .all(|&i| rule.require[i].holds(facts))
-    {
+/// A rule's score given how each of its conditions comes out (`None`: it does not apply). The
+/// one scoring for the engine and the classification cache, so that both agree to the bit.
+pub(crate) fn score_by(rule: &Rule, mut holds: impl FnMut(&Condition) -> bool) -> Option<Score> {
+    if !rule.require_order.iter().all(|&i| holds(&rule.require[i])) {
         return None;
     }
-    let any = mask(&rule.require_any, facts);
+    let any = mask(&rule.require_any, &mut holds);
     if !rule.require_any.is_empty() && any == 0 {
         return None;
     }
-    if rule.reject.iter().any(|c| c.holds(facts)) {
+    if rule.reject.iter().any(&mut holds) {
         return None;
     }
-    let boost = mask(&rule.boost, facts);
-    let expect = mask(&rule.expect, facts);
+    let boost = mask(&rule.boost, &mut holds);
+    let expect = mask(&rule.expect, &mut holds);
     let mut confidence = rule.confidence;
     let mut matched = rule.require.len() + usize::from(any != 0);
     for (conds, m) in [(&rule.boost, boost), (&rule.expect, expect)] {
@@ -171,7 +173,84 @@ fn score(rule: &Rule, facts: &Facts<'_>) -> Option<Score> {
     })
 }
 
-fn render(facts: &Facts<'_>, cond: &Condition) -> String {
+/// A selection: the winner with its score, the other matching rules with their confidence.
+pub(crate) type Selection<T> = (Option<(T, Score)>, Vec<(T, f64)>);
+
+/// The winner (highest confidence, then most conditions matched, first in rule order) and the
+/// other matching rules with their confidence, best first. `T` names a rule.
+pub(crate) fn select<T: Copy>(scored: impl Iterator<Item = (T, Score)>) -> Selection<T> {
+    let mut best: Option<(T, Score)> = None;
+    let mut alternatives: Vec<(T, f64)> = Vec::new();
+    for (rule, s) in scored {
+        let better = match &best {
+            None => true,
+            Some((_, b)) => {
+                s.confidence > b.confidence
+                    || (s.confidence == b.confidence && s.matched > b.matched)
+            }
+        };
+        if better {
+            if let Some((prev, ps)) = best.replace((rule, s)) {
+                alternatives.push((prev, ps.confidence));
+            }
+        } else {
+            alternatives.push((rule, s.confidence));
+        }
+    }
+    alternatives.sort_by(|a, b| b.1.total_cmp(&a.1));
+    alternatives.truncate(MAX_ALTERNATIVES);
+    (best, alternatives)
+}
+
+/// The winner's evidence and modifications, from the masks its scoring left.
+pub(crate) fn winner_evidence<'e>(
+    rule: &'e Rule,
+    score: &Score,
+    facts: &Facts<'_>,
+) -> (Vec<Evidence<'e>>, Vec<Evidence<'e>>) {
+    let mut evidence_items = Vec::new();
+    let mut modifications = Vec::new();
+    for c in &rule.require {
+        evidence_items.push(evidence(rule, facts, "require", c));
+    }
+    for (i, c) in rule.require_any.iter().enumerate() {
+        if bit(score.any, i) {
+            evidence_items.push(evidence(rule, facts, "require_any", c));
+        }
+    }
+    for (i, c) in rule.boost.iter().enumerate() {
+        if bit(score.boost, i) {
+            evidence_items.push(evidence(rule, facts, "boost", c));
+        }
+    }
+    for (i, c) in rule.expect.iter().enumerate() {
+        if bit(score.expect, i) {
+            evidence_items.push(evidence(rule, facts, "expect", c));
+        } else {
+            modifications.push(evidence(rule, facts, "expect", c));
+        }
+    }
+    (evidence_items, modifications)
+}
+
+/// The one evidence item of a message no rule matched.
+pub(crate) fn unknown_evidence(template: TemplateHash) -> Evidence<'static> {
+    Evidence {
+        rule: "unknown",
+        field: "template",
+        section: "template",
+        test: UNKNOWN_TEST,
+        value: template.hex(),
+        note: None,
+        weight: 0.0,
+    }
+}
+
+pub(crate) const UNKNOWN_TEST: &str = "no rule matched: packets with the same structural template \
+                                       hash come from the same unnamed tool";
+
+/// The observed value of a condition's field, escaped and bounded, as evidence shows it.
+pub(crate) fn render(facts: &Facts<'_>, cond: &Condition) -> String {
     if cond.field.kind() == Kind::List {
         let mut out = String::with_capacity(160);
         for (i, name) in facts.names(&cond.field).enumerate() {
@@ -196,7 +275,7 @@ fn render(facts: &Facts<'_>, cond: &Condition) -> String {
     }
 }
 
-fn evidence<'e>(
+pub(crate) fn evidence<'e>(
     rule: &'e Rule,
     facts: &Facts<'_>,
     section: &'static str,
@@ -253,9 +332,29 @@ impl Engine {
             labels.push(escape_bounded(label.as_bytes(), 128));
             rules.extend(file.rules);
         }
+        // Conditions that read the same field with the same test are one predicate, whichever
+        // rule states them: the classification cache decides or evaluates each once.
+        let mut identities: Vec<(super::facts::Field, String)> = Vec::new();
+        for rule in &mut rules {
+            for c in rule.conditions_mut() {
+                c.predicate = match identities
+                    .iter()
+                    .position(|(f, id)| *f == c.field && *id == c.identity)
+                {
+                    Some(p) => p,
+                    None => {
+                        identities.push((c.field.clone(), c.identity.clone()));
+                        identities.len() - 1
+                    }
+                };
+            }
+        }
         Ok(Engine {
             rules,
             ruleset: labels.join("+"),
+            automata: (0..identities.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
         })
     }
 
@@ -293,38 +392,16 @@ impl Engine {
         source: Option<SourceView>,
     ) -> Fingerprint<'e> {
         let facts = Facts::new(sip, packet);
-        let mut best: Option<(&Rule, Score)> = None;
-        let mut alternatives: Vec<Alternative<'e>> = Vec::new();
-        for rule in &self.rules {
-            let Some(s) = score(rule, &facts) else {
-                continue;
-            };
-            let better = match &best {
-                None => true,
-                Some((_, b)) => {
-                    s.confidence > b.confidence
-                        || (s.confidence == b.confidence && s.matched > b.matched)
-                }
-            };
-            if better {
-                if let Some((prev, ps)) = best.replace((rule, s)) {
-                    alternatives.push(Alternative {
-                        rule: prev,
-                        confidence: ps.confidence,
-                    });
-                }
-            } else {
-                alternatives.push(Alternative {
-                    rule,
-                    confidence: s.confidence,
-                });
-            }
-        }
-        alternatives.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
-        alternatives.truncate(MAX_ALTERNATIVES);
-
+        let scored = self
+            .rules
+            .iter()
+            .filter_map(|rule| score_by(rule, |c| c.holds(&facts)).map(|s| (rule, s)));
+        let (best, alternatives) = select(scored);
+        let alternatives = alternatives
+            .into_iter()
+            .map(|(rule, confidence)| Alternative { rule, confidence })
+            .collect();
         let template = template_hash(sip);
-        let masks = best.as_ref().map(|(_, s)| (s.any, s.boost, s.expect));
         let mut fp = Fingerprint {
             rule: best.as_ref().map(|(r, _)| *r),
             confidence: best.as_ref().map_or(0.0, |(_, s)| s.confidence),
@@ -336,41 +413,13 @@ impl Engine {
             inferences: Inferences::default(),
             ruleset: &self.ruleset,
         };
-        match (fp.rule, masks) {
-            (Some(rule), Some((any, boost, expect))) => {
-                for c in &rule.require {
-                    fp.evidence.push(evidence(rule, &facts, "require", c));
-                }
-                for (i, c) in rule.require_any.iter().enumerate() {
-                    if bit(any, i) {
-                        fp.evidence.push(evidence(rule, &facts, "require_any", c));
-                    }
-                }
-                for (i, c) in rule.boost.iter().enumerate() {
-                    if bit(boost, i) {
-                        fp.evidence.push(evidence(rule, &facts, "boost", c));
-                    }
-                }
-                for (i, c) in rule.expect.iter().enumerate() {
-                    if bit(expect, i) {
-                        fp.evidence.push(evidence(rule, &facts, "expect", c));
-                    } else {
-                        fp.modifications.push(evidence(rule, &facts, "expect", c));
-                    }
-                }
+        match &best {
+            Some((rule, score)) => {
+                (fp.evidence, fp.modifications) = winner_evidence(rule, score, &facts);
             }
-            _ => {
-                fp.template_text = Some(escape_bounded(&template_text(sip), 2048));
-                fp.evidence.push(Evidence {
-                    rule: "unknown",
-                    field: "template",
-                    section: "template",
-                    test: "no rule matched: packets with the same structural template hash come \
-                           from the same unnamed tool",
-                    value: template.hex(),
-                    note: None,
-                    weight: 0.0,
-                });
+            None => {
+                fp.template_text = Some(template_text_of(sip));
+                fp.evidence.push(unknown_evidence(template));
             }
         }
         fp.inferences = infer(&facts, fp.rule, source);
@@ -378,27 +427,36 @@ impl Engine {
     }
 }
 
-fn infer(facts: &Facts<'_>, rule: Option<&Rule>, source: Option<SourceView>) -> Inferences {
+/// The template of an unknown message as events show it: escaped, bounded.
+pub(crate) fn template_text_of(sip: &SipMessage<'_>) -> String {
+    escape_bounded(&template_text(sip), 2048)
+}
+
+pub(crate) fn infer(
+    facts: &Facts<'_>,
+    rule: Option<&Rule>,
+    source: Option<SourceView>,
+) -> Inferences {
     let packet = facts.packet;
     let constants: &[std::net::IpAddr] = rule.map_or(&[], |r| &r.tool_constants);
     let src_ip = packet.map(|p| p.src_ip);
     Inferences {
         tag: facts
-            .sv_tag
+            .sv_tag()
             .as_ref()
             .map(|t| infer_tag(t, packet.map(|p| (p.dst_ip, p.dst_port)))),
         via_host: facts
-            .via
+            .via()
             .filter(|v| !v.host.is_empty())
             .map(|v| infer_host("via.host", v.host, v.port, src_ip, constants)),
         contact_host: facts
-            .contact
+            .contact()
             .filter(|c| !c.uri.host.is_empty())
             .map(|c| infer_host("contact.host", c.uri.host, c.uri.port, src_ip, constants)),
         processes: rule.and_then(|r| r.source_port_base).and_then(|base| {
             estimate_processes(
                 base,
-                facts.via.and_then(|v| v.port),
+                facts.via().and_then(|v| v.port),
                 packet.map(|p| p.src_port),
             )
         }),

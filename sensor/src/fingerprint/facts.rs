@@ -1,7 +1,7 @@
 //! What a rule can look at: the packet, the parsed message, and values derived from them,
 //! each reachable by a stable field name (`via.branch`, `header:User-Agent`, `ip.ttl`...).
 
-use std::net::IpAddr;
+use std::{cell::OnceCell, net::IpAddr};
 
 use crate::{
     event::Event,
@@ -50,36 +50,86 @@ impl Packet {
     }
 }
 
-/// Everything derived from one message, computed once per classification.
+/// Everything derived from one message, each part computed the first time a rule (or an
+/// inference, or the output) asks for it: with the classification cache most packets need few.
 pub struct Facts<'a> {
     pub msg: &'a SipMessage<'a>,
     pub packet: Option<Packet>,
-    pub ruri: Option<Uri<'a>>,
-    pub via: Option<Via<'a>>,
-    pub from: Option<NameAddr<'a>>,
-    pub to: Option<NameAddr<'a>>,
-    pub contact: Option<NameAddr<'a>>,
-    pub cseq: Option<CSeq<'a>>,
-    pub call_id: Option<&'a [u8]>,
-    /// The From tag decoded as SIPVicious' `createTag` encoding, when it is one.
-    pub sv_tag: Option<SvTag>,
+    ruri: OnceCell<Option<Uri<'a>>>,
+    via: OnceCell<Option<Via<'a>>>,
+    from: OnceCell<Option<NameAddr<'a>>>,
+    to: OnceCell<Option<NameAddr<'a>>>,
+    contact: OnceCell<Option<NameAddr<'a>>>,
+    cseq: OnceCell<Option<CSeq<'a>>>,
+    sv_tag: OnceCell<Option<SvTag>>,
 }
 
 impl<'a> Facts<'a> {
     pub fn new(msg: &'a SipMessage<'a>, packet: Option<Packet>) -> Self {
-        let from = msg.header_value(HeaderName::From).map(NameAddr::parse);
         Facts {
             msg,
             packet,
-            ruri: msg.request_uri().map(Uri::parse),
-            via: msg.header_value(HeaderName::Via).map(Via::parse),
-            to: msg.header_value(HeaderName::To).map(NameAddr::parse),
-            contact: msg.header_value(HeaderName::Contact).map(NameAddr::parse),
-            cseq: msg.header_value(HeaderName::CSeq).map(CSeq::parse),
-            call_id: msg.header_value(HeaderName::CallId),
-            sv_tag: from.and_then(|f| f.tag).and_then(decode_sv_tag),
-            from,
+            ruri: OnceCell::new(),
+            via: OnceCell::new(),
+            from: OnceCell::new(),
+            to: OnceCell::new(),
+            contact: OnceCell::new(),
+            cseq: OnceCell::new(),
+            sv_tag: OnceCell::new(),
         }
+    }
+
+    pub fn ruri(&self) -> Option<Uri<'a>> {
+        *self
+            .ruri
+            .get_or_init(|| self.msg.request_uri().map(Uri::parse))
+    }
+
+    pub fn via(&self) -> Option<Via<'a>> {
+        *self
+            .via
+            .get_or_init(|| self.msg.header_value(HeaderName::Via).map(Via::parse))
+    }
+
+    pub fn from(&self) -> Option<NameAddr<'a>> {
+        *self
+            .from
+            .get_or_init(|| self.msg.header_value(HeaderName::From).map(NameAddr::parse))
+    }
+
+    pub fn to(&self) -> Option<NameAddr<'a>> {
+        *self
+            .to
+            .get_or_init(|| self.msg.header_value(HeaderName::To).map(NameAddr::parse))
+    }
+
+    pub fn contact(&self) -> Option<NameAddr<'a>> {
+        *self.contact.get_or_init(|| {
+            self.msg
+                .header_value(HeaderName::Contact)
+                .map(NameAddr::parse)
+        })
+    }
+
+    pub fn cseq(&self) -> Option<CSeq<'a>> {
+        *self
+            .cseq
+            .get_or_init(|| self.msg.header_value(HeaderName::CSeq).map(CSeq::parse))
+    }
+
+    pub fn call_id(&self) -> Option<&'a [u8]> {
+        self.msg.header_value(HeaderName::CallId)
+    }
+
+    /// The From tag decoded as SIPVicious' `createTag` encoding, when it is one.
+    pub fn sv_tag(&self) -> Option<SvTag> {
+        self.sv_tag_ref().copied()
+    }
+
+    fn sv_tag_ref(&self) -> Option<&SvTag> {
+        self.sv_tag
+            .get_or_init(|| self.from().and_then(|f| f.tag).and_then(decode_sv_tag))
+            .as_ref()
     }
 }
 
@@ -314,6 +364,48 @@ impl Field {
     }
 }
 
+/// How the classification cache's key ([`super::key`]) bears on a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyBearing {
+    /// The key fixes the field outright (structure, kind, flags): evaluate once per key.
+    Fixed,
+    /// A piece of the message (or absent): the key fixes where it is and its abstraction.
+    Span,
+    /// Packet fields, numbers read from digits, decoded tags: evaluated for every packet.
+    PerPacket,
+}
+
+impl Field {
+    pub(crate) fn key_bearing(&self) -> KeyBearing {
+        use Field::*;
+        match self {
+            PayloadKind
+            | LineEndings
+            | HeadersComplete
+            | Truncated
+            | HeaderOrder
+            | HeaderNames
+            | Addr(_, AddrPart::DisplayQuoted) => KeyBearing::Fixed,
+            Payload | FirstLine | Method | RequestUri | RequestUriUser | RequestUriHost
+            | SipVersion | Header(_) | Line(_) | Sep(_) | Name(_) | ViaTransport | ViaHost
+            | ViaBranch | ViaParams | CallId | CallIdHost | CSeqMethod | UserAgent | Body
+            | SdpSession | SdpOrigin => KeyBearing::Span,
+            Addr(
+                _,
+                AddrPart::Display
+                | AddrPart::Gap
+                | AddrPart::Uri
+                | AddrPart::User
+                | AddrPart::Host
+                | AddrPart::Params
+                | AddrPart::ParamsSep
+                | AddrPart::Tag,
+            ) => KeyBearing::Span,
+            _ => KeyBearing::PerPacket,
+        }
+    }
+}
+
 /// A field's value in one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Value<'a> {
@@ -396,9 +488,9 @@ impl<'a> Facts<'a> {
             Field::FirstLine => Value::Bytes(msg.first_line()),
             Field::Method => bytes_or_missing(msg.method()),
             Field::RequestUri => bytes_or_missing(msg.request_uri()),
-            Field::RequestUriUser => bytes_or_missing(self.ruri.and_then(|u| u.user)),
-            Field::RequestUriHost => bytes_or_missing(self.ruri.map(|u| u.host)),
-            Field::RequestUriPort => int_or_missing(self.ruri.and_then(|u| u.port)),
+            Field::RequestUriUser => bytes_or_missing(self.ruri().and_then(|u| u.user)),
+            Field::RequestUriHost => bytes_or_missing(self.ruri().map(|u| u.host)),
+            Field::RequestUriPort => int_or_missing(self.ruri().and_then(|u| u.port)),
             Field::SipVersion => match msg.start_line() {
                 crate::sip::StartLine::Request { version, .. }
                 | crate::sip::StartLine::Response { version, .. } => Value::Bytes(version),
@@ -410,16 +502,16 @@ impl<'a> Facts<'a> {
             Field::Line(key) => bytes_or_missing(key.find(msg).map(|h| h.line)),
             Field::Sep(key) => bytes_or_missing(key.find(msg).map(|h| h.separator)),
             Field::Name(key) => bytes_or_missing(key.find(msg).map(|h| h.raw_name)),
-            Field::ViaTransport => bytes_or_missing(self.via.map(|v| v.transport)),
-            Field::ViaHost => bytes_or_missing(self.via.map(|v| v.host)),
-            Field::ViaPort => int_or_missing(self.via.and_then(|v| v.port)),
-            Field::ViaBranch => bytes_or_missing(self.via.and_then(|v| v.branch())),
-            Field::ViaParams => bytes_or_missing(self.via.map(|v| v.params)),
+            Field::ViaTransport => bytes_or_missing(self.via().map(|v| v.transport)),
+            Field::ViaHost => bytes_or_missing(self.via().map(|v| v.host)),
+            Field::ViaPort => int_or_missing(self.via().and_then(|v| v.port)),
+            Field::ViaBranch => bytes_or_missing(self.via().and_then(|v| v.branch())),
+            Field::ViaParams => bytes_or_missing(self.via().map(|v| v.params)),
             Field::Addr(which, part) => {
                 let addr = match which {
-                    Addr::From => self.from,
-                    Addr::To => self.to,
-                    Addr::Contact => self.contact,
+                    Addr::From => self.from(),
+                    Addr::To => self.to(),
+                    Addr::Contact => self.contact(),
                 };
                 let Some(a) = addr else {
                     return Value::Missing;
@@ -441,17 +533,17 @@ impl<'a> Facts<'a> {
                         .map_or(Value::Missing, Value::Int),
                 }
             }
-            Field::CallId => bytes_or_missing(self.call_id),
+            Field::CallId => bytes_or_missing(self.call_id()),
             Field::CallIdNum => self
-                .call_id
+                .call_id()
                 .and_then(|c| parse_u64(c.split(|&b| b == b'@').next().unwrap_or_default()))
                 .map_or(Value::Missing, Value::Int),
             Field::CallIdHost => bytes_or_missing(
-                self.call_id
+                self.call_id()
                     .and_then(|c| c.iter().position(|&b| b == b'@').map(|at| &c[at + 1..])),
             ),
-            Field::CSeqNum => int_or_missing(self.cseq.and_then(|c| c.number)),
-            Field::CSeqMethod => bytes_or_missing(self.cseq.map(|c| c.method)),
+            Field::CSeqNum => int_or_missing(self.cseq().and_then(|c| c.number)),
+            Field::CSeqMethod => bytes_or_missing(self.cseq().map(|c| c.method)),
             Field::UserAgent => bytes_or_missing(msg.header_value(HeaderName::UserAgent)),
             Field::MaxForwards => int_or_missing(
                 msg.header_value(HeaderName::MaxForwards)
@@ -461,10 +553,8 @@ impl<'a> Facts<'a> {
             Field::Body => bytes_or_missing(msg.body()),
             Field::SdpSession => bytes_or_missing(msg.body().and_then(|b| sdp_line(b, b's'))),
             Field::SdpOrigin => bytes_or_missing(msg.body().and_then(|b| sdp_line(b, b'o'))),
-            Field::SvTagKind => {
-                bytes_or_missing(self.sv_tag.as_ref().map(|t| t.kind_str().as_bytes()))
-            }
-            Field::SvTagValue => bytes_or_missing(self.sv_tag.as_ref().map(|t| t.encoded())),
+            Field::SvTagKind => bytes_or_missing(self.sv_tag().map(|t| t.kind_str().as_bytes())),
+            Field::SvTagValue => bytes_or_missing(self.sv_tag_ref().map(|t| t.encoded())),
             Field::Transport => bytes_or_missing(packet.map(|p| match p.transport {
                 Transport::Udp => &b"udp"[..],
                 Transport::Tcp => &b"tcp"[..],

@@ -7,6 +7,7 @@
 //! - [`infer`]: tag decoding, Via/Contact host classes, process count, TTL.
 //! - [`ipid`]: IP-ID behaviour per packet and per source (bounded LRU).
 //! - [`template`]: the structural template hash that clusters unnamed tools.
+//! - [`cache`]: rule evaluation once per template ([`key`]), per-packet predicates only.
 //!
 //! ```no_run
 //! # use sensor::{fingerprint::{Engine, SourceTracker}, sip::SipMessage, event::Event};
@@ -19,16 +20,20 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cache;
 pub mod engine;
 pub mod facts;
 pub mod infer;
 pub mod ipid;
+pub mod key;
 pub mod rules;
 pub mod template;
+mod uniform;
 
 #[cfg(test)]
 mod tests;
 
+pub use cache::{ClassCache, Verdict};
 pub use engine::{Alternative, BUILTIN_RULES, Engine, Evidence, Fingerprint, Inferences};
 pub use facts::Packet;
 pub use ipid::{SourceTracker, SourceView};

@@ -219,6 +219,12 @@ pub struct Condition {
     pub note: Option<String>,
     /// Human-readable test, for evidence (`regex ^z9hG4bK-[0-9]+$`).
     pub describe: String,
+    /// The test in full (not bounded like `describe`), with `not ` when negated: with the
+    /// field, what makes two conditions the same predicate.
+    pub(crate) identity: String,
+    /// Index of this condition's predicate in the engine (conditions that test the same field
+    /// the same way, in any rule, share one), set when the engine loads its rules.
+    pub(crate) predicate: usize,
 }
 
 impl Condition {
@@ -329,6 +335,27 @@ pub struct Rule {
     pub origin: String,
     /// `require` indexes, cheapest first (evaluation order; evidence keeps file order).
     pub(crate) require_order: Vec<usize>,
+}
+
+impl Rule {
+    /// Every condition of the rule, section by section.
+    pub(crate) fn conditions(&self) -> impl Iterator<Item = &Condition> {
+        self.require
+            .iter()
+            .chain(&self.require_any)
+            .chain(&self.boost)
+            .chain(&self.expect)
+            .chain(&self.reject)
+    }
+
+    pub(crate) fn conditions_mut(&mut self) -> impl Iterator<Item = &mut Condition> {
+        self.require
+            .iter_mut()
+            .chain(&mut self.require_any)
+            .chain(&mut self.boost)
+            .chain(&mut self.expect)
+            .chain(&mut self.reject)
+    }
 }
 
 /// A validated rule file.
@@ -691,6 +718,8 @@ fn compile_condition(c: CondToml, weighted: bool) -> Result<Condition, String> {
         weight,
         note: c.note.as_deref().map(rule_text),
         describe: rule_text(&describe),
+        identity: describe,
+        predicate: 0,
     })
 }
 

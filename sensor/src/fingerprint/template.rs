@@ -8,6 +8,72 @@
 
 use crate::sip::SipMessage;
 
+/// The words `is_keyword` keeps, as a list: the classification cache's key keeps them too
+/// (`key::is_kept_word`), and its tests check both against this list.
+#[cfg(test)]
+pub(crate) const KEYWORDS: &[&[u8]] = &[
+    b"SIP",
+    b"sip",
+    b"sips",
+    b"tel",
+    b"UDP",
+    b"TCP",
+    b"TLS",
+    b"SCTP",
+    b"WS",
+    b"WSS",
+    b"udp",
+    b"tcp",
+    b"tls",
+    b"tag",
+    b"branch",
+    b"rport",
+    b"alias",
+    b"received",
+    b"transport",
+    b"expires",
+    b"lr",
+    b"maddr",
+    b"ttl",
+    b"user",
+    b"phone",
+    b"application",
+    b"sdp",
+    b"text",
+    b"plain",
+    b"OPTIONS",
+    b"INVITE",
+    b"REGISTER",
+    b"ACK",
+    b"BYE",
+    b"CANCEL",
+    b"SUBSCRIBE",
+    b"NOTIFY",
+    b"MESSAGE",
+    b"INFO",
+    b"PRACK",
+    b"UPDATE",
+    b"REFER",
+    b"PUBLISH",
+    b"Digest",
+    b"MD5",
+    b"username",
+    b"realm",
+    b"nonce",
+    b"uri",
+    b"response",
+    b"algorithm",
+    b"qop",
+    b"auth",
+    b"cnonce",
+    b"nc",
+    b"IN",
+    b"IP4",
+    b"IP6",
+    b"RTP",
+    b"AVP",
+];
+
 /// Words kept literally in value shapes: they are protocol structure, not data. A `match`
 /// compiles to a switch on length then byte compares: this runs for every word of every value.
 fn is_keyword(run: &[u8]) -> bool {
@@ -262,6 +328,13 @@ mod tests {
         assert_ne!(h(base), h(reordered));
         assert_ne!(h(base), h(spaced));
         assert_ne!(h(base), h(lf));
+    }
+
+    #[test]
+    fn keyword_list_is_the_match() {
+        for k in KEYWORDS {
+            assert!(is_keyword(k), "{}", String::from_utf8_lossy(k));
+        }
     }
 
     #[test]

@@ -1,0 +1,667 @@
+//! The classification cache: rule evaluation once per message template, not once per packet.
+//!
+//! A scanner repeats its template thousands of times. For each template, met through its key
+//! ([`super::key`]), the cache works out once which predicates (conditions, shared between
+//! rules) the key decides ([`super::uniform`]), which rules that rules out, and which
+//! predicates remain to be evaluated per packet: values that vary (numbers, decoded tags,
+//! addresses, ports, TTL, IP-ID, fields compared with each other) and text the key does not
+//! pin down. Per packet only those run; the scoring and the choice of the winner are then
+//! remembered per outcome of the remaining predicates.
+//!
+//! The verdict is by construction the engine's own ([`Engine::classify_packet`]): the same
+//! scoring function reads the same outcomes. `tests::cache_changes_no_attribution` and the
+//! corpus test check it on every packet they have.
+
+use std::{cell::OnceCell, collections::HashMap};
+
+use super::{
+    engine::{
+        Alternative, Engine, Fingerprint, Inferences, MAX_ALTERNATIVES, Score, infer, score_by,
+        select, template_text_of, unknown_evidence, winner_evidence,
+    },
+    facts::{Facts, KeyBearing, Value},
+    ipid::SourceView,
+    key::{self, KeyBuilder},
+    rules::{Condition, Op},
+    template::{TemplateHash, template_hash},
+    uniform,
+};
+
+/// Templates kept; beyond, the least recently used (clock) is dropped.
+pub const DEFAULT_CAPACITY: usize = 1024;
+/// Outcome combinations of the per-packet predicates remembered per template.
+const MAX_DECISIONS: usize = 32;
+/// Per-packet predicates a template may leave (one bit each in the outcome word); a template
+/// that leaves more is evaluated in full for every packet.
+const MAX_RESIDUAL: usize = 128;
+
+/// What the cache did, for the agent's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheCounters {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    /// Messages classified without the cache (key too long, or its slot held by another key).
+    pub bypassed: u64,
+}
+
+/// The engine's verdict on one message, by rule index; the evidence is read from the message
+/// when the verdict is written ([`ClassCache::fingerprint`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Verdict {
+    pub winner: Option<(u16, Score)>,
+    alternatives: [(u16, f64); MAX_ALTERNATIVES],
+    alternative_count: u8,
+    pub template: TemplateHash,
+    /// The cache entry the verdict came from (for the template text of unknown messages).
+    entry: Option<u32>,
+}
+
+impl Verdict {
+    pub fn alternatives(&self) -> &[(u16, f64)] {
+        &self.alternatives[..usize::from(self.alternative_count)]
+    }
+
+    pub fn confidence(&self) -> f64 {
+        self.winner.map_or(0.0, |(_, s)| s.confidence)
+    }
+
+    fn of(decision: &Decision, template: TemplateHash, entry: Option<u32>) -> Self {
+        Verdict {
+            winner: decision.winner,
+            alternatives: decision.alternatives,
+            alternative_count: decision.alternative_count,
+            template,
+            entry,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Decision {
+    winner: Option<(u16, Score)>,
+    alternatives: [(u16, f64); MAX_ALTERNATIVES],
+    alternative_count: u8,
+}
+
+impl Decision {
+    fn from_scores(scored: impl Iterator<Item = (u16, Score)>) -> Self {
+        let (winner, alternatives) = select(scored);
+        let mut d = Decision {
+            winner,
+            alternatives: [(0, 0.0); MAX_ALTERNATIVES],
+            alternative_count: alternatives.len() as u8,
+        };
+        d.alternatives[..alternatives.len()].copy_from_slice(&alternatives);
+        d
+    }
+}
+
+/// A condition, by place: rule index, section (0 require .. 4 reject), index in the section.
+#[derive(Clone, Copy, Debug)]
+struct CondRef {
+    rule: u16,
+    section: u8,
+    index: u8,
+}
+
+impl CondRef {
+    fn get(self, engine: &Engine) -> &Condition {
+        let rule = &engine.rules()[usize::from(self.rule)];
+        let section = match self.section {
+            0 => &rule.require,
+            1 => &rule.require_any,
+            2 => &rule.boost,
+            3 => &rule.expect,
+            _ => &rule.reject,
+        };
+        &section[usize::from(self.index)]
+    }
+}
+
+/// What a predicate is for one template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Known(bool),
+    /// Evaluated per packet: its bit in the residual outcome word.
+    Residual(u8),
+    /// Belongs only to rules the template rules out.
+    Unused,
+}
+
+struct Entry {
+    hash: u64,
+    key: Box<[u8]>,
+    template: TemplateHash,
+    template_text: OnceCell<String>,
+    /// Per predicate.
+    outcomes: Box<[Outcome]>,
+    /// Rules the key does not rule out, in engine order.
+    alive: Box<[u16]>,
+    /// The predicates evaluated per packet, one condition each.
+    residual: Box<[CondRef]>,
+    decisions: Vec<(u128, Decision)>,
+    referenced: bool,
+}
+
+/// Per-template verdicts; owned by one pipeline (not shared between threads).
+pub struct ClassCache {
+    builder: KeyBuilder,
+    index: HashMap<u64, u32, BuildIdentity>,
+    entries: Vec<Entry>,
+    capacity: usize,
+    hand: usize,
+    pub counters: CacheCounters,
+}
+
+/// The map's keys are already hashes.
+#[derive(Clone, Copy, Default)]
+struct BuildIdentity;
+
+struct Identity(u64);
+
+impl std::hash::BuildHasher for BuildIdentity {
+    type Hasher = Identity;
+    fn build_hasher(&self) -> Identity {
+        Identity(0)
+    }
+}
+
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl Default for ClassCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY)
+    }
+}
+
+impl ClassCache {
+    pub fn new(capacity: usize) -> Self {
+        ClassCache {
+            builder: KeyBuilder::default(),
+            index: HashMap::with_capacity_and_hasher(capacity, BuildIdentity),
+            entries: Vec::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(1),
+            hand: 0,
+            counters: CacheCounters::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The engine's verdict on a message.
+    pub fn classify(&mut self, engine: &Engine, facts: &Facts<'_>) -> Verdict {
+        let Some(key) = self.builder.build(facts.msg) else {
+            self.counters.bypassed += 1;
+            return evaluate_all(engine, facts);
+        };
+        let hash = key::hash(key);
+        let slot = match self.index.get(&hash) {
+            Some(&i) if *self.entries[i as usize].key == *key => {
+                self.counters.hits += 1;
+                i
+            }
+            Some(_) => {
+                self.counters.bypassed += 1;
+                return evaluate_all(engine, facts);
+            }
+            None => {
+                self.counters.misses += 1;
+                let entry = self.build_entry(engine, facts, hash);
+                self.insert(entry)
+            }
+        };
+        let entry = &mut self.entries[slot as usize];
+        entry.referenced = true;
+        if entry.residual.len() > MAX_RESIDUAL {
+            return evaluate_all(engine, facts);
+        }
+        let mut bits = 0u128;
+        for (i, c) in entry.residual.iter().enumerate() {
+            if c.get(engine).holds(facts) {
+                bits |= 1 << i;
+            }
+        }
+        if let Some((_, d)) = entry.decisions.iter().find(|(b, _)| *b == bits) {
+            return Verdict::of(d, entry.template, Some(slot));
+        }
+        let decision = decide(engine, &entry.outcomes, &entry.alive, bits);
+        if entry.decisions.len() < MAX_DECISIONS {
+            entry.decisions.push((bits, decision));
+        }
+        Verdict::of(&decision, entry.template, Some(slot))
+    }
+
+    fn insert(&mut self, entry: Entry) -> u32 {
+        if self.entries.len() < self.capacity {
+            self.entries.push(entry);
+            let i = (self.entries.len() - 1) as u32;
+            self.index.insert(self.entries[i as usize].hash, i);
+            return i;
+        }
+        // Clock: pass over recently used entries once, take the first that was not.
+        loop {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % self.entries.len();
+            if std::mem::take(&mut self.entries[i].referenced) {
+                continue;
+            }
+            self.counters.evictions += 1;
+            self.index.remove(&self.entries[i].hash);
+            self.index.insert(entry.hash, i as u32);
+            self.entries[i] = entry;
+            return i as u32;
+        }
+    }
+
+    /// Works out what the key decides. `self.builder` holds the message's key and regions.
+    fn build_entry(&self, engine: &Engine, facts: &Facts<'_>, hash: u64) -> Entry {
+        let rules = engine.rules();
+        let mut seen: Vec<Option<CondRef>> = vec![None; engine.automata.len()];
+        for (r, rule) in rules.iter().enumerate() {
+            for (section, conds) in [
+                &rule.require,
+                &rule.require_any,
+                &rule.boost,
+                &rule.expect,
+                &rule.reject,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                for (i, c) in conds.iter().enumerate() {
+                    seen[c.predicate].get_or_insert(CondRef {
+                        rule: r as u16,
+                        section: section as u8,
+                        index: i as u8,
+                    });
+                }
+            }
+        }
+        let known: Vec<Option<bool>> = seen
+            .iter()
+            .enumerate()
+            .map(|(p, c)| {
+                let c = c.as_ref()?.get(engine);
+                self.known_outcome(engine, p, c, facts)
+            })
+            .collect();
+        let holds_known = |c: &Condition| known[c.predicate];
+        let alive: Vec<u16> = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| {
+                !rule.require.iter().any(|c| holds_known(c) == Some(false))
+                    && !rule.reject.iter().any(|c| holds_known(c) == Some(true))
+                    && (rule.require_any.is_empty()
+                        || rule
+                            .require_any
+                            .iter()
+                            .any(|c| holds_known(c) != Some(false)))
+            })
+            .map(|(r, _)| r as u16)
+            .collect();
+        let mut outcomes: Vec<Outcome> = vec![Outcome::Unused; known.len()];
+        let mut residual = Vec::new();
+        for &r in &alive {
+            for c in rules[usize::from(r)].conditions() {
+                let p = c.predicate;
+                if outcomes[p] != Outcome::Unused {
+                    continue;
+                }
+                outcomes[p] = match known[p] {
+                    Some(b) => Outcome::Known(b),
+                    None => {
+                        residual.push(seen[p].unwrap_or(CondRef {
+                            rule: r,
+                            section: 0,
+                            index: 0,
+                        }));
+                        Outcome::Residual((residual.len() - 1).min(255) as u8)
+                    }
+                };
+            }
+        }
+        Entry {
+            hash,
+            key: self.builder_key().into(),
+            template: template_hash(facts.msg),
+            template_text: OnceCell::new(),
+            outcomes: outcomes.into(),
+            alive: alive.into(),
+            residual: residual.into(),
+            decisions: Vec::new(),
+            referenced: false,
+        }
+    }
+
+    fn builder_key(&self) -> Vec<u8> {
+        self.builder.last_key().to_vec()
+    }
+
+    /// The predicate's outcome for every message with this key, when the key decides it.
+    fn known_outcome(
+        &self,
+        engine: &Engine,
+        predicate: usize,
+        c: &Condition,
+        facts: &Facts<'_>,
+    ) -> Option<bool> {
+        if matches!(c.op, Op::SameAs(_)) {
+            return None;
+        }
+        match c.field.key_bearing() {
+            KeyBearing::PerPacket => None,
+            KeyBearing::Fixed => Some(c.holds(facts)),
+            KeyBearing::Span => {
+                let value = match facts.get(&c.field) {
+                    Value::Bytes(v) => v,
+                    // Absent for every message of the key.
+                    _ => return Some(c.holds(facts)),
+                };
+                if matches!(c.op, Op::Present(_)) {
+                    return Some(c.holds(facts));
+                }
+                let items = self.builder.items(facts.msg, value)?;
+                let dfa = || {
+                    engine.automata[predicate]
+                        .get_or_init(|| uniform::build(&c.op))
+                        .as_ref()
+                };
+                uniform::decide(&c.op, &items, dfa).map(|test| test != c.negate)
+            }
+        }
+    }
+
+    /// The verdict as the engine writes it: rules, evidence with the observed values, template,
+    /// inferences.
+    pub fn fingerprint<'e>(
+        &self,
+        engine: &'e Engine,
+        verdict: &Verdict,
+        facts: &Facts<'_>,
+        source: Option<SourceView>,
+    ) -> Fingerprint<'e> {
+        let rules = engine.rules();
+        let rule = verdict.winner.map(|(r, _)| &rules[usize::from(r)]);
+        let mut fp = Fingerprint {
+            rule,
+            confidence: verdict.confidence(),
+            evidence: Vec::new(),
+            modifications: Vec::new(),
+            alternatives: verdict
+                .alternatives()
+                .iter()
+                .map(|&(r, confidence)| Alternative {
+                    rule: &rules[usize::from(r)],
+                    confidence,
+                })
+                .collect(),
+            template: verdict.template,
+            template_text: None,
+            inferences: Inferences::default(),
+            ruleset: engine.ruleset(),
+        };
+        match (rule, &verdict.winner) {
+            (Some(rule), Some((_, score))) => {
+                (fp.evidence, fp.modifications) = winner_evidence(rule, score, facts);
+            }
+            _ => {
+                fp.template_text = Some(self.template_text(verdict, facts));
+                fp.evidence.push(unknown_evidence(verdict.template));
+            }
+        }
+        fp.inferences = infer(facts, rule, source);
+        fp
+    }
+
+    /// The escaped template of an unknown message (kept with its cache entry).
+    pub fn template_text(&self, verdict: &Verdict, facts: &Facts<'_>) -> String {
+        match verdict.entry.and_then(|e| self.entries.get(e as usize)) {
+            Some(entry) => entry
+                .template_text
+                .get_or_init(|| template_text_of(facts.msg))
+                .clone(),
+            None => template_text_of(facts.msg),
+        }
+    }
+}
+
+/// Scores the rules the key left, reading each predicate's outcome from the template or from
+/// this packet's residual bits.
+fn decide(engine: &Engine, outcomes: &[Outcome], alive: &[u16], bits: u128) -> Decision {
+    let rules = engine.rules();
+    let holds = |c: &Condition| match outcomes[c.predicate] {
+        Outcome::Known(b) => b,
+        Outcome::Residual(i) => bits & (1u128 << i) != 0,
+        // Not reachable for a rule that is alive; false keeps the scoring total.
+        Outcome::Unused => false,
+    };
+    Decision::from_scores(
+        alive
+            .iter()
+            .filter_map(|&r| score_by(&rules[usize::from(r)], holds).map(|s| (r, s))),
+    )
+}
+
+/// Every rule evaluated on the message: what the engine does without the cache.
+fn evaluate_all(engine: &Engine, facts: &Facts<'_>) -> Verdict {
+    let decision = Decision::from_scores(
+        engine
+            .rules()
+            .iter()
+            .enumerate()
+            .filter_map(|(r, rule)| score_by(rule, |c| c.holds(facts)).map(|s| (r as u16, s))),
+    );
+    Verdict::of(&decision, template_hash(facts.msg), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use sensor_common::{MatchAction, SensorConfig};
+
+    use super::*;
+    use crate::{
+        capture::PortSet,
+        event::Event,
+        fingerprint::{Packet, SourceTracker},
+        offline::{CaptureReader, FrameContext, extract},
+        record::Record,
+        sip::SipMessage,
+    };
+
+    /// Everything a fingerprint says, in a comparable form.
+    fn summary(fp: &Fingerprint<'_>) -> String {
+        format!(
+            "{} {:016x} {:?} {:?} {:?} {:?} {:?} {:?}",
+            fp.rule_id(),
+            fp.confidence.to_bits(),
+            fp.evidence,
+            fp.modifications,
+            fp.alternatives
+                .iter()
+                .map(|a| (&a.rule.id, a.confidence.to_bits()))
+                .collect::<Vec<_>>(),
+            fp.template,
+            fp.template_text,
+            fp.inferences,
+        )
+    }
+
+    /// Classifies with the cache and without; panics on any difference.
+    fn same_both_ways(
+        engine: &Engine,
+        cache: &mut ClassCache,
+        payload: &[u8],
+        p: Packet,
+        cut: bool,
+    ) {
+        let msg = SipMessage::parse_captured(payload, cut);
+        let facts = Facts::new(&msg, Some(p));
+        let verdict = cache.classify(engine, &facts);
+        let cached = cache.fingerprint(engine, &verdict, &facts, None);
+        let reference = engine.classify_packet(&msg, Some(p), None);
+        assert_eq!(
+            summary(&cached),
+            summary(&reference),
+            "payload {:?}",
+            crate::escape::escape_bytes(payload)
+        );
+    }
+
+    /// Every record of every corpus capture, as the userspace extractor makes them.
+    fn corpus() -> Vec<(Vec<u8>, Packet, bool)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
+        let mut ports = PortSet::empty();
+        ports.insert(5060);
+        ports.insert(5061);
+        let config = SensorConfig::new(MatchAction::Drop, true, 1024);
+        let mut out = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("corpus directory")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
+            .collect();
+        files.sort();
+        for file in files {
+            for packet in CaptureReader::open(&file).expect("corpus file") {
+                let packet = packet.expect("corpus packet");
+                let Ok((frame, wire_len)) = packet.ethernet_frame() else {
+                    continue;
+                };
+                let Ok(raw) = extract(&frame, wire_len, &config, &ports, &FrameContext::default())
+                else {
+                    continue;
+                };
+                let record = Record::new(&raw).expect("valid record");
+                let event = Event { record, wall_ns: 0 };
+                out.push((
+                    record.payload().to_vec(),
+                    Packet::from_event(&event),
+                    record.payload_truncated(),
+                ));
+            }
+        }
+        assert!(out.len() > 200, "corpus records: {}", out.len());
+        out
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A payload with what scanners vary varied, and some of what they do not: digits and
+    /// letters redrawn within their class (the same key, other values), a letter's case or a
+    /// digit turned into a letter (another key), a byte cut off (truncation).
+    fn mutate(payload: &[u8], rng: &mut Rng) -> (Vec<u8>, bool) {
+        let mut p = payload.to_vec();
+        let mut cut = false;
+        // Mostly the variation of one template (the cache's hits), sometimes another template.
+        let kinds = if rng.below(10) < 7 { 5 } else { 8 };
+        for _ in 0..1 + rng.below(12) {
+            if p.is_empty() {
+                break;
+            }
+            let i = rng.below(p.len());
+            p[i] = match (rng.below(kinds), p[i]) {
+                (0..=4, b'0'..=b'9') => b'0' + rng.below(10) as u8,
+                (0..=4, b'a'..=b'f') => b'a' + rng.below(6) as u8,
+                (0..=4, b'g'..=b'z') => b'g' + rng.below(20) as u8,
+                (0..=4, b'A'..=b'F') => b'A' + rng.below(6) as u8,
+                (0..=4, b'G'..=b'Z') => b'G' + rng.below(20) as u8,
+                (5, c) if c.is_ascii_alphabetic() => c ^ 0x20,
+                (6, c) if c.is_ascii_digit() => b'a' + rng.below(26) as u8,
+                (7, _) => {
+                    cut = true;
+                    p.truncate(i);
+                    continue;
+                }
+                (_, c) => c,
+            };
+        }
+        (p, cut)
+    }
+
+    #[test]
+    fn cache_changes_no_attribution() {
+        let engine = Engine::builtin().expect("built-in rules");
+        let mut cache = ClassCache::new(1024);
+        let records = corpus();
+        // Twice over the corpus (the second time from the cache), then mutations, which share
+        // keys with the originals and with each other.
+        for _ in 0..2 {
+            for (payload, p, cut) in &records {
+                same_both_ways(&engine, &mut cache, payload, *p, *cut);
+            }
+        }
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for round in 0..12 {
+            for (payload, p, cut) in &records {
+                let (m, m_cut) = mutate(payload, &mut rng);
+                let mut p = *p;
+                p.ip_id = rng.next() as u16;
+                p.ttl = rng.next() as u8;
+                if round % 2 == 0 {
+                    p.src_port = 5060 + rng.below(4) as u16;
+                }
+                same_both_ways(&engine, &mut cache, &m, p, *cut || m_cut);
+            }
+        }
+        // The comparisons above went through hits on entries other messages made.
+        assert!(cache.counters.hits > 1000, "{:?}", cache.counters);
+        // And with entries evicted and their slots reused.
+        let mut small = ClassCache::new(8);
+        for (payload, p, cut) in records.iter().chain(&records) {
+            same_both_ways(&engine, &mut small, payload, *p, *cut);
+        }
+        assert!(small.counters.evictions > 0, "{:?}", small.counters);
+    }
+
+    #[test]
+    fn tracked_sources_read_the_same() {
+        // The verdict does not depend on per-source state; the inferences read it the same way.
+        let engine = Engine::builtin().expect("built-in rules");
+        let mut cache = ClassCache::default();
+        let mut sources = SourceTracker::new(64);
+        let mut reference_sources = SourceTracker::new(64);
+        for (payload, p, cut) in corpus() {
+            let msg = SipMessage::parse_captured(&payload, cut);
+            let facts = Facts::new(&msg, Some(p));
+            let view = sources.observe(&p, 1);
+            let verdict = cache.classify(&engine, &facts);
+            let cached = cache.fingerprint(&engine, &verdict, &facts, Some(view));
+            let reference_view = reference_sources.observe(&p, 1);
+            let reference = engine.classify_packet(&msg, Some(p), Some(reference_view));
+            assert_eq!(summary(&cached), summary(&reference));
+        }
+    }
+}

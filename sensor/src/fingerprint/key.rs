@@ -1,0 +1,563 @@
+//! The classification cache's key: a message with the parts a tool draws at random abstracted.
+//!
+//! Scanners send one template thousands of times, changing only tags, branches, Call-IDs,
+//! addresses and ports. The key keeps everything else byte for byte: the start line's method
+//! and version, header names with their spacing and colons, line endings, every punctuation
+//! byte, and every word a rule or the parser may look at as a word (the template's keywords,
+//! in any case). What remains, each run of letters and digits inside the request URI, the
+//! header values, the status line and the body, becomes its length and the set of character
+//! classes it holds (digits, `a-f`, `g-z`, `A-F`, `G-Z`). A run of digits only keeps a range of
+//! lengths instead ([`DIGIT_LENGTHS`]): numbers (address octets, ports, random decimals) vary
+//! in length from packet to packet where random letters do not. The message kind, its flags
+//! and whether it is truncated come first.
+//!
+//! Two messages with the same key parse alike (the parser splits only on punctuation, and the
+//! names it compares are kept), give every field at the same place, and have the same
+//! structural template ([`super::template`]): so a rule condition whose outcome is the same for
+//! every string the key allows for its field ([`super::uniform`]) needs evaluating once per key.
+//!
+//! The key is an injective encoding: literal bytes below 0x80 stand for themselves, a literal
+//! byte at or above 0x80 is escaped, an abstracted run is a tag byte (0x80 | classes) and its
+//! length.
+
+use crate::sip::{SipMessage, StartLine};
+
+/// Character classes of an abstracted run.
+pub const DIGIT: u8 = 1;
+pub const LOWER_HEX: u8 = 2;
+pub const LOWER_OTHER: u8 = 4;
+pub const UPPER_HEX: u8 = 8;
+pub const UPPER_OTHER: u8 = 16;
+
+/// Longest key built; longer messages are classified without the cache.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+const TAG_RUN: u8 = 0x80;
+const TAG_ESCAPE: u8 = 0xfe;
+/// Starts the SIP part, after the header (kind, flags) bytes.
+const TAG_START: u8 = 0xf0;
+
+/// The class bits of each byte; 0 for bytes that are not ASCII letters or digits.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            b'0'..=b'9' => DIGIT,
+            b'a'..=b'f' => LOWER_HEX,
+            b'g'..=b'z' => LOWER_OTHER,
+            b'A'..=b'F' => UPPER_HEX,
+            b'G'..=b'Z' => UPPER_OTHER,
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
+
+/// The bytes a class set allows.
+pub fn class_bytes(classes: u8) -> impl Iterator<Item = u8> {
+    (0u8..=255).filter(move |&b| CLASS[usize::from(b)] & classes != 0)
+}
+
+/// The RFC 3261 magic cookie: kept, as the template keeps it, and what follows it abstracted.
+pub const COOKIE: &[u8] = b"z9hG4bK";
+
+/// Runs kept as they are: the template's keywords (see `template::is_keyword`), in any case,
+/// because the parser compares some of them case-insensitively (`tag`, `branch`, `sip:`).
+/// Every run of every value comes through here: length, first, second and last letter pick the
+/// one candidate, then one comparison.
+fn is_kept_word(run: &[u8]) -> bool {
+    if run.len() < 2 || run.len() > 11 {
+        return false;
+    }
+    let lower = |i: usize| run[i].to_ascii_lowercase();
+    let candidate: &[u8] = match (run.len(), lower(0), lower(1), lower(run.len() - 1)) {
+        (2, b'i', b'n', b'n') => b"in",
+        (2, b'l', b'r', b'r') => b"lr",
+        (2, b'n', b'c', b'c') => b"nc",
+        (2, b'w', b's', b's') => b"ws",
+        (3, b'a', b'c', b'k') => b"ack",
+        (3, b'a', b'v', b'p') => b"avp",
+        (3, b'b', b'y', b'e') => b"bye",
+        (3, b'i', b'p', b'4') => b"ip4",
+        (3, b'i', b'p', b'6') => b"ip6",
+        (3, b'm', b'd', b'5') => b"md5",
+        (3, b'q', b'o', b'p') => b"qop",
+        (3, b'r', b't', b'p') => b"rtp",
+        (3, b's', b'd', b'p') => b"sdp",
+        (3, b's', b'i', b'p') => b"sip",
+        (3, b't', b'a', b'g') => b"tag",
+        (3, b't', b'c', b'p') => b"tcp",
+        (3, b't', b'e', b'l') => b"tel",
+        (3, b't', b'l', b's') => b"tls",
+        (3, b't', b't', b'l') => b"ttl",
+        (3, b'u', b'd', b'p') => b"udp",
+        (3, b'u', b'r', b'i') => b"uri",
+        (3, b'w', b's', b's') => b"wss",
+        (4, b'a', b'u', b'h') => b"auth",
+        (4, b'i', b'n', b'o') => b"info",
+        (4, b's', b'c', b'p') => b"sctp",
+        (4, b's', b'i', b's') => b"sips",
+        (4, b't', b'e', b't') => b"text",
+        (4, b'u', b's', b'r') => b"user",
+        (5, b'a', b'l', b's') => b"alias",
+        (5, b'm', b'a', b'r') => b"maddr",
+        (5, b'n', b'o', b'e') => b"nonce",
+        (5, b'p', b'h', b'e') => b"phone",
+        (5, b'p', b'l', b'n') => b"plain",
+        (5, b'p', b'r', b'k') => b"prack",
+        (5, b'r', b'e', b'm') => b"realm",
+        (5, b'r', b'e', b'r') => b"refer",
+        (5, b'r', b'p', b't') => b"rport",
+        (6, b'b', b'r', b'h') => b"branch",
+        (6, b'c', b'a', b'l') => b"cancel",
+        (6, b'c', b'n', b'e') => b"cnonce",
+        (6, b'd', b'i', b't') => b"digest",
+        (6, b'i', b'n', b'e') => b"invite",
+        (6, b'n', b'o', b'y') => b"notify",
+        (6, b'u', b'p', b'e') => b"update",
+        (7, b'e', b'x', b's') => b"expires",
+        (7, b'm', b'e', b'e') => b"message",
+        (7, b'o', b'p', b's') => b"options",
+        (7, b'p', b'u', b'h') => b"publish",
+        (8, b'r', b'e', b'd') => b"received",
+        (8, b'r', b'e', b'r') => b"register",
+        (8, b'r', b'e', b'e') => b"response",
+        (8, b'u', b's', b'e') => b"username",
+        (9, b'a', b'l', b'm') => b"algorithm",
+        (9, b's', b'u', b'e') => b"subscribe",
+        (9, b't', b'r', b't') => b"transport",
+        (11, b'a', b'p', b'n') => b"application",
+        _ => return false,
+    };
+    run.eq_ignore_ascii_case(candidate)
+}
+
+/// The length ranges a run of digits is known by in a SIP message's key: the lengths of an
+/// address octet or small number, a port, a 32-bit decimal, and longer random decimals (80 bits
+/// is at most 25 digits).
+pub const DIGIT_LENGTHS: [(u16, u16); 8] = [
+    (1, 3),
+    (4, 5),
+    (6, 10),
+    (11, 16),
+    (17, 25),
+    (26, 32),
+    (33, 64),
+    (65, u16::MAX),
+];
+
+fn digit_bucket(len: usize) -> u8 {
+    DIGIT_LENGTHS
+        .iter()
+        .position(|&(_, hi)| len <= usize::from(hi))
+        .unwrap_or(DIGIT_LENGTHS.len() - 1) as u8
+}
+
+/// One element of an abstracted value, for deciding conditions over it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Item {
+    Byte(u8),
+    /// `min..=max` bytes (the same for a run of letters), each from `classes`.
+    Run {
+        classes: u8,
+        min: u16,
+        max: u16,
+    },
+}
+
+/// Where a message's bytes are abstracted: everything outside these spans is kept.
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    start: u32,
+    end: u32,
+}
+
+/// The key being written: room for the worst case (every byte escaped), so that appending
+/// needs no capacity check beyond the index.
+struct Out {
+    bytes: Box<[u8]>,
+    len: usize,
+}
+
+impl Default for Out {
+    fn default() -> Self {
+        Out {
+            bytes: vec![0; 2 * MAX_KEY_BYTES + 64].into_boxed_slice(),
+            len: 0,
+        }
+    }
+}
+
+impl Out {
+    #[inline]
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    #[inline]
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Builds keys; holds its buffers so that a key costs no allocation.
+#[derive(Default)]
+pub struct KeyBuilder {
+    key: Out,
+    regions: Vec<Region>,
+    /// Runs of digits known by their length range (SIP messages), not their length (others:
+    /// the template of a non-SIP payload cuts it at 64 bytes and counts its length).
+    digit_ranges: bool,
+}
+
+fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
+    let off = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
+    (off <= outer.len() && inner.len() <= outer.len() - off).then_some(off)
+}
+
+impl KeyBuilder {
+    /// The key of `msg`; `None` when it would be longer than [`MAX_KEY_BYTES`].
+    pub fn build(&mut self, msg: &SipMessage<'_>) -> Option<&[u8]> {
+        self.key.len = 0;
+        self.regions.clear();
+        let bytes = msg.bytes();
+        if bytes.len() > MAX_KEY_BYTES {
+            return None;
+        }
+        self.key.push(msg.kind() as u8);
+        self.key.extend(&msg.flags().to_le_bytes());
+        self.key.push(u8::from(msg.truncated()));
+        self.key.push(u8::from(msg.headers_overflow() > 0));
+        self.digit_ranges = msg.is_sip();
+        if !self.digit_ranges {
+            self.key.extend(&(bytes.len() as u32).to_le_bytes());
+        }
+        self.key.push(TAG_START);
+        self.find_regions(msg);
+        let mut pos = 0;
+        for r in &self.regions {
+            let (start, end) = (r.start as usize, r.end as usize);
+            literal(&mut self.key, &bytes[pos..start]);
+            abstracted(&mut self.key, &bytes[start..end], self.digit_ranges);
+            pos = end;
+        }
+        literal(&mut self.key, &bytes[pos..]);
+        (self.key.len <= MAX_KEY_BYTES).then_some(self.key.get())
+    }
+
+    /// The key last built.
+    pub fn last_key(&self) -> &[u8] {
+        self.key.get()
+    }
+
+    fn push_region(&mut self, bytes: &[u8], span: &[u8]) {
+        if let Some(start) = offset_in(bytes, span)
+            && !span.is_empty()
+        {
+            // Regions come in order and never overlap; one that would is left literal.
+            let floor = self.regions.last().map_or(0, |r| r.end as usize);
+            if start >= floor {
+                self.regions.push(Region {
+                    start: start as u32,
+                    end: (start + span.len()) as u32,
+                });
+            }
+        }
+    }
+
+    fn find_regions(&mut self, msg: &SipMessage<'_>) {
+        let bytes = msg.bytes();
+        if !msg.is_sip() {
+            // The template shapes the first 64 bytes: the abstraction must not join a run
+            // across that cut.
+            let cut = bytes.len().min(64);
+            self.push_region(bytes, &bytes[..cut]);
+            self.push_region(bytes, &bytes[cut..]);
+            return;
+        }
+        match msg.start_line() {
+            StartLine::Request { uri, .. } => self.push_region(bytes, uri),
+            StartLine::Response { .. } => {
+                // Code and reason; version and the space after it kept.
+                let line = msg.first_line();
+                let from = line
+                    .iter()
+                    .position(|&b| b == b' ')
+                    .map_or(line.len(), |p| p + 1);
+                self.push_region(bytes, &line[from..]);
+            }
+            StartLine::None => {}
+        }
+        for h in msg.headers() {
+            self.push_region(bytes, h.value);
+        }
+        if let Some(body) = msg.body() {
+            let base = offset_in(bytes, body).unwrap_or(bytes.len());
+            let mut start = 0;
+            while start < body.len() {
+                let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |e| start + e);
+                let line = &body[start..end];
+                // `s=`, `o=`...: the line type is kept, as the template keeps it.
+                let skip = if line.len() >= 2 && line[1] == b'=' {
+                    2
+                } else {
+                    0
+                };
+                self.push_region(bytes, &bytes[base + start + skip..base + end]);
+                start = end + 1;
+            }
+        }
+    }
+
+    /// The items of a field's value (a slice of the message the key was last built for), or
+    /// `None` when the value does not start and end at run boundaries of the key (so the key
+    /// does not pin its abstraction down).
+    pub fn items(&self, msg: &SipMessage<'_>, value: &[u8]) -> Option<Vec<Item>> {
+        let bytes = msg.bytes();
+        if value.is_empty() {
+            return Some(Vec::new());
+        }
+        let start = offset_in(bytes, value)?;
+        let end = start + value.len();
+        let mut items = Vec::with_capacity(value.len());
+        let mut pos = start;
+        let is_alnum = |i: usize| CLASS[usize::from(bytes[i])] != 0;
+        for r in &self.regions {
+            let (rs, re) = (r.start as usize, r.end as usize);
+            if re <= pos {
+                continue;
+            }
+            if rs >= end {
+                break;
+            }
+            if pos < rs {
+                items.extend(bytes[pos..rs].iter().map(|&b| Item::Byte(b)));
+            }
+            let (from, to) = (pos.max(rs), end.min(re));
+            // Cutting a run of the region in two would describe the piece by the classes of
+            // the whole run: not allowed.
+            if (from > rs && is_alnum(from - 1) && is_alnum(from))
+                || (to < re && is_alnum(to - 1) && is_alnum(to))
+            {
+                return None;
+            }
+            abstract_items(&bytes[from..to], &mut items, self.digit_ranges);
+            pos = to;
+        }
+        if pos < end {
+            items.extend(bytes[pos..end].iter().map(|&b| Item::Byte(b)));
+        }
+        Some(items)
+    }
+}
+
+fn literal(key: &mut Out, bytes: &[u8]) {
+    if bytes.is_ascii() {
+        key.extend(bytes);
+        return;
+    }
+    for &b in bytes {
+        if b >= 0x80 {
+            key.push(TAG_ESCAPE);
+        }
+        key.push(b);
+    }
+}
+
+fn push_run(key: &mut Out, classes: u8, mut len: usize, digit_ranges: bool) {
+    if digit_ranges && classes == DIGIT && len > 0 {
+        key.push(TAG_RUN | classes);
+        key.push(digit_bucket(len));
+        return;
+    }
+    while len > 0 {
+        let piece = len.min(255);
+        key.push(TAG_RUN | classes);
+        key.push(piece as u8);
+        len -= piece;
+    }
+}
+
+/// The next token of `bytes` at `i`: a byte that is not a letter or digit (classes 0), or a
+/// maximal run of letters and digits with the classes it holds.
+#[inline]
+fn token(bytes: &[u8], i: usize) -> (usize, u8) {
+    let mut classes = CLASS[usize::from(bytes[i])];
+    if classes == 0 {
+        return (i + 1, 0);
+    }
+    let mut end = i + 1;
+    while let Some(&b) = bytes.get(end) {
+        let c = CLASS[usize::from(b)];
+        if c == 0 {
+            break;
+        }
+        classes |= c;
+        end += 1;
+    }
+    (end, classes)
+}
+
+fn classes_of(run: &[u8]) -> u8 {
+    run.iter().fold(0, |c, &b| c | CLASS[usize::from(b)])
+}
+
+fn abstracted(key: &mut Out, bytes: &[u8], digit_ranges: bool) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let (end, classes) = token(bytes, i);
+        let run = &bytes[i..end];
+        i = end;
+        if classes == 0 {
+            let b = run[0];
+            if b >= 0x80 {
+                key.push(TAG_ESCAPE);
+            }
+            key.push(b);
+        } else if classes != DIGIT && is_kept_word(run) {
+            key.extend(run);
+        } else if let Some(rest) = run.strip_prefix(COOKIE) {
+            key.extend(COOKIE);
+            push_run(key, classes_of(rest), rest.len(), digit_ranges);
+        } else {
+            push_run(key, classes, run.len(), digit_ranges);
+        }
+    }
+}
+
+fn abstract_items(bytes: &[u8], items: &mut Vec<Item>, digit_ranges: bool) {
+    let push_run = |items: &mut Vec<Item>, classes: u8, len: usize| {
+        if len > 0 {
+            let (min, max) = if digit_ranges && classes == DIGIT {
+                DIGIT_LENGTHS[usize::from(digit_bucket(len))]
+            } else {
+                (len as u16, len as u16)
+            };
+            items.push(Item::Run { classes, min, max });
+        }
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        let (end, classes) = token(bytes, i);
+        let run = &bytes[i..end];
+        i = end;
+        if classes == 0 || (classes != DIGIT && is_kept_word(run)) {
+            items.extend(run.iter().map(|&b| Item::Byte(b)));
+        } else if let Some(rest) = run.strip_prefix(COOKIE) {
+            items.extend(COOKIE.iter().map(|&b| Item::Byte(b)));
+            push_run(items, classes_of(rest), rest.len());
+        } else {
+            push_run(items, classes, run.len());
+        }
+    }
+}
+
+/// A fast 64-bit hash of a key (not keyed: a colliding key is compared in full anyway).
+pub fn hash(key: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = (key.len() as u64).wrapping_mul(K);
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+    h ^ (h >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(payload: &[u8]) -> Vec<u8> {
+        KeyBuilder::default()
+            .build(&SipMessage::parse(payload))
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn random_parts_share_a_key_structure_does_not() {
+        let a = key(b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123;rport\r\nCall-ID: 4f3a\r\nUser-Agent: qrs\r\n\r\n");
+        let b = key(b"OPTIONS sip:200@10.9.8.77 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.222:5061;branch=z9hG4bK-98;rport\r\nCall-ID: 1b2c\r\nUser-Agent: xyz\r\n\r\n");
+        assert_eq!(a, b);
+        for other in [
+            // A keyword changed, in any case.
+            &b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;Branch=z9hG4bK-123;rport\r\nCall-ID: 4f3a\r\nUser-Agent: qrs\r\n\r\n"[..],
+            // A run's length (a run of letters; digits are known by a range of lengths).
+            b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123;rport\r\nCall-ID: 4f3a\r\nUser-Agent: qrst\r\n\r\n",
+            b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123456;rport\r\nCall-ID: 4f3a\r\nUser-Agent: qrs\r\n\r\n",
+            b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-1234;rport\r\nCall-ID: 4f3a\r\nUser-Agent: qrs\r\n\r\n",
+            // A run's classes.
+            b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123;rport\r\nCall-ID: 4g3a\r\nUser-Agent: qrs\r\n\r\n",
+            // A name's case, the spacing, the line ending.
+            b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nvia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123;rport\r\nCall-ID: 4f3a\r\nUser-Agent: qrs\r\n\r\n",
+            b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nVia:  SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123;rport\r\nCall-ID: 4f3a\r\nUser-Agent: qrs\r\n\r\n",
+            b"OPTIONS sip:100@192.0.2.1 SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123;rport\r\nCall-ID: 4f3a\r\nUser-Agent: qrs\r\n\r\n",
+            // The method and version.
+            b"OPTIONs sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123;rport\r\nCall-ID: 4f3a\r\nUser-Agent: qrs\r\n\r\n",
+        ] {
+            assert_ne!(a, key(other), "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
+    fn keeps_every_template_keyword_in_any_case() {
+        for k in crate::fingerprint::template::KEYWORDS {
+            assert!(is_kept_word(k), "{}", String::from_utf8_lossy(k));
+            assert!(is_kept_word(&k.to_ascii_uppercase()));
+            assert!(is_kept_word(&k.to_ascii_lowercase()));
+            let mut longer = k.to_vec();
+            longer.push(b'x');
+            assert!(!is_kept_word(&longer));
+        }
+        assert!(!is_kept_word(b"friendly"));
+        assert!(!is_kept_word(b"sdq"));
+    }
+
+    #[test]
+    fn escapes_high_bytes() {
+        // A literal 0x82 byte must not read as a run tag.
+        let a = key(b"\x82\x05");
+        let b = key(b"\x01a");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn items_of_fields() {
+        let payload = b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123;rport\r\nContent-Length:  0\r\n\r\n";
+        let msg = SipMessage::parse(payload);
+        let mut builder = KeyBuilder::default();
+        builder.build(&msg).unwrap();
+        let via = msg.header(crate::sip::HeaderName::Via).unwrap();
+        let params = &via.value[via.value.iter().position(|&b| b == b';').unwrap() + 1..];
+        let items = builder.items(&msg, params).unwrap();
+        let mut expect: Vec<Item> = b"branch=z9hG4bK-".iter().map(|&b| Item::Byte(b)).collect();
+        expect.push(Item::Run {
+            classes: DIGIT,
+            min: 1,
+            max: 3,
+        });
+        expect.extend(b";rport".iter().map(|&b| Item::Byte(b)));
+        assert_eq!(items, expect);
+        // The whole line: name and spacing kept, value abstracted.
+        let cl = msg
+            .header(crate::sip::HeaderName::ContentLength)
+            .unwrap()
+            .line;
+        let items = builder.items(&msg, cl).unwrap();
+        assert_eq!(items.len(), "Content-Length:  ".len() + 1);
+        // A piece of a run is not pinned down by the key.
+        assert_eq!(builder.items(&msg, &params[16..17]), None);
+    }
+}
