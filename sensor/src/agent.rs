@@ -12,6 +12,7 @@ use crate::{
     capture::{AttachMode, CaptureError, IpPrefix, PortSet, RingReader, SensorProgram},
     clock::WallClock,
     counters::{AgentCounters, KernelCounters},
+    output::event::EvidenceDetail,
     pipeline::{Pipeline, PipelineError, PipelineOptions},
     rogue::{TrackerConfig, TrackerCounters},
 };
@@ -54,6 +55,8 @@ pub struct RunOptions {
     pub detect_rogue: Option<TrackerConfig>,
     /// Fingerprint rules loaded beside the built-in ones.
     pub rules: Option<PathBuf>,
+    /// How much explanation events carry (compact by default).
+    pub evidence: EvidenceDetail,
 }
 
 impl RunOptions {
@@ -77,6 +80,7 @@ impl RunOptions {
             max_events: None,
             detect_rogue: None,
             rules: None,
+            evidence: EvidenceDetail::Compact,
         }
     }
 
@@ -140,6 +144,7 @@ pub async fn run(
         rules: options.rules.clone(),
         output: options.output.clone(),
         detect_rogue: options.detect_rogue.clone(),
+        evidence: options.evidence,
     })?;
     if options.reactive != ReactivePolicy::Off && options.reactive_prefixes.is_empty() {
         return Err(AgentError::ReactiveWithoutPrefixes);

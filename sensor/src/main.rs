@@ -178,6 +178,10 @@ struct RunArgs {
     /// Fingerprint rule file (TOML) loaded beside the built-in rules.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// Events carry each evidence item's test, note and weight and the inferences'
+    /// explanations (by default: rule, field, section, value, and codes).
+    #[arg(long)]
+    verbose_evidence: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +213,18 @@ struct AnalyzeArgs {
     /// Write events to this file (mode 0640, appended) instead of stdout.
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// Events carry each evidence item's test, note and weight and the inferences'
+    /// explanations (by default: rule, field, section, value, and codes).
+    #[arg(long)]
+    verbose_evidence: bool,
+}
+
+fn evidence_detail(verbose: bool) -> sensor::output::event::EvidenceDetail {
+    if verbose {
+        sensor::output::event::EvidenceDetail::Full
+    } else {
+        sensor::output::event::EvidenceDetail::Compact
+    }
 }
 
 fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
@@ -220,6 +236,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
             rules: args.rules,
             output: args.output,
             detect_rogue: None,
+            evidence: evidence_detail(args.verbose_evidence),
         },
     };
     let summary = sensor::offline::analyze::analyze(&args.file, &options)?;
@@ -303,6 +320,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ..TrackerConfig::default()
         }),
         rules: args.rules,
+        evidence: evidence_detail(args.verbose_evidence),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -12,6 +12,7 @@ use crate::{
     fingerprint::{ClassCache, Engine, Packet, RuleError, SourceTracker, facts::Facts},
     output::{
         NdjsonWriter,
+        event::{Analysis, EvidenceDetail, write_event},
         json::{EventDoc, StatsDoc},
     },
     output::{fingerprint::FingerprintDoc, sip::SipDoc},
@@ -35,6 +36,8 @@ pub struct PipelineOptions {
     pub output: Option<PathBuf>,
     /// Follow requests and responses per server and report rogue SIP daemons.
     pub detect_rogue: Option<TrackerConfig>,
+    /// How much explanation events carry.
+    pub evidence: EvidenceDetail,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,9 @@ pub struct Pipeline {
     joiner: SynJoiner,
     rogue: Option<Tracker>,
     writer: NdjsonWriter,
+    evidence: EvidenceDetail,
+    /// The event being written (reused: no allocation per event).
+    line: Vec<u8>,
     pub counters: AgentCounters,
 }
 
@@ -77,6 +83,8 @@ impl Pipeline {
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
             writer,
+            evidence: options.evidence,
+            line: Vec::with_capacity(8192),
             counters: AgentCounters::default(),
         })
     }
@@ -101,17 +109,44 @@ impl Pipeline {
         let source = self.sources.observe(&packet, wall_ns);
         let facts = Facts::new(&sip, Some(packet));
         let verdict = self.cache.classify(&self.engine, &facts);
-        let fingerprint = self
-            .cache
-            .fingerprint(&self.engine, &verdict, &facts, Some(source));
-        let mut doc = EventDoc::new(&event).with_analysis(
-            SipDoc::new(&sip),
-            FingerprintDoc::from_fingerprint(fingerprint),
-        );
-        if let Some(reactive) = &mut doc.reactive {
-            reactive.syn = self.joiner.observe(&record, wall_ns);
-        }
-        match self.writer.write(&doc) {
+        let flags = record.raw().flags;
+        let reactive = flags
+            & (sensor_common::record_flags::SYN_ANSWERED
+                | sensor_common::record_flags::REACTIVE_SESSION)
+            != 0;
+        let syn = if reactive {
+            self.joiner.observe(&record, wall_ns)
+        } else {
+            None
+        };
+        let written = match self.evidence {
+            EvidenceDetail::Compact => {
+                self.line.clear();
+                let analysis = Analysis {
+                    engine: &self.engine,
+                    cache: &self.cache,
+                    verdict: &verdict,
+                    facts: &facts,
+                    source: Some(source),
+                };
+                write_event(&mut self.line, &event, &sip, &analysis, syn.as_ref());
+                self.writer.write_line(&self.line)
+            }
+            EvidenceDetail::Full => {
+                let fingerprint =
+                    self.cache
+                        .fingerprint(&self.engine, &verdict, &facts, Some(source));
+                let mut doc = EventDoc::new(&event).with_analysis(
+                    SipDoc::new(&sip),
+                    FingerprintDoc::from_fingerprint(fingerprint),
+                );
+                if let Some(reactive) = &mut doc.reactive {
+                    reactive.syn = syn;
+                }
+                self.writer.write(&doc)
+            }
+        };
+        match written {
             Ok(()) => self.counters.events_written += 1,
             Err(_) => self.counters.output_errors += 1,
         }

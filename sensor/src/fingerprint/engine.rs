@@ -24,7 +24,7 @@ use super::{
 pub const BUILTIN_RULES: &str = include_str!("../../rules/builtin.toml");
 
 /// Longest observed value shown in one evidence item.
-const EVIDENCE_VALUE_MAX: usize = 160;
+pub(crate) const EVIDENCE_VALUE_MAX: usize = 160;
 
 /// Certainty is never claimed: the best a rule can score.
 const MAX_CONFIDENCE: f64 = 0.99;
@@ -38,6 +38,8 @@ pub struct Engine {
     /// One per distinct predicate (see `Condition::predicate`): the automaton that decides it
     /// over a classification-cache key, built the first time a key needs it.
     pub(crate) automata: Vec<std::sync::OnceLock<Option<super::uniform::Dfa>>>,
+    /// `,"ruleset":"..."`, escaped once.
+    pub(crate) json_ruleset: String,
 }
 
 /// One reason for an attribution: which rule, which field, what test, what was seen.
@@ -349,9 +351,11 @@ impl Engine {
                 };
             }
         }
+        let ruleset = labels.join("+");
         Ok(Engine {
             rules,
-            ruleset: labels.join("+"),
+            json_ruleset: format!(",\"ruleset\":{}", super::rules::json_string(&ruleset)),
+            ruleset,
             automata: (0..identities.len())
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),

@@ -403,18 +403,28 @@ pub struct ProcessEstimate {
 /// Ports above the base still read as "the tool counted up to here".
 const MAX_PORT_WALK: u16 = 1024;
 
-pub fn estimate_processes(
+/// The port the tool bound, where it was read, and the processes that implies (the estimate
+/// without its explanation).
+pub fn process_count(
     base: u16,
     via_port: Option<u16>,
     src_port: Option<u16>,
-) -> Option<ProcessEstimate> {
+) -> Option<(u16, &'static str, u32)> {
     let in_walk = |p: u16| p >= base && p - base < MAX_PORT_WALK;
     let (bound, basis) = match (via_port, src_port) {
         (Some(v), _) if in_walk(v) => (v, "via.port"),
         (_, Some(s)) if in_walk(s) => (s, "src_port"),
         _ => return None,
     };
-    let processes = u32::from(bound - base) + 1;
+    Some((bound, basis, u32::from(bound - base) + 1))
+}
+
+pub fn estimate_processes(
+    base: u16,
+    via_port: Option<u16>,
+    src_port: Option<u16>,
+) -> Option<ProcessEstimate> {
+    let (bound, basis, processes) = process_count(base, via_port, src_port)?;
     let mut note = if processes == 1 {
         format!(
             "bound {base} itself: nothing else held {base} on the sender, so one scanner process \

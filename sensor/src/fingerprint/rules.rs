@@ -225,6 +225,9 @@ pub struct Condition {
     /// Index of this condition's predicate in the engine (conditions that test the same field
     /// the same way, in any rule, share one), set when the engine loads its rules.
     pub(crate) predicate: usize,
+    /// The start of this condition's compact evidence item in an event, JSON-escaped once at
+    /// load: `{"rule":ID,"field":FIELD,"section":SECTION,"value":`.
+    pub(crate) json_evidence: String,
 }
 
 impl Condition {
@@ -335,6 +338,14 @@ pub struct Rule {
     pub origin: String,
     /// `require` indexes, cheapest first (evaluation order; evidence keeps file order).
     pub(crate) require_order: Vec<usize>,
+    /// JSON written with every verdict naming the rule, escaped once at load:
+    /// `{"tool":..,"variant":..,"version":..,"category":..` (the fingerprint object's start),
+    /// `"ID"`, `,"tags":[..]` (empty without tags), `{"rule":ID,"tool":TOOL,"confidence":` (an
+    /// alternative's start).
+    pub(crate) json_head: String,
+    pub(crate) json_id: String,
+    pub(crate) json_tags: String,
+    pub(crate) json_alternative: String,
 }
 
 impl Rule {
@@ -519,13 +530,67 @@ fn compile_rule(raw: RuleToml, origin: &str) -> Result<Rule, String> {
         tool_constants,
         origin: origin.to_string(),
         require_order: Vec::new(),
+        json_head: String::new(),
+        json_id: String::new(),
+        json_tags: String::new(),
+        json_alternative: String::new(),
     })
     .map(|mut rule: Rule| {
         let mut order: Vec<usize> = (0..rule.require.len()).collect();
         order.sort_by_key(|&i| rule.require[i].cost());
         rule.require_order = order;
+        rule.prepare_json();
         rule
     })
+}
+
+/// A string as JSON (quoted, escaped).
+pub(crate) fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+}
+
+impl Rule {
+    /// The JSON fragments events repeat (see the fields' documentation).
+    fn prepare_json(&mut self) {
+        let id = json_string(&self.id);
+        let mut head = format!("{{\"tool\":{}", json_string(&self.tool));
+        if let Some(v) = &self.variant {
+            head.push_str(&format!(",\"variant\":{}", json_string(v)));
+        }
+        if let Some(v) = &self.version {
+            head.push_str(&format!(",\"version\":{}", json_string(v)));
+        }
+        head.push_str(&format!(
+            ",\"category\":{}",
+            json_string(self.category.as_str())
+        ));
+        self.json_head = head;
+        self.json_tags = if self.tags.is_empty() {
+            String::new()
+        } else {
+            let tags: Vec<String> = self.tags.iter().map(|t| json_string(t)).collect();
+            format!(",\"tags\":[{}]", tags.join(","))
+        };
+        self.json_alternative = format!(
+            "{{\"rule\":{id},\"tool\":{},\"confidence\":",
+            json_string(&self.tool)
+        );
+        for (section, conds) in [
+            ("require", &mut self.require),
+            ("require_any", &mut self.require_any),
+            ("boost", &mut self.boost),
+            ("expect", &mut self.expect),
+            ("reject", &mut self.reject),
+        ] {
+            for c in conds {
+                c.json_evidence = format!(
+                    "{{\"rule\":{id},\"field\":{},\"section\":\"{section}\",\"value\":",
+                    json_string(&c.field_name)
+                );
+            }
+        }
+        self.json_id = id;
+    }
 }
 
 /// Longest rule text (notes, tests, names) carried into events.
@@ -720,6 +785,7 @@ fn compile_condition(c: CondToml, weighted: bool) -> Result<Condition, String> {
         describe: rule_text(&describe),
         identity: describe,
         predicate: 0,
+        json_evidence: String::new(),
     })
 }
 

@@ -253,7 +253,7 @@ impl IpIdDoc {
 }
 
 /// Two decimals: more would claim precision the scoring does not have.
-fn round2(x: f64) -> f64 {
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 

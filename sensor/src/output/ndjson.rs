@@ -40,6 +40,12 @@ impl NdjsonWriter {
         self.out.write_all(b"\n")
     }
 
+    /// A document already written as JSON (one line, without its line end).
+    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        self.out.write_all(line)?;
+        self.out.write_all(b"\n")
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }

@@ -15,9 +15,9 @@ use crate::{
 /// Longest attacker string kept in a field (input bytes, before escaping).
 pub const FIELD_MAX: usize = 256;
 /// Longest header name kept in the header lists.
-const NAME_MAX: usize = 48;
+pub(crate) const NAME_MAX: usize = 48;
 /// Quirks listed at most.
-const QUIRKS_MAX: usize = 32;
+pub(crate) const QUIRKS_MAX: usize = 32;
 
 fn esc(b: &[u8]) -> String {
     escape_bounded(b, FIELD_MAX)
