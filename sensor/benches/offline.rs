@@ -1,7 +1,8 @@
 //! Benchmark 3 (offline): `sensor analyze` against `sipgrep -I FILE` and `tshark -r FILE -Y sip`
 //! on the same capture file, in the same run.
 //!
-//! `cargo bench -p sensor --bench offline` (optionally `-- PACKETS RUNS`, default 220000 and 3).
+//! `cargo bench -p sensor --bench offline` (optionally `-- PACKETS RUNS`, default 220000 and 3;
+//! `OFFLINE_BENCH_KEEP=1` keeps the capture in target/tmp for profiling).
 //!
 //! The capture is generated from the corpus (tests/corpus, packets the real tools sent): every
 //! IPv4 UDP frame to port 5060/5061 of every capture, replicated with the variations a darknet
@@ -331,7 +332,9 @@ fn main() {
             let _ = std::fs::remove_file(&out);
         }
     }
-    let _ = std::fs::remove_file(&capture);
+    if std::env::var_os("OFFLINE_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_file(&capture);
+    }
     println!(
         "{:<8} {:>10} {:>12} {:>10} {:>12} {:>10}  command",
         "tool", "wall s", "packets/s", "cpu s", "packets/s", "output MB"

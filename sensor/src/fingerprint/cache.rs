@@ -142,6 +142,15 @@ struct Entry {
     residual: Box<[CondRef]>,
     decisions: Vec<(u128, Decision)>,
     referenced: bool,
+    /// Which entry this is (slots are reused): quick keys point at an entry and a generation.
+    generation: u32,
+}
+
+/// A quick key ([`KeyBuilder::build_quick`]) met before, and the entry of its key.
+struct QuickAlias {
+    key: Box<[u8]>,
+    entry: u32,
+    generation: u32,
 }
 
 /// Per-template verdicts; owned by one pipeline (not shared between threads).
@@ -151,8 +160,16 @@ pub struct ClassCache {
     entries: Vec<Entry>,
     capacity: usize,
     hand: usize,
+    /// Quick keys to entries: most packets of a template differ from each other only in the
+    /// values of their digits, and find their entry here without building the full key.
+    quick: HashMap<u64, QuickAlias, BuildIdentity>,
+    generations: u32,
     pub counters: CacheCounters,
 }
+
+/// Quick keys remembered per template kept (a template has one per combination of its
+/// digit-run lengths).
+const QUICK_PER_ENTRY: usize = 8;
 
 /// The map's keys are already hashes.
 #[derive(Clone, Copy, Default)]
@@ -195,6 +212,8 @@ impl ClassCache {
             entries: Vec::with_capacity(capacity.min(4096)),
             capacity: capacity.max(1),
             hand: 0,
+            quick: HashMap::with_hasher(BuildIdentity),
+            generations: 0,
             counters: CacheCounters::default(),
         }
     }
@@ -209,26 +228,68 @@ impl ClassCache {
 
     /// The engine's verdict on a message.
     pub fn classify(&mut self, engine: &Engine, facts: &Facts<'_>) -> Verdict {
+        let quick_hash = match self.builder.build_quick(facts.msg) {
+            Some(quick) => {
+                let h = key::hash(quick);
+                if let Some(alias) = self.quick.get(&h)
+                    && *alias.key == *quick
+                    && self.entries.get(alias.entry as usize).map(|e| e.generation)
+                        == Some(alias.generation)
+                {
+                    self.counters.hits += 1;
+                    return self.verdict(engine, facts, alias.entry);
+                }
+                Some(h)
+            }
+            None => None,
+        };
+        let slot = self.slot(engine, facts);
+        if let (Some(slot), Some(h)) = (slot, quick_hash) {
+            if self.quick.len() >= self.capacity * QUICK_PER_ENTRY {
+                self.quick.clear();
+            }
+            self.quick.insert(
+                h,
+                QuickAlias {
+                    key: self.builder.last_quick_key().into(),
+                    entry: slot,
+                    generation: self.entries[slot as usize].generation,
+                },
+            );
+        }
+        match slot {
+            Some(slot) => self.verdict(engine, facts, slot),
+            None => evaluate_all(engine, facts),
+        }
+    }
+
+    /// The entry of the message's key, made if new; `None` when the message goes without the
+    /// cache (counted).
+    fn slot(&mut self, engine: &Engine, facts: &Facts<'_>) -> Option<u32> {
         let Some(key) = self.builder.build(facts.msg) else {
             self.counters.bypassed += 1;
-            return evaluate_all(engine, facts);
+            return None;
         };
         let hash = key::hash(key);
-        let slot = match self.index.get(&hash) {
+        Some(match self.index.get(&hash) {
             Some(&i) if *self.entries[i as usize].key == *key => {
                 self.counters.hits += 1;
                 i
             }
             Some(_) => {
                 self.counters.bypassed += 1;
-                return evaluate_all(engine, facts);
+                return None;
             }
             None => {
                 self.counters.misses += 1;
                 let entry = self.build_entry(engine, facts, hash);
                 self.insert(entry)
             }
-        };
+        })
+    }
+
+    /// The verdict from an entry: its per-packet predicates evaluated on this message.
+    fn verdict(&mut self, engine: &Engine, facts: &Facts<'_>, slot: u32) -> Verdict {
         let entry = &mut self.entries[slot as usize];
         entry.referenced = true;
         if entry.residual.len() > MAX_RESIDUAL {
@@ -250,7 +311,9 @@ impl ClassCache {
         Verdict::of(&decision, entry.template, Some(slot))
     }
 
-    fn insert(&mut self, entry: Entry) -> u32 {
+    fn insert(&mut self, mut entry: Entry) -> u32 {
+        self.generations = self.generations.wrapping_add(1);
+        entry.generation = self.generations;
         if self.entries.len() < self.capacity {
             self.entries.push(entry);
             let i = (self.entries.len() - 1) as u32;
@@ -296,30 +359,27 @@ impl ClassCache {
                 }
             }
         }
-        let known: Vec<Option<bool>> = seen
-            .iter()
-            .enumerate()
-            .map(|(p, c)| {
-                let c = c.as_ref()?.get(engine);
-                self.known_outcome(engine, p, c, facts)
+        // What the key decides, worked out only for the predicates that matter: a rule's
+        // `require`, `reject` and `require_any` first, the rest only for rules still in play.
+        let mut memo: Vec<Option<Option<bool>>> = vec![None; seen.len()];
+        let mut known = |c: &Condition| -> Option<bool> {
+            *memo[c.predicate].get_or_insert_with(|| {
+                let c = seen[c.predicate].map_or(c, |r| r.get(engine));
+                self.known_outcome(engine, c.predicate, c, facts)
             })
-            .collect();
-        let holds_known = |c: &Condition| known[c.predicate];
+        };
         let alive: Vec<u16> = rules
             .iter()
             .enumerate()
             .filter(|(_, rule)| {
-                !rule.require.iter().any(|c| holds_known(c) == Some(false))
-                    && !rule.reject.iter().any(|c| holds_known(c) == Some(true))
+                !rule.require.iter().any(|c| known(c) == Some(false))
+                    && !rule.reject.iter().any(|c| known(c) == Some(true))
                     && (rule.require_any.is_empty()
-                        || rule
-                            .require_any
-                            .iter()
-                            .any(|c| holds_known(c) != Some(false)))
+                        || rule.require_any.iter().any(|c| known(c) != Some(false)))
             })
             .map(|(r, _)| r as u16)
             .collect();
-        let mut outcomes: Vec<Outcome> = vec![Outcome::Unused; known.len()];
+        let mut outcomes: Vec<Outcome> = vec![Outcome::Unused; seen.len()];
         let mut residual = Vec::new();
         for &r in &alive {
             for c in rules[usize::from(r)].conditions() {
@@ -327,7 +387,7 @@ impl ClassCache {
                 if outcomes[p] != Outcome::Unused {
                     continue;
                 }
-                outcomes[p] = match known[p] {
+                outcomes[p] = match known(c) {
                     Some(b) => Outcome::Known(b),
                     None => {
                         residual.push(seen[p].unwrap_or(CondRef {
@@ -350,6 +410,7 @@ impl ClassCache {
             residual: residual.into(),
             decisions: Vec::new(),
             referenced: false,
+            generation: 0,
         }
     }
 

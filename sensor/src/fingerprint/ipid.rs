@@ -257,6 +257,79 @@ pub fn infer_ip_id(p: &Packet, source: Option<SourceView>) -> Option<IpIdInferen
 
 const NIL: u32 = u32::MAX;
 
+/// Hashes source addresses for the tracker's index: a multiply-xor hash, fast enough for every
+/// packet, keyed with random bits per tracker so that a sender choosing its (spoofed) source
+/// addresses cannot aim them at one bucket chain.
+#[derive(Clone, Copy)]
+pub struct SourceHashing {
+    k0: u64,
+    k1: u64,
+}
+
+impl SourceHashing {
+    fn new() -> Self {
+        let mut key = [0u8; 16];
+        // SAFETY: a valid buffer of the given length.
+        let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+        if n != key.len() as isize {
+            // No entropy source: the address of this frame and the time, which an outside
+            // sender cannot read either.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let here = &t as *const u64 as u64;
+            key[..8].copy_from_slice(&t.to_le_bytes());
+            key[8..].copy_from_slice(&here.to_le_bytes());
+        }
+        SourceHashing {
+            k0: u64::from_le_bytes(key[..8].try_into().unwrap_or_default()),
+            k1: u64::from_le_bytes(key[8..].try_into().unwrap_or_default()) | 1,
+        }
+    }
+}
+
+pub struct SourceHasher {
+    state: u64,
+    k1: u64,
+}
+
+impl std::hash::BuildHasher for SourceHashing {
+    type Hasher = SourceHasher;
+    fn build_hasher(&self) -> SourceHasher {
+        SourceHasher {
+            state: self.k0,
+            k1: self.k1,
+        }
+    }
+}
+
+impl std::hash::Hasher for SourceHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.state = (self.state ^ u64::from_le_bytes(word))
+                .wrapping_mul(self.k1)
+                .rotate_left(23);
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.state = (self.state ^ u64::from(n)).wrapping_mul(self.k1);
+    }
+
+    fn finish(&self) -> u64 {
+        // Murmur3's finalizer: every output bit depends on every input bit (the table takes
+        // both its top and its bottom bits).
+        let mut h = self.state;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
 struct Node {
     key: IpAddr,
     state: SourceState,
@@ -268,7 +341,7 @@ struct Node {
 /// seen evicted first (and counted).
 pub struct SourceTracker {
     capacity: usize,
-    index: HashMap<IpAddr, u32>,
+    index: HashMap<IpAddr, u32, SourceHashing>,
     nodes: Vec<Node>,
     head: u32,
     tail: u32,
@@ -282,7 +355,7 @@ impl SourceTracker {
         let capacity = capacity.max(1);
         SourceTracker {
             capacity,
-            index: HashMap::with_capacity(capacity.min(4096)),
+            index: HashMap::with_capacity_and_hasher(capacity.min(4096), SourceHashing::new()),
             nodes: Vec::with_capacity(capacity.min(4096)),
             head: NIL,
             tail: NIL,

@@ -66,14 +66,24 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
     };
     // One record buffer, reused: the pipeline borrows it for the duration of a packet.
     let mut record = Box::new(CaptureRecord::zeroed());
-    for packet in reader {
-        let packet = match packet {
-            Ok(packet) => packet,
+    let mut reader = reader;
+    // One packet buffer, reused: reading a packet costs no allocation.
+    let mut packet = super::Packet {
+        timestamp_ns: None,
+        original_len: 0,
+        data: Vec::with_capacity(2048),
+        interface: 0,
+        link_type: super::LinkType::ETHERNET,
+    };
+    loop {
+        match reader.read_packet(&mut packet) {
+            Ok(true) => {}
+            Ok(false) => break,
             Err(e) => {
                 summary.read_error = Some(e);
                 break;
             }
-        };
+        }
         summary.packets += 1;
         let Ok((frame, wire_len)) = packet.ethernet_frame() else {
             summary.not_ethernet += 1;

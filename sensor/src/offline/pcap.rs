@@ -16,6 +16,9 @@ pub const MAX_PACKET_BYTES: u32 = 262_144;
 /// Largest pcapng block accepted: a packet of [`MAX_PACKET_BYTES`] plus generous options.
 pub const MAX_BLOCK_BYTES: u32 = MAX_PACKET_BYTES + 65_536;
 
+/// Bytes read from the file at a time.
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
 const PCAP_MAGIC_MICROS: u32 = 0xa1b2_c3d4;
 const PCAP_MAGIC_NANOS: u32 = 0xa1b2_3c4d;
 const PCAPNG_SHB: u32 = 0x0a0d_0d0a;
@@ -172,7 +175,8 @@ pub struct CaptureReader<R: Read> {
 impl CaptureReader<BufReader<File>> {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CaptureFileError> {
         let file = File::open(path).map_err(|source| CaptureFileError::Io { offset: 0, source })?;
-        Self::new(BufReader::new(file))
+        // Large reads: a capture is read once, front to back.
+        Self::new(BufReader::with_capacity(READ_BUFFER_BYTES, file))
     }
 }
 
@@ -293,6 +297,82 @@ impl<R: Read> CaptureReader<R> {
         }
         rest.truncate(trailer_at);
         Ok(rest)
+    }
+
+    /// Reads the next packet into `packet`, reusing its buffer: once the buffer has grown to
+    /// the largest packet, reading costs no allocation (classic pcap; a pcapng block is still
+    /// read into a block of its own). `Ok(false)` at the end of the file; after an error the
+    /// reader is done.
+    pub fn read_packet(&mut self, packet: &mut Packet) -> Result<bool, CaptureFileError> {
+        let result = match self.state {
+            State::Pcap {
+                endian,
+                ns_per_fraction,
+                link_type,
+            } => self.read_pcap_into(endian, ns_per_fraction, link_type, packet),
+            State::PcapNg { .. } => self.next_pcapng().map(|next| match next {
+                Some(p) => {
+                    *packet = p;
+                    true
+                }
+                None => false,
+            }),
+            State::Done => return Ok(false),
+        };
+        match result {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.state = State::Done;
+                Ok(false)
+            }
+            Err(e) => {
+                self.state = State::Done;
+                Err(e)
+            }
+        }
+    }
+
+    fn read_pcap_into(
+        &mut self,
+        endian: Endian,
+        ns_per_fraction: u64,
+        link_type: LinkType,
+        packet: &mut Packet,
+    ) -> Result<bool, CaptureFileError> {
+        let record_offset = self.offset;
+        let mut head = [0u8; 16];
+        if !self.read_exact_or_eof(&mut head, "pcap record header")? {
+            return Ok(false);
+        }
+        let seconds = u64::from(endian.u32(&head, 0));
+        let fraction = u64::from(endian.u32(&head, 4));
+        let captured = endian.u32(&head, 8);
+        let original_len = endian.u32(&head, 12);
+        if captured > MAX_PACKET_BYTES {
+            return Err(CaptureFileError::PacketTooLong {
+                offset: record_offset,
+                captured,
+            });
+        }
+        packet.data.resize(captured as usize, 0);
+        let data_offset = self.offset;
+        if !self.read_exact_or_eof(&mut packet.data, "pcap packet data")? && captured > 0 {
+            return Err(CaptureFileError::Truncated {
+                what: "pcap packet data",
+                offset: data_offset,
+                needed: u64::from(captured),
+                available: 0,
+            });
+        }
+        packet.timestamp_ns = Some(
+            seconds
+                .saturating_mul(1_000_000_000)
+                .saturating_add(fraction.saturating_mul(ns_per_fraction)),
+        );
+        packet.original_len = original_len;
+        packet.interface = 0;
+        packet.link_type = link_type;
+        Ok(true)
     }
 
     fn next_pcap(
@@ -423,7 +503,9 @@ impl<R: Read> CaptureReader<R> {
     /// length cannot make it allocate more than the file holds.
     fn read_vec(&mut self, len: u64, what: &'static str) -> Result<Vec<u8>, CaptureFileError> {
         let start = self.offset;
-        let mut data = Vec::new();
+        // Lengths are bounded by the callers (MAX_PACKET_BYTES, MAX_BLOCK_BYTES): room for all
+        // of it at once rather than growing the vector as the bytes come.
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         (&mut self.input)
             .take(len)
             .read_to_end(&mut data)
@@ -1043,6 +1125,67 @@ mod tests {
                 if let Ok(reader) = CaptureReader::new(&damaged[..]) {
                     assert!(reader.take(100).count() < 100);
                 }
+            }
+        }
+    }
+
+    /// Every packet through `read_packet` into one reused buffer, as the text of each result.
+    fn read_all_reusing(file: &[u8]) -> Vec<String> {
+        let Ok(mut reader) = CaptureReader::new(file) else {
+            return vec!["bad header".to_string()];
+        };
+        let mut packet = Packet {
+            timestamp_ns: None,
+            original_len: 0,
+            data: Vec::new(),
+            interface: 0,
+            link_type: LinkType::ETHERNET,
+        };
+        let mut out = Vec::new();
+        loop {
+            match reader.read_packet(&mut packet) {
+                Ok(true) => out.push(format!("{packet:?}")),
+                Ok(false) => break,
+                Err(e) => {
+                    out.push(e.to_string());
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn read_all_iterating(file: &[u8]) -> Vec<String> {
+        let Ok(reader) = CaptureReader::new(file) else {
+            return vec!["bad header".to_string()];
+        };
+        reader
+            .map(|r| match r {
+                Ok(p) => format!("{p:?}"),
+                Err(e) => e.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reading_into_a_reused_buffer_reads_the_same() {
+        let pcap = pcap_file(
+            true,
+            PCAP_MAGIC_NANOS,
+            1,
+            &[(1, 2, FRAME_A, 19), (3, 4, FRAME_B, 2), (5, 6, b"", 0)],
+        );
+        let mut pcapng = shb(false);
+        pcapng.extend(idb(false, 1, Some(9)));
+        pcapng.extend(epb(false, 0, 7, FRAME_A, 19));
+        pcapng.extend(spb(false, FRAME_B));
+        for file in [&pcap, &pcapng] {
+            for cut in 0..=file.len() {
+                assert_eq!(
+                    read_all_reusing(&file[..cut]),
+                    read_all_iterating(&file[..cut]),
+                    "cut at {cut}"
+                );
             }
         }
     }
