@@ -341,6 +341,13 @@ fn main() {
     );
     let mut medians = Vec::new();
     for tool in &mut tools {
+        if tool.wall.is_empty() {
+            println!(
+                "{:<8} did not run (installed? `cargo xtask setup` installs sipgrep and tshark)",
+                tool.name
+            );
+            continue;
+        }
         let wall = support::median(&mut tool.wall);
         let cpu = support::median(&mut tool.cpu);
         println!(
@@ -353,7 +360,9 @@ fn main() {
         );
         medians.push((tool.name, wall, cpu));
     }
-    let (_, sensor_wall, sensor_cpu) = medians[0];
+    let Some(&("sensor", sensor_wall, sensor_cpu)) = medians.first() else {
+        panic!("sensor analyze did not run");
+    };
     println!("sensor's speed-up (median time of the peer / median time of the sensor):");
     for (name, wall, cpu) in &medians[1..] {
         let target = if *name == "sipgrep" { 10.0 } else { 30.0 };

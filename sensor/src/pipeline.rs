@@ -27,6 +27,9 @@ use crate::{
 
 /// Answered SYNs remembered to join to the request that follows.
 const SYN_JOIN_CAPACITY: usize = 65_536;
+/// Events are written into one buffer and handed to the output when it holds this much (or at
+/// the batch's flush): one large write instead of one per event, and no second copy.
+const PENDING_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct PipelineOptions {
@@ -59,8 +62,9 @@ pub struct Pipeline {
     rogue: Option<Tracker>,
     writer: NdjsonWriter,
     evidence: EvidenceDetail,
-    /// The event being written (reused: no allocation per event).
-    line: Vec<u8>,
+    /// Events written and not handed to the output yet, and how many.
+    pending: Vec<u8>,
+    pending_events: u64,
     pub counters: AgentCounters,
 }
 
@@ -84,7 +88,8 @@ impl Pipeline {
             rogue: options.detect_rogue.clone().map(Tracker::new),
             writer,
             evidence: options.evidence,
-            line: Vec::with_capacity(8192),
+            pending: Vec::with_capacity(PENDING_BYTES + 64 * 1024),
+            pending_events: 0,
             counters: AgentCounters::default(),
         })
     }
@@ -121,7 +126,6 @@ impl Pipeline {
         };
         let written = match self.evidence {
             EvidenceDetail::Compact => {
-                self.line.clear();
                 let analysis = Analysis {
                     engine: &self.engine,
                     cache: &self.cache,
@@ -129,8 +133,13 @@ impl Pipeline {
                     facts: &facts,
                     source: Some(source),
                 };
-                write_event(&mut self.line, &event, &sip, &analysis, syn.as_ref());
-                self.writer.write_line(&self.line)
+                write_event(&mut self.pending, &event, &sip, &analysis, syn.as_ref());
+                self.pending.push(b'\n');
+                self.pending_events += 1;
+                if self.pending.len() >= PENDING_BYTES {
+                    self.hand_over();
+                }
+                Ok(())
             }
             EvidenceDetail::Full => {
                 let fingerprint =
@@ -146,9 +155,10 @@ impl Pipeline {
                 self.writer.write(&doc)
             }
         };
-        match written {
-            Ok(()) => self.counters.events_written += 1,
-            Err(_) => self.counters.output_errors += 1,
+        match (written, self.evidence) {
+            (Ok(()), EvidenceDetail::Full) => self.counters.events_written += 1,
+            (Ok(()), EvidenceDetail::Compact) => {}
+            (Err(_), _) => self.counters.output_errors += 1,
         }
         if let Some(tracker) = &mut self.rogue {
             tracker.observe(&event);
@@ -156,7 +166,21 @@ impl Pipeline {
     }
 
     /// Pushes buffered output out; called after each batch.
+    /// Hands the pending events to the output; counts them written or lost.
+    fn hand_over(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        match self.writer.write_lines(&self.pending) {
+            Ok(()) => self.counters.events_written += self.pending_events,
+            Err(_) => self.counters.output_errors += self.pending_events,
+        }
+        self.pending.clear();
+        self.pending_events = 0;
+    }
+
     pub fn flush(&mut self) {
+        self.hand_over();
         self.sync_cache_counters();
         if self.writer.flush().is_err() {
             self.counters.output_errors += 1;
@@ -173,6 +197,11 @@ impl Pipeline {
 
     /// Periodic work: the rogue tracker's timeouts and new findings.
     pub fn tick(&mut self) {
+        if self.rogue.is_none() {
+            return;
+        }
+        // Findings go after the events already written.
+        self.hand_over();
         let Some(tracker) = &mut self.rogue else {
             return;
         };
@@ -195,6 +224,7 @@ impl Pipeline {
     /// The final documents: each tracked server's state, the tracker's counters, and the stats
     /// (kernel counters when there is a kernel, i.e. live).
     pub fn finish(&mut self, kernel: &KernelCounters) {
+        self.hand_over();
         self.tick();
         self.sync_cache_counters();
         if let Some(tracker) = &self.rogue {

@@ -36,9 +36,10 @@ enum Task {
         sensor_args: Vec<String>,
     },
     /// Run the benchmarks and print their ratios against the baselines and peers measured in the
-    /// same run: kernel cost per frame, end to end on veth against tcpdump.
+    /// same run: kernel cost per frame, end to end on veth against tcpdump, userspace records
+    /// and offline analysis against sipgrep and tshark, memory per source.
     Bench {
-        /// Only these benchmarks: kernel, e2e (default: all).
+        /// Only these benchmarks: kernel, e2e, userspace, memory (default: all).
         #[arg(value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -281,6 +282,17 @@ fn bench(only: &[String]) -> Result<()> {
              sensor steps with unaccounted loss: {unaccounted}",
             if t > 0.0 { s / t } else { f64::INFINITY }
         );
+    }
+    if wanted("userspace") {
+        println!(
+            "== 3. userspace: records through the agent; offline analysis vs sipgrep and tshark =="
+        );
+        cargo(&["bench", "--package", "sensor", "--bench", "fingerprint"])?;
+        cargo(&["bench", "--package", "sensor", "--bench", "offline"])?;
+    }
+    if wanted("memory") {
+        println!("== 4. memory per source, one million sources ==");
+        cargo(&["bench", "--package", "sensor", "--bench", "memory"])?;
     }
     Ok(())
 }

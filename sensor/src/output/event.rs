@@ -87,16 +87,17 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 /// byte above 0x7f, `"` or `\`), or `bytes.len()`. Sixteen bytes at a time: SIP text has a
 /// line end every few dozen bytes and nothing else to escape.
 #[cfg(target_arch = "x86_64")]
-fn next_special(bytes: &[u8], mut from: usize) -> usize {
+fn next_special(bytes: &[u8], from: usize) -> usize {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
         _mm_set1_epi8,
     };
-    while from + 16 <= bytes.len() {
-        // SAFETY: SSE2 is part of the x86-64 baseline; the load reads bytes[from..from + 16],
-        // in bounds, without alignment requirement.
-        let mask = unsafe {
-            let v = _mm_loadu_si128(bytes.as_ptr().add(from).cast::<__m128i>());
+    /// Bit i: byte i of the 16 at `p` needs escaping.
+    ///
+    /// SAFETY: `p` must point at 16 readable bytes. SSE2 is part of the x86-64 baseline.
+    unsafe fn specials(p: *const u8) -> u32 {
+        unsafe {
+            let v = _mm_loadu_si128(p.cast::<__m128i>());
             // Signed: bytes above 0x7f are negative, so "below 0x20" takes them too.
             let low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
             let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
@@ -105,17 +106,44 @@ fn next_special(bytes: &[u8], mut from: usize) -> usize {
             _mm_movemask_epi8(_mm_or_si128(
                 _mm_or_si128(low, del),
                 _mm_or_si128(quote, backslash),
-            ))
-        };
-        if mask != 0 {
-            return from + mask.trailing_zeros() as usize;
+            )) as u32
         }
-        from += 16;
     }
-    from + bytes[from..]
-        .iter()
-        .position(|&b| TEXT_CLASS[usize::from(b)] != 0)
-        .unwrap_or(bytes.len() - from)
+    let len = bytes.len();
+    let mut at = from;
+    while at + 16 <= len {
+        // SAFETY: bytes[at..at + 16] is in bounds.
+        let mask = unsafe { specials(bytes.as_ptr().add(at)) };
+        if mask != 0 {
+            return at + mask.trailing_zeros() as usize;
+        }
+        at += 16;
+    }
+    if at >= len {
+        return len;
+    }
+    // Fewer than 16 bytes left: the last 16 of the slice when there are that many (bits before
+    // `at` dropped), else a padded copy (bits past the end dropped).
+    let mask = if len >= 16 {
+        let base = len - 16;
+        // SAFETY: bytes[base..len] is in bounds.
+        (unsafe { specials(bytes.as_ptr().add(base)) } >> (at - base)) << (at - base)
+    } else {
+        let mut block = [0u8; 16];
+        block[..len - at].copy_from_slice(&bytes[at..]);
+        // SAFETY: `block` is 16 bytes.
+        let m = unsafe { specials(block.as_ptr()) } & ((1u32 << (len - at)) - 1);
+        return if m != 0 {
+            at + m.trailing_zeros() as usize
+        } else {
+            len
+        };
+    };
+    if mask != 0 {
+        len - 16 + mask.trailing_zeros() as usize
+    } else {
+        len
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -191,6 +219,20 @@ fn ascii(out: &mut Vec<u8>, s: &str) {
         }
     }
     out.push(b'"');
+}
+
+/// `"name":` (an object's first field): a constant, so the copy compiles to a few stores.
+macro_rules! key {
+    ($out:expr, $name:literal) => {
+        $out.extend_from_slice(concat!("\"", $name, "\":").as_bytes())
+    };
+}
+
+/// `,"name":` (every field but an object's first).
+macro_rules! next {
+    ($out:expr, $name:literal) => {
+        $out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes())
+    };
 }
 
 fn key(out: &mut Vec<u8>, name: &str) {
@@ -297,27 +339,27 @@ pub fn write_event(
     let raw = r.raw();
     let v4 = r.ip_version() == 4;
     out.push(b'{');
-    key(out, "timestamp");
+    key!(out, "timestamp");
     timestamp(out, event.wall_ns);
     out.extend_from_slice(b",\"event_type\":\"sip_probe\"");
-    next(out, "schema_version");
+    next!(out, "schema_version");
     uint(out, u64::from(SCHEMA_VERSION));
-    next(out, "src_ip");
+    next!(out, "src_ip");
     ip(out, r.src_ip());
-    next(out, "src_port");
+    next!(out, "src_port");
     uint(out, u64::from(r.src_port()));
-    next(out, "dest_ip");
+    next!(out, "dest_ip");
     ip(out, r.dst_ip());
-    next(out, "dest_port");
+    next!(out, "dest_port");
     uint(out, u64::from(r.dst_port()));
-    next(out, "proto");
+    next!(out, "proto");
     ascii(out, r.transport().as_str());
-    next(out, "ifindex");
+    next!(out, "ifindex");
     uint(out, u64::from(r.ifindex()));
-    next(out, "rx_queue");
+    next!(out, "rx_queue");
     uint(out, u64::from(r.rx_queue()));
     if !r.vlan_ids().is_empty() {
-        next(out, "vlan");
+        next!(out, "vlan");
         out.push(b'[');
         for (i, v) in r.vlan_ids().iter().enumerate() {
             if i > 0 {
@@ -327,7 +369,7 @@ pub fn write_event(
         }
         out.push(b']');
     }
-    next(out, "matched_on");
+    next!(out, "matched_on");
     ascii(
         out,
         match r.matched_on() {
@@ -335,37 +377,37 @@ pub fn write_event(
             MatchedOn::Source => "src",
         },
     );
-    next(out, "frame_len");
+    next!(out, "frame_len");
     uint(out, u64::from(raw.frame_len));
-    next(out, "ip");
+    next!(out, "ip");
     out.push(b'{');
-    key(out, "version");
+    key!(out, "version");
     uint(out, u64::from(r.ip_version()));
-    next(out, "ttl");
+    next!(out, "ttl");
     uint(out, u64::from(r.ttl()));
     if v4 {
-        next(out, "id");
+        next!(out, "id");
         uint(out, u64::from(raw.ip_id));
     } else {
-        next(out, "flow_label");
+        next!(out, "flow_label");
         uint(out, u64::from(raw.flow_label));
     }
-    next(out, "df");
+    next!(out, "df");
     boolean(out, r.dont_fragment());
-    next(out, "mf");
+    next!(out, "mf");
     boolean(out, r.more_fragments());
     if r.reserved_bit() {
         out.extend_from_slice(b",\"reserved_bit\":true");
     }
-    next(out, "frag_offset");
+    next!(out, "frag_offset");
     uint(out, u64::from(raw.frag_offset));
-    next(out, "tos");
+    next!(out, "tos");
     uint(out, u64::from(raw.tos));
-    next(out, "total_len");
+    next!(out, "total_len");
     uint(out, u64::from(raw.ip_total_len));
     out.push(b'}');
     if r.transport() == Transport::Tcp {
-        next(out, "tcp");
+        next!(out, "tcp");
         serialized(
             out,
             &TcpDoc {
@@ -378,24 +420,24 @@ pub fn write_event(
             },
         );
     }
-    next(out, "payload");
+    next!(out, "payload");
     out.push(b'{');
-    key(out, "len");
+    key!(out, "len");
     uint(out, u64::from(raw.payload_len));
-    next(out, "captured");
+    next!(out, "captured");
     uint(out, u64::from(raw.captured_len));
-    next(out, "truncated");
+    next!(out, "truncated");
     boolean(out, r.payload_truncated());
     if r.frame_short() {
         out.extend_from_slice(b",\"frame_short\":true");
     }
-    next(out, "printable");
+    next!(out, "printable");
     text(out, r.payload(), usize::MAX);
     out.push(b'}');
     let answered = raw.flags & sensor_common::record_flags::SYN_ANSWERED != 0;
     let session = raw.flags & sensor_common::record_flags::REACTIVE_SESSION != 0;
     if answered || session {
-        next(out, "reactive");
+        next!(out, "reactive");
         serialized(
             out,
             &ReactiveDoc {
@@ -405,9 +447,9 @@ pub fn write_event(
             },
         );
     }
-    next(out, "sip");
+    next!(out, "sip");
     write_sip(out, msg, analysis.facts);
-    next(out, "fingerprint");
+    next!(out, "fingerprint");
     write_fingerprint(out, analysis);
     out.push(b'}');
 }
@@ -456,7 +498,7 @@ fn escaped_into(s: &mut String, bytes: &[u8], max: usize) {
 /// `output::sip::SipDoc`, written in place.
 pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
     out.push(b'{');
-    key(out, "kind");
+    key!(out, "kind");
     ascii(out, msg.kind().as_str());
     match msg.start_line() {
         StartLine::Request {
@@ -464,11 +506,11 @@ pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
             uri,
             version,
         } => {
-            next(out, "method");
+            next!(out, "method");
             text(out, method, FIELD_MAX);
-            next(out, "uri");
+            next!(out, "uri");
             text(out, uri, FIELD_MAX);
-            next(out, "version");
+            next!(out, "version");
             text(out, version, FIELD_MAX);
         }
         StartLine::Response {
@@ -476,28 +518,28 @@ pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
             code,
             reason,
         } => {
-            next(out, "version");
+            next!(out, "version");
             text(out, version, FIELD_MAX);
-            next(out, "status_code");
+            next!(out, "status_code");
             uint(out, u64::from(code));
-            next(out, "reason");
+            next!(out, "reason");
             text(out, reason, FIELD_MAX);
         }
         StartLine::None => {}
     }
-    next(out, "truncated");
+    next!(out, "truncated");
     boolean(out, msg.truncated());
-    next(out, "headers_complete");
+    next!(out, "headers_complete");
     boolean(out, msg.headers_complete());
-    next(out, "line_endings");
+    next!(out, "line_endings");
     ascii(out, msg.line_endings().as_str());
-    next(out, "header_count");
+    next!(out, "header_count");
     uint(out, msg.header_count() as u64);
     if msg.headers_overflow() > 0 {
-        next(out, "headers_overflow");
+        next!(out, "headers_overflow");
         uint(out, u64::from(msg.headers_overflow()));
     }
-    next(out, "header_order");
+    next!(out, "header_order");
     out.push(b'[');
     for (i, h) in msg.headers().enumerate() {
         if i > 0 {
@@ -506,7 +548,7 @@ pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
         text(out, h.order_name(), NAME_MAX);
     }
     out.push(b']');
-    next(out, "header_names");
+    next!(out, "header_names");
     out.push(b'[');
     for (i, h) in msg.headers().enumerate() {
         if i > 0 {
@@ -576,21 +618,21 @@ pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
         out.push(b']');
     }
     if let Some(via) = facts.via() {
-        next(out, "via");
+        next!(out, "via");
         out.push(b'{');
-        key(out, "transport");
+        key!(out, "transport");
         text(out, via.transport, FIELD_MAX);
-        next(out, "host");
+        next!(out, "host");
         text(out, via.host, FIELD_MAX);
         if let Some(p) = via.port {
-            next(out, "port");
+            next!(out, "port");
             uint(out, u64::from(p));
         }
         if let Some(b) = via.branch() {
-            next(out, "branch");
+            next!(out, "branch");
             text(out, b, FIELD_MAX);
         }
-        next(out, "params");
+        next!(out, "params");
         text(out, via.params, FIELD_MAX);
         out.push(b'}');
     }
@@ -605,41 +647,41 @@ pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
         }
     }
     if let Some(c) = facts.call_id() {
-        next(out, "call_id");
+        next!(out, "call_id");
         text(out, c, FIELD_MAX);
     }
     if let Some(c) = facts.cseq() {
-        next(out, "cseq");
+        next!(out, "cseq");
         out.push(b'{');
         if let Some(n) = c.number {
-            key(out, "num");
+            key!(out, "num");
             uint(out, u64::from(n));
             out.push(b',');
         }
-        key(out, "method");
+        key!(out, "method");
         text(out, c.method, FIELD_MAX);
         out.push(b'}');
     }
     if let Some(ua) = msg.header_value(HeaderName::UserAgent) {
-        next(out, "user_agent");
+        next!(out, "user_agent");
         text(out, ua, FIELD_MAX);
     }
     if let Some(mf) = msg
         .header_value(HeaderName::MaxForwards)
         .and_then(parse_u32)
     {
-        next(out, "max_forwards");
+        next!(out, "max_forwards");
         uint(out, u64::from(mf));
     }
     if let Some(cl) = msg.content_length() {
-        next(out, "content_length");
+        next!(out, "content_length");
         uint(out, u64::from(cl));
     }
     if let Some(body) = msg.body() {
-        next(out, "body_len");
+        next!(out, "body_len");
         uint(out, body.len() as u64);
         if let Some(s) = sdp_line(body, b's') {
-            next(out, "sdp_session");
+            next!(out, "sdp_session");
             text(out, s, FIELD_MAX);
         }
     }
@@ -683,15 +725,15 @@ fn write_fingerprint(out: &mut Vec<u8>, a: &Analysis<'_>) {
         Some(r) => r.json_head.as_bytes(),
         None => b"{\"tool\":\"unknown\",\"category\":\"unknown\"",
     });
-    next(out, "confidence");
+    next!(out, "confidence");
     float(out, round2(a.verdict.confidence()));
-    next(out, "rule");
+    next!(out, "rule");
     out.extend_from_slice(rule.map_or(&b"\"unknown\""[..], |r| r.json_id.as_bytes()));
     out.extend_from_slice(a.engine.json_ruleset.as_bytes());
     if let Some(r) = rule {
         out.extend_from_slice(r.json_tags.as_bytes());
     }
-    next(out, "evidence");
+    next!(out, "evidence");
     out.push(b'[');
     match (rule, &a.verdict.winner) {
         (Some(rule), Some((_, score))) => {
@@ -743,7 +785,7 @@ fn write_fingerprint(out: &mut Vec<u8>, a: &Analysis<'_>) {
     }
     let alternatives = a.verdict.alternatives();
     if !alternatives.is_empty() {
-        next(out, "alternatives");
+        next!(out, "alternatives");
         out.push(b'[');
         for (i, &(r, confidence)) in alternatives.iter().enumerate() {
             if i > 0 {
@@ -755,13 +797,13 @@ fn write_fingerprint(out: &mut Vec<u8>, a: &Analysis<'_>) {
         }
         out.push(b']');
     }
-    next(out, "template_hash");
+    next!(out, "template_hash");
     ascii(out, &a.verdict.template.hex());
     if rule.is_none() {
-        next(out, "template");
+        next!(out, "template");
         ascii(out, &a.cache.template_text(a.verdict, a.facts));
     }
-    next(out, "inferences");
+    next!(out, "inferences");
     write_inferences(out, a, rule);
     out.push(b'}');
 }
@@ -777,15 +819,15 @@ fn host_inference(
 ) {
     next(out, name);
     out.push(b'{');
-    key(out, "field");
+    key!(out, "field");
     ascii(out, field);
-    next(out, "host");
+    next!(out, "host");
     text(out, host, 64);
     if let Some(p) = port {
-        next(out, "port");
+        next!(out, "port");
         uint(out, u64::from(p));
     }
-    next(out, "class");
+    next!(out, "class");
     ascii(out, classify_host(host, source, constants).as_str());
     out.push(b'}');
 }
@@ -794,9 +836,9 @@ fn tag_inference(out: &mut Vec<u8>, tag: &SvTag, dst: Option<(IpAddr, u16)>) {
     out.extend_from_slice(
         b",\"tag\":{\"field\":\"from.tag\",\"encoding\":\"sipvicious_createtag\"",
     );
-    next(out, "kind");
+    next!(out, "kind");
     ascii(out, tag.kind_str());
-    next(out, "decoded");
+    next!(out, "decoded");
     text(out, tag.encoded(), 64);
     match tag.kind {
         SvTagKind::Target => {
@@ -804,15 +846,15 @@ fn tag_inference(out: &mut Vec<u8>, tag: &SvTag, dst: Option<(IpAddr, u16)>) {
                 // An IPv6 target written without its colons: rare; the engine's own code.
                 let t = infer_tag(tag, dst);
                 if let Some(target) = &t.target {
-                    next(out, "target");
+                    next!(out, "target");
                     ascii(out, target);
                 }
                 if let Some(m) = t.matches_destination {
-                    next(out, "matches_destination");
+                    next!(out, "matches_destination");
                     boolean(out, m);
                 }
             } else if let Some((tip, tport)) = tag.target() {
-                next(out, "target");
+                next!(out, "target");
                 out.push(b'"');
                 match tip {
                     IpAddr::V4(v4) => {
@@ -824,21 +866,21 @@ fn tag_inference(out: &mut Vec<u8>, tag: &SvTag, dst: Option<(IpAddr, u16)>) {
                 }
                 out.push(b'"');
                 if let Some((dip, dport)) = dst {
-                    next(out, "matches_destination");
+                    next!(out, "matches_destination");
                     boolean(out, dip == tip && dport == tport);
                 }
             }
         }
         SvTagKind::Credentials => {
             if let Some((user, password)) = tag.credentials() {
-                next(out, "user");
+                next!(out, "user");
                 text(out, user, 64);
-                next(out, "password");
+                next!(out, "password");
                 text(out, password, 64);
             }
         }
         SvTagKind::Extension => {
-            next(out, "extension");
+            next!(out, "extension");
             text(out, tag.encoded(), 64);
         }
     }
@@ -881,57 +923,57 @@ fn write_inferences(out: &mut Vec<u8>, a: &Analysis<'_>, rule: Option<&Rule>) {
                 .map(|c| (base, c))
         })
     {
-        next(out, "processes");
+        next!(out, "processes");
         out.push(b'{');
-        key(out, "base_port");
+        key!(out, "base_port");
         uint(out, u64::from(base));
-        next(out, "bound_port");
+        next!(out, "bound_port");
         uint(out, u64::from(bound));
-        next(out, "basis");
+        next!(out, "basis");
         ascii(out, basis);
-        next(out, "processes");
+        next!(out, "processes");
         uint(out, u64::from(processes));
         out.push(b'}');
     }
     if let Some(p) = packet {
         let ttl = infer_ttl(p.ttl);
-        next(out, "ttl");
+        next!(out, "ttl");
         out.push(b'{');
-        key(out, "observed");
+        key!(out, "observed");
         uint(out, u64::from(ttl.observed));
-        next(out, "initial");
+        next!(out, "initial");
         uint(out, u64::from(ttl.initial));
-        next(out, "hops");
+        next!(out, "hops");
         uint(out, u64::from(ttl.hops));
         out.push(b'}');
         let class = classify_packet(&p);
         if class != PacketIpId::NotApplicable {
-            next(out, "ip_id");
+            next!(out, "ip_id");
             out.push(b'{');
-            key(out, "id");
+            key!(out, "id");
             uint(out, u64::from(p.ip_id));
-            next(out, "df");
+            next!(out, "df");
             boolean(out, p.dont_fragment);
-            next(out, "packet");
+            next!(out, "packet");
             ascii(out, class.as_str());
             if let Some(s) = a.source {
-                next(out, "source");
+                next!(out, "source");
                 out.push(b'{');
-                key(out, "packets");
+                key!(out, "packets");
                 uint(out, s.packets);
-                next(out, "df_packets");
+                next!(out, "df_packets");
                 uint(out, s.df_packets);
-                next(out, "zero_id_packets");
+                next!(out, "zero_id_packets");
                 uint(out, s.zero_id_packets);
-                next(out, "behaviour");
+                next!(out, "behaviour");
                 ascii(out, s.behaviour.as_str());
                 match s.behaviour {
                     IpIdBehaviour::Incrementing { step, .. } => {
-                        next(out, "step");
+                        next!(out, "step");
                         uint(out, u64::from(step));
                     }
                     IpIdBehaviour::Constant(v) => {
-                        next(out, "constant");
+                        next!(out, "constant");
                         uint(out, u64::from(v));
                     }
                     _ => {}
@@ -1102,6 +1144,34 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 250, "{checked}");
+    }
+
+    #[test]
+    fn finds_every_byte_to_escape() {
+        let alphabet = [b'a', b'"', b'\\', 0x1f, 0x7f, 0x80, 0xff, b' ', b'~', 0];
+        let mut state = 7u64;
+        for len in 0..70 {
+            for _ in 0..50 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        // Mostly plain text, as SIP is.
+                        if (state >> 33) % 4 == 0 {
+                            alphabet[((state >> 40) % alphabet.len() as u64) as usize]
+                        } else {
+                            b'x'
+                        }
+                    })
+                    .collect();
+                for from in 0..=len {
+                    let want = bytes[from..]
+                        .iter()
+                        .position(|&b| TEXT_CLASS[usize::from(b)] != 0)
+                        .map_or(len, |p| from + p);
+                    assert_eq!(next_special(&bytes, from), want, "{bytes:?} from {from}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -40,10 +40,9 @@ impl NdjsonWriter {
         self.out.write_all(b"\n")
     }
 
-    /// A document already written as JSON (one line, without its line end).
-    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
-        self.out.write_all(line)?;
-        self.out.write_all(b"\n")
+    /// Documents already written as JSON, each line ended.
+    pub fn write_lines(&mut self, lines: &[u8]) -> io::Result<()> {
+        self.out.write_all(lines)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
