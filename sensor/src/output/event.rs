@@ -1156,7 +1156,7 @@ mod tests {
                     .map(|_| {
                         state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
                         // Mostly plain text, as SIP is.
-                        if (state >> 33) % 4 == 0 {
+                        if (state >> 33).is_multiple_of(4) {
                             alphabet[((state >> 40) % alphabet.len() as u64) as usize]
                         } else {
                             b'x'
