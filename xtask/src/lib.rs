@@ -6,6 +6,7 @@ pub mod blaster;
 pub mod frames;
 pub mod lab;
 pub mod mirror;
+pub mod perf;
 pub mod setup;
 pub mod traffic;
 pub mod xdp_pass;

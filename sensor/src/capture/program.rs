@@ -10,7 +10,7 @@ use aya::{
     },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink},
 };
-use sensor_common::{CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
+use sensor_common::{COUNTER_SLOTS, CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
 
 use super::{AttachMode, CaptureError, IpPrefix, PortSet};
 use crate::counters::KernelCounters;
@@ -223,24 +223,36 @@ impl SensorProgram {
 
     /// Reads and sums the per-CPU counters.
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
+        let mut sum = KernelCounters::default();
+        for cpu in self.counters_per_cpu()? {
+            for (counter, value) in cpu.iter() {
+                sum.add(counter, value);
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The counters of each CPU, in CPU order.
+    pub fn counters_per_cpu(&self) -> Result<Vec<KernelCounters>, CaptureError> {
         let map = self
             .ebpf
             .map(map_names::COUNTERS)
             .ok_or(CaptureError::Missing(map_names::COUNTERS))?;
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|e| CaptureError::Map {
-                map: map_names::COUNTERS,
-                message: e.to_string(),
-            })?;
-        let mut values = [0u64; Counter::COUNT as usize];
-        for (i, value) in values.iter_mut().enumerate() {
-            let per_cpu = map.get(&(i as u32), 0).map_err(|e| CaptureError::Map {
-                map: map_names::COUNTERS,
-                message: e.to_string(),
-            })?;
-            *value = per_cpu.iter().sum();
-        }
-        Ok(KernelCounters::from_values(values))
+        let map_error = |e: aya::maps::MapError| CaptureError::Map {
+            map: map_names::COUNTERS,
+            message: e.to_string(),
+        };
+        let map: PerCpuArray<_, [u64; COUNTER_SLOTS]> =
+            PerCpuArray::try_from(map).map_err(map_error)?;
+        let per_cpu = map.get(&0, 0).map_err(map_error)?;
+        Ok(per_cpu
+            .iter()
+            .map(|slots| {
+                let mut values = [0u64; Counter::COUNT as usize];
+                values.copy_from_slice(&slots[..Counter::COUNT as usize]);
+                KernelCounters::from_values(values)
+            })
+            .collect())
     }
 
     /// The ring buffer, to be drained by the caller. Can be taken once.
