@@ -294,7 +294,10 @@ pub fn tcpdump_step(lab: &Lab, frames: &[Vec<u8>], rate: u64, output: &Path) -> 
 }
 
 /// Runs the ladder for both consumers; stops a consumer's ladder after two lossy steps.
-pub fn end_to_end(sensor: &Path, sensor_args: &[&str]) -> Result<(Vec<StepResult>, Vec<StepResult>)> {
+pub fn end_to_end(
+    sensor: &Path,
+    sensor_args: &[&str],
+) -> Result<(Vec<StepResult>, Vec<StepResult>)> {
     let lab = Lab::create("bench")?;
     let frames = sip_frames(&lab)?;
     let shm = Path::new("/dev/shm");
