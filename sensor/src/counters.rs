@@ -112,6 +112,10 @@ pub struct AgentCounters {
     pub events_written: u64,
     /// Events lost because the output could not be written.
     pub output_errors: u64,
+    /// Sources whose IP-ID history was forgotten to keep the tracker within its bound.
+    pub source_evictions: u64,
+    /// Answered SYNs forgotten before their session's request arrived (bounded join table).
+    pub syn_join_evictions: u64,
 }
 
 impl AgentCounters {
@@ -121,6 +125,8 @@ impl AgentCounters {
             ("records_undecodable", self.records_undecodable),
             ("events_written", self.events_written),
             ("output_errors", self.output_errors),
+            ("source_evictions", self.source_evictions),
+            ("syn_join_evictions", self.syn_join_evictions),
         ]
         .into_iter()
     }

@@ -137,6 +137,8 @@ impl Pipeline {
     /// (kernel counters when there is a kernel, i.e. live).
     pub fn finish(&mut self, kernel: &KernelCounters) {
         self.tick();
+        self.counters.source_evictions = self.sources.evictions();
+        self.counters.syn_join_evictions = self.joiner.evicted;
         if let Some(tracker) = &self.rogue {
             let now = realtime_ns();
             for report in tracker.snapshot() {
