@@ -2,5 +2,6 @@
 
 pub mod json;
 pub mod ndjson;
+pub mod spool;
 
 pub use ndjson::NdjsonWriter;
