@@ -5,18 +5,23 @@
 //! - [`event`]: a record with its time, and what the agent learns from it.
 //! - [`sip`]: SIP message parsing; [`fingerprint`]: which scanner sent it, with evidence.
 //! - [`offline`]: capture files and the userspace twin of the kernel parser.
-//! - [`output`]: NDJSON and the JSON document of an event.
+//! - [`output`]: NDJSON, Kafka (with its on-disk spool) and the JSON document of an event.
+//! - [`report`]: summaries over event documents (`sensor kafka-report`, later `sensor report`).
+//! - [`config`], [`identity`]: the config file and the sensor's identity in every event.
 //! - [`agent`]: the live pipeline that ties them together.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
 pub mod agent;
 pub mod capture;
 pub mod clock;
+pub mod config;
 pub mod counters;
 pub mod escape;
 pub mod event;
 pub mod fingerprint;
+pub mod identity;
 pub mod offline;
 pub mod output;
 pub mod record;
+pub mod report;
 pub mod sip;

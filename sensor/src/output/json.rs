@@ -11,6 +11,8 @@ use crate::{
     counters::{AgentCounters, KernelCounters},
     escape::{escape_bytes, hex},
     event::Event,
+    identity::SensorIdentity,
+    output::kafka::KafkaStats,
     record::{MatchedOn, tcp_flags_string},
 };
 
@@ -38,6 +40,10 @@ pub struct EventDoc<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpDoc>,
     pub payload: PayloadDoc,
+    /// Which sensor saw it (name, interface, darknet prefixes), so that a central consumer can
+    /// merge many sensors; absent when no identity is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<&'a SensorIdentity>,
 }
 
 #[derive(Serialize)]
@@ -132,7 +138,14 @@ impl<'a> EventDoc<'a> {
                 frame_short: r.frame_short(),
                 printable: escape_bytes(r.payload()),
             },
+            sensor: None,
         }
+    }
+
+    /// Adds the `sensor` object.
+    pub fn with_sensor(mut self, sensor: Option<&'a SensorIdentity>) -> Self {
+        self.sensor = sensor;
+        self
     }
 }
 
@@ -146,6 +159,10 @@ pub struct StatsDoc {
     pub agent: serde_json::Map<String, serde_json::Value>,
     /// Whether the kernel counters reconcile (`seen = outcomes`, `matched = emitted + ring_full`).
     pub reconciled: bool,
+    /// Kafka output counters (`kafka_delivered`, `kafka_spooled`, `kafka_shed`, ...), when the
+    /// Kafka output is on; `kafka_reconciled` says whether they add up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl StatsDoc {
@@ -163,6 +180,17 @@ impl StatsDoc {
                 .map(|(n, v)| (n.to_string(), v.into()))
                 .collect(),
             reconciled: kernel.check().is_ok(),
+            kafka: None,
         }
+    }
+
+    pub fn with_kafka(mut self, kafka: Option<&KafkaStats>) -> Self {
+        self.kafka = kafka.map(|k| {
+            let mut map: serde_json::Map<String, serde_json::Value> =
+                k.iter().map(|(n, v)| (n.to_string(), v.into())).collect();
+            map.insert("kafka_reconciled".into(), k.check().is_ok().into());
+            map
+        });
+        self
     }
 }

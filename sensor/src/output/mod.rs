@@ -1,6 +1,7 @@
-//! Where events go: NDJSON today; each format in its own module.
+//! Where events go: NDJSON and Kafka today; each format in its own module.
 
 pub mod json;
+pub mod kafka;
 pub mod ndjson;
 pub mod spool;
 
