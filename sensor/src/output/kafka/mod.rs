@@ -686,3 +686,90 @@ impl Drop for KafkaOutput {
         }
     }
 }
+
+/// Against librdkafka's in-process mock cluster: fast checks of the exporter's logic. The
+/// tests crate runs the same scenarios against a real broker.
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    fn config(brokers: String, topic: &str, name: &str) -> (KafkaConfig, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("kafka-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut c = KafkaConfig::new(vec![brokers], topic);
+        c.linger_ms = 5;
+        c.message_timeout_ms = 2_000;
+        c.shutdown_timeout_ms = 3_000;
+        c.retry_backoff_max_ms = 500;
+        c.spool.dir = dir.clone();
+        (c, dir)
+    }
+
+    fn payload(i: u32) -> Vec<u8> {
+        format!("{{\"event_type\":\"sip_probe\",\"n\":{i}}}").into_bytes()
+    }
+
+    fn wait(limit: Duration, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "timed out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn read_all(c: &KafkaConfig) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        consume_topics(
+            c,
+            std::slice::from_ref(&c.topic),
+            Duration::from_secs(20),
+            |m| got.push(m.payload.to_vec()),
+        )
+        .unwrap();
+        got.sort();
+        got
+    }
+
+    #[test]
+    fn mock_round_trip_and_outage() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        let (c, dir) = config(cluster.bootstrap_servers(), "t", "outage");
+        let out = KafkaOutput::start(&c, "unit").unwrap();
+        let counters = out.counters();
+        for i in 0..200 {
+            out.offer(format!("k{}", i % 7).as_bytes(), 1, payload(i));
+        }
+        wait(Duration::from_secs(30), || {
+            counters.snapshot().delivered == 200
+        });
+        cluster.broker_down(1).unwrap();
+        for i in 200..500 {
+            out.offer(format!("k{}", i % 7).as_bytes(), 1, payload(i));
+        }
+        wait(Duration::from_secs(30), || {
+            counters.snapshot().spool_pending > 0
+        });
+        cluster.broker_up(1).unwrap();
+        wait(Duration::from_secs(60), || {
+            let s = counters.snapshot();
+            s.delivered >= 500 && s.spool_pending == 0
+        });
+        let stats = out.finish();
+        eprintln!("{stats:?}");
+        assert_eq!(stats.check(), Ok(()), "{stats:?}");
+        assert_eq!(stats.delivered, 500, "{stats:?}");
+        assert!(stats.spooled > 0, "{stats:?}");
+        let got = read_all(&c);
+        let mut want: Vec<Vec<u8>> = (0..500).map(payload).collect();
+        want.sort();
+        let mut distinct = got.clone();
+        distinct.dedup();
+        assert_eq!(distinct, want);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
