@@ -14,6 +14,7 @@ use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
+    error::RDKafkaErrorCode,
 };
 
 use crate::temp_path;
@@ -129,7 +130,10 @@ impl Broker {
             ))
             .expect("create_topics request");
         for r in results {
-            r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => panic!("create topic {t}: {e}"),
+            }
         }
     }
 }

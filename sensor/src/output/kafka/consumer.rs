@@ -62,6 +62,8 @@ pub fn consume_topics(
     mut each: impl FnMut(&Consumed<'_>),
 ) -> Result<ConsumeSummary, ConsumeError> {
     let mut client: ClientConfig = config.client_config()?;
+    // librdkafka's assign() needs a group id, but partitions are assigned explicitly and no
+    // offset is ever committed: a report run changes nothing on the cluster.
     client
         .set("group.id", "sip-darknet-sensor-report")
         .set("enable.auto.commit", "false")

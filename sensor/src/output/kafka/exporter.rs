@@ -222,7 +222,8 @@ impl Exporter {
             backoff: FIRST_BACKOFF,
             next_attempt: now,
             last_checkpoint: now,
-            spooling_logged: false,
+            // A resumed spool was announced above.
+            spooling_logged: recovered.records > 0,
             shed_logged: false,
             closing: false,
         })
