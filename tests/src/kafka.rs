@@ -5,6 +5,7 @@
 use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -23,6 +24,8 @@ pub struct Broker {
     child: Option<Child>,
     pub port: u16,
     pub log: PathBuf,
+    /// The network namespace it runs in (its loopback), or None for the test's own.
+    netns: Option<String>,
 }
 
 /// A loopback port nothing listens on now.
@@ -41,14 +44,38 @@ impl Broker {
     /// Starts tansu on 127.0.0.1:`port` with in-memory storage and waits until it accepts
     /// connections.
     pub fn start_on(port: u16) -> Self {
+        Self::start_in(None, port)
+    }
+
+    /// Starts tansu on the loopback of network namespace `netns` (e.g. a lab's darknet
+    /// namespace, where a sensor under test runs).
+    pub fn start_in(netns: Option<&str>, port: u16) -> Self {
         let log = temp_path(&format!("tansu-{port}.log"));
         let mut broker = Self {
             child: None,
             port,
             log,
+            netns: netns.map(str::to_string),
         };
         broker.spawn();
         broker
+    }
+
+    /// Runs `f` on a thread inside the broker's namespace (client threads librdkafka starts
+    /// from there stay in it).
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.netns {
+            None => f(),
+            Some(ns) => std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let _guard = xtask::lab::NetnsGuard::enter(ns).expect("enter namespace");
+                        f()
+                    })
+                    .join()
+                    .expect("thread in namespace")
+            }),
+        }
     }
 
     fn spawn(&mut self) {
@@ -59,7 +86,23 @@ impl Broker {
             .open(&self.log)
             .expect("broker log file");
         let log2 = log.try_clone().expect("broker log file");
-        let child = Command::new("tansu")
+        let mut command = match &self.netns {
+            None => Command::new("tansu"),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "tansu"]);
+                c
+            }
+        };
+        // If the test process dies without unwinding (SIGKILL), the broker goes with it.
+        // SAFETY: prctl in the child between fork and exec, async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .args([
                 "broker",
                 "--storage-engine",
@@ -77,7 +120,11 @@ impl Broker {
             .expect("start tansu (cargo xtask setup installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let port = self.port;
+        while self
+            .in_netns(|| TcpStream::connect(("127.0.0.1", port)))
+            .is_err()
+        {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
@@ -114,6 +161,10 @@ impl Broker {
 
     /// Creates a topic through the Kafka admin protocol.
     pub fn create_topic(&self, name: &str, partitions: i32) {
+        self.in_netns(|| self.create_topic_here(name, partitions))
+    }
+
+    fn create_topic_here(&self, name: &str, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", self.addr())
             .create()

@@ -479,3 +479,136 @@ fn kafka_report_merges_two_sensors_with_the_report_code() {
     assert!(table.contains("400 events from 20 sources"), "{table}");
     assert!(table.contains("dark-a") && table.contains("dark-b"));
 }
+
+/// The whole path, as an operator runs it: `sensor run --config FILE` attached to a veth in a
+/// lab, real datagrams from the scanner namespace, the broker on the darknet namespace's
+/// loopback; then `sensor kafka-report` and a consumer read the topic back.
+#[test]
+fn sensor_run_with_a_config_file_publishes_every_event() {
+    use std::{
+        io::{BufRead as _, BufReader},
+        net::{IpAddr, SocketAddr},
+        process::Stdio,
+        sync::mpsc,
+    };
+    use xtask::{lab, lab::Lab, traffic};
+
+    const COUNT: u32 = 1_000;
+    let lab = Lab::create("kfk").expect("lab");
+    let port = free_port();
+    let broker = Broker::start_in(Some(&lab.dark_ns), port);
+    broker.create_topic("sip-e2e", 3);
+    let dir = temp_dir("e2e");
+    let config = dir.0.join("sensor.toml");
+    let ndjson = dir.0.join("events.ndjson");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sensor]
+name = "dark-e2e"
+prefixes = ["{}", "{}"]
+
+[kafka]
+brokers = ["127.0.0.1:{port}"]
+topic = "sip-e2e"
+compression = "zstd"
+linger_ms = 10
+message_timeout_ms = 5000
+
+[kafka.spool]
+dir = "{}"
+max_bytes = 16777216
+"#,
+            lab::DARKNET_V4,
+            lab::DARKNET_V6,
+            dir.0.join("spool").display()
+        ),
+    )
+    .unwrap();
+
+    let mut sensor = lab
+        .in_dark(sensor_binary().to_str().unwrap())
+        .args(["run", "--iface", &lab.dark_if, "--config"])
+        .arg(&config)
+        .arg("--output")
+        .arg(&ndjson)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sensor run");
+    let stderr = sensor.stderr.take().unwrap();
+    let (attached_tx, attached_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("attached to") {
+                let _ = attached_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if attached_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = sensor.kill();
+        let _ = sensor.wait();
+        panic!(
+            "sensor did not attach: {}",
+            reader.join().unwrap_or_default()
+        );
+    }
+    let target = SocketAddr::new(IpAddr::V4(lab::darknet_v4(70)), 5060);
+    let sent = traffic::udp_sip_burst(&lab, target, COUNT).expect("send");
+    assert_eq!(sent, COUNT);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our child's pid.
+    unsafe { libc::kill(sensor.id() as i32, libc::SIGINT) };
+    let status = sensor.wait().expect("sensor exit");
+    let log = reader.join().unwrap_or_default();
+    eprintln!("{log}");
+    assert!(status.success(), "sensor run failed: {log}");
+    assert!(log.contains("sensor: kafka counters reconcile"), "{log}");
+
+    let (lines, stats) = read_ndjson(&ndjson);
+    assert_eq!(lines.len(), COUNT as usize, "every datagram is an event");
+    assert_eq!(stats["kafka"]["kafka_delivered"], COUNT);
+    assert_eq!(stats["kafka"]["kafka_reconciled"], true);
+    let docs: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for d in &docs {
+        assert_eq!(d["sensor"]["name"], "dark-e2e");
+        assert_eq!(d["sensor"]["interface"], lab.dark_if.as_str());
+        assert_eq!(
+            d["sensor"]["prefixes"],
+            serde_json::json!([lab::DARKNET_V4, lab::DARKNET_V6])
+        );
+    }
+
+    // Read back: the exact lines, and the same report as over the NDJSON file.
+    let got = broker.in_netns(|| consume(&broker, &["sip-e2e"]));
+    let mut a: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut b: Vec<&str> = got.iter().map(|g| g.payload.as_str()).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    eprintln!("e2e: {} events written, {} consumed", a.len(), b.len());
+    assert!(a == b, "Kafka holds exactly the NDJSON events");
+    let out = lab
+        .in_dark(sensor_binary().to_str().unwrap())
+        .args(["kafka-report", "--config"])
+        .arg(&config)
+        .arg("--json")
+        .output()
+        .expect("run sensor kafka-report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    let expected = serde_json::to_value(report::summarize(docs.iter()).summary(20)).unwrap();
+    assert_eq!(json, expected);
+    drop(broker);
+    drop(lab);
+}
