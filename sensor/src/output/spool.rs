@@ -283,6 +283,8 @@ impl Spool {
                 HEADER_LEN
             };
             let (records, valid_end, cuts) = scan_segment(&path, from, len)?;
+            // A watermark past the data (the tail was lost with the machine): nothing to read.
+            let valid_end = valid_end.min(len);
             recovered.records += records;
             recovered.truncated += cuts;
             if valid_end < len {

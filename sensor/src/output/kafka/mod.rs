@@ -735,6 +735,43 @@ mod tests {
     }
 
     #[test]
+    fn librdkafka_settings_from_the_config() {
+        let dir = std::env::temp_dir().join(format!("kafka-unit-{}-pw", std::process::id()));
+        std::fs::write(&dir, "s3cret\n").unwrap();
+        let mut c = KafkaConfig::new(vec!["k1:9093".into(), "k2:9093".into()], "t");
+        c.compression = Compression::Zstd;
+        c.security.protocol = SecurityProtocol::SaslSsl;
+        c.security.sasl_mechanism = Some("SCRAM-SHA-512".into());
+        c.security.sasl_username = Some("sensor-1".into());
+        c.security.sasl_password_file = Some(dir.clone());
+        c.security.ca_location = Some("/etc/ca.pem".into());
+        c.properties
+            .insert("socket.keepalive.enable".into(), "true".into());
+        c.validate().unwrap();
+        let p = c.producer_config("dark-1").unwrap();
+        for (k, v) in [
+            ("bootstrap.servers", "k1:9093,k2:9093"),
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "sensor-1"),
+            ("sasl.password", "s3cret"),
+            ("ssl.ca.location", "/etc/ca.pem"),
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("compression.type", "zstd"),
+            ("partitioner", "murmur2_random"),
+            ("client.id", "sip-darknet-sensor-dark-1"),
+            ("socket.keepalive.enable", "true"),
+        ] {
+            assert_eq!(p.get(k), Some(v), "{k}");
+        }
+        // Secrets stay out of debug output.
+        c.security.sasl_password = Some(Secret("hunter2".into()));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let _ = std::fs::remove_file(dir);
+    }
+
+    #[test]
     fn mock_round_trip_and_outage() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 3, 1).unwrap();
