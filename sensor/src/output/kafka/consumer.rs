@@ -1,8 +1,14 @@
-//! Reading topics back: every partition from its first record to the end it had when reading
-//! started. No consumer group offsets are committed: a report run changes nothing on the cluster.
+//! Reading topics back: every partition from its first record until the reader has caught up
+//! with it (librdkafka's partition end-of-file event, from the high watermark of the broker's
+//! fetch responses). No consumer group offsets are committed: a report run changes nothing on
+//! the cluster.
+//!
+//! The end is taken from fetch responses, not from a ListOffsets query up front: tansu 0.6.0's
+//! in-memory engine answers ListOffsets(latest) with the base offset of the last batch plus one,
+//! which would end the read after the first record of a batch.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -52,15 +58,32 @@ fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> ConsumeError 
     move |source| ConsumeError::Kafka { context, source }
 }
 
-/// Reads every record of `topics` present when called, in partition order, and gives each to
-/// `each`. `config` supplies the brokers and security settings (its topic is not used). Fails if
-/// no record arrives for `idle` while some partition is not read to its end.
+/// Reads every record of `topics` up to where the reader catches up with each partition, in
+/// partition order, and gives each to `each`. `config` supplies the brokers and security
+/// settings (its topic is not used). Fails if no record and no end arrives for `idle` while some
+/// partition is not read to its end.
 pub fn consume_topics(
     config: &KafkaConfig,
     topics: &[String],
     idle: Duration,
     mut each: impl FnMut(&Consumed<'_>),
 ) -> Result<ConsumeSummary, ConsumeError> {
+    let mut summary = ConsumeSummary::default();
+    for topic in topics {
+        consume_topic(config, topic, idle, &mut each, &mut summary)?;
+    }
+    Ok(summary)
+}
+
+/// One topic per consumer: librdkafka's end-of-partition event names the partition, not the
+/// topic.
+fn consume_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    idle: Duration,
+    each: &mut impl FnMut(&Consumed<'_>),
+    summary: &mut ConsumeSummary,
+) -> Result<(), ConsumeError> {
     let mut client: ClientConfig = config.client_config()?;
     // librdkafka's assign() needs a group id, but partitions are assigned explicitly and no
     // offset is ever committed: a report run changes nothing on the cluster.
@@ -68,54 +91,33 @@ pub fn consume_topics(
         .set("group.id", "sip-darknet-sensor-report")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer = client.create().map_err(kafka("creating the consumer"))?;
-
-    // Where each partition ends now.
-    let mut assignment = TopicPartitionList::new();
-    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for topic in topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .map_err(kafka(format!("metadata of {topic}")))?;
-        let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(ConsumeError::NoTopic(topic.clone()));
-        };
-        if t.error().is_some() || t.partitions().is_empty() {
-            return Err(ConsumeError::NoTopic(topic.clone()));
-        }
-        for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)
-                .map_err(kafka(format!("offsets of {topic}/{}", p.id())))?;
-            if high > low {
-                assignment
-                    .add_partition_offset(topic, p.id(), Offset::Offset(low))
-                    .map_err(kafka("assignment"))?;
-                ends.insert((topic.clone(), p.id()), high);
-            }
-        }
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(kafka(format!("metadata of {topic}")))?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(ConsumeError::NoTopic(topic.to_string()));
+    };
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Err(ConsumeError::NoTopic(topic.to_string()));
     }
-    let mut summary = ConsumeSummary::default();
-    if ends.is_empty() {
-        return Ok(summary);
+    let mut assignment = TopicPartitionList::new();
+    let mut open: BTreeSet<i32> = BTreeSet::new();
+    for p in t.partitions() {
+        assignment
+            .add_partition_offset(topic, p.id(), Offset::Beginning)
+            .map_err(kafka("assignment"))?;
+        open.insert(p.id());
     }
     consumer.assign(&assignment).map_err(kafka("assign"))?;
 
     let mut last_progress = Instant::now();
-    while !ends.is_empty() {
+    while !open.is_empty() {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 last_progress = Instant::now();
-                let key = (m.topic().to_string(), m.partition());
-                let Some(&end) = ends.get(&key) else {
-                    continue;
-                };
-                if m.offset() >= end {
-                    ends.remove(&key);
-                    continue;
-                }
                 each(&Consumed {
                     topic: m.topic(),
                     partition: m.partition(),
@@ -125,25 +127,26 @@ pub fn consume_topics(
                     timestamp_ms: m.timestamp().to_millis(),
                 });
                 summary.records += 1;
-                *summary.partitions.entry(key.clone()).or_default() += 1;
-                if m.offset() + 1 >= end {
-                    ends.remove(&key);
-                }
+                *summary
+                    .partitions
+                    .entry((m.topic().to_string(), m.partition()))
+                    .or_default() += 1;
             }
-            Some(Err(e)) => {
-                // Transient fetch errors are retried by librdkafka; report only a stall.
-                let _ = e;
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                last_progress = Instant::now();
+                open.remove(&p);
             }
-            None => {}
+            // Transient fetch errors are retried by librdkafka; only a stall is reported.
+            Some(Err(_)) | None => {}
         }
         if last_progress.elapsed() >= idle {
-            let missing = ends
+            let missing = open
                 .iter()
-                .map(|((t, p), end)| format!("{t}/{p} (end {end})"))
+                .map(|p| format!("{topic}/{p}"))
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(ConsumeError::Stalled { idle, missing });
         }
     }
-    Ok(summary)
+    Ok(())
 }

@@ -36,6 +36,10 @@ const SPOOL_WINDOW: u64 = 10_000;
 const TAKE_PER_TURN: usize = 4096;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Attempts from the spool that failed in a row before the producer is made anew. A fresh
+/// producer gets a fresh producer id: this unsticks an idempotent producer whose broker lost
+/// its state (seen with a broker restarted empty), and costs nothing when the broker is down.
+const RESTART_AFTER_FAILED_ATTEMPTS: u32 = 3;
 
 /// Where a record handed to librdkafka came from.
 #[derive(Debug)]
@@ -158,6 +162,8 @@ pub(super) struct Exporter {
     healthy: bool,
     backoff: Duration,
     next_attempt: Instant,
+    /// Failed attempts from the spool since the last success.
+    failed_attempts: u32,
     last_checkpoint: Instant,
     /// Logged state: spooling (true) or sending live (false).
     spooling_logged: bool,
@@ -221,6 +227,7 @@ impl Exporter {
             healthy: false,
             backoff: FIRST_BACKOFF,
             next_attempt: now,
+            failed_attempts: 0,
             last_checkpoint: now,
             // A resumed spool was announced above.
             spooling_logged: recovered.records > 0,
@@ -320,7 +327,16 @@ impl Exporter {
             self.handle(report);
         }
         if self.context().fatal.load(Ordering::Relaxed) {
-            self.restart_producer();
+            let reason = self
+                .producer
+                .client()
+                .fatal_error()
+                .map(|(code, text)| format!("fatal producer error ({code}: {text})"))
+                .unwrap_or_else(|| "fatal producer error".into());
+            self.restart_producer(&reason);
+        } else if self.failed_attempts >= RESTART_AFTER_FAILED_ATTEMPTS && !self.closing {
+            let reason = format!("{} attempts from the spool failed", self.failed_attempts);
+            self.restart_producer(&reason);
         }
         self.feed_from_spool();
         if let Err(e) = self.spool.flush() {
@@ -349,6 +365,7 @@ impl Exporter {
             self.context().brokers_down.store(false, Ordering::Relaxed);
             self.healthy = true;
             self.backoff = FIRST_BACKOFF;
+            self.failed_attempts = 0;
         } else {
             self.counters.errors(1);
         }
@@ -387,6 +404,7 @@ impl Exporter {
 
     fn failed_attempt(&mut self) {
         if self.healthy || Instant::now() >= self.next_attempt {
+            self.failed_attempts += 1;
             self.next_attempt = Instant::now() + self.backoff;
             self.backoff = (self.backoff * 2).min(Duration::from_millis(u64::from(
                 self.config.retry_backoff_max_ms,
@@ -442,16 +460,11 @@ impl Exporter {
         }
     }
 
-    /// After a fatal error (e.g. the idempotent producer lost its sequence), the producer is
-    /// unusable: purge it (everything unacknowledged goes back to the spool) and make a new one.
-    fn restart_producer(&mut self) {
-        let reason = self
-            .producer
-            .client()
-            .fatal_error()
-            .map(|(code, text)| format!("{code}: {text}"))
-            .unwrap_or_default();
-        eprintln!("sensor: kafka: fatal producer error ({reason}); recreating the producer");
+    /// After a fatal error (e.g. the idempotent producer lost its sequence), or after repeated
+    /// failed attempts, the producer is made anew: the old one is purged (everything
+    /// unacknowledged goes back to the spool) and dropped.
+    fn restart_producer(&mut self, reason: &str) {
+        eprintln!("sensor: kafka: {reason}; recreating the producer");
         self.drain_producer();
         match create_producer(&self.config, &self.sensor_name, &self.counters) {
             Ok(p) => {
@@ -459,12 +472,14 @@ impl Exporter {
                 self.counters.producer_restarts(1);
             }
             Err(e) => {
-                // Keep the old (fatal) one: its sends fail and the records go to the spool.
+                // Keep the old one: its sends fail and the records stay in the spool.
                 eprintln!("sensor: kafka: {e}");
                 self.context().fatal.store(false, Ordering::Relaxed);
             }
         }
-        self.failed_attempt();
+        self.failed_attempts = 0;
+        self.healthy = false;
+        self.next_attempt = Instant::now() + self.backoff;
     }
 
     /// Purges librdkafka's queues and collects every report, so that nothing stays in flight.

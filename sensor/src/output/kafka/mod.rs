@@ -542,7 +542,7 @@ pub struct KafkaStats {
     pub spool_pending: u64,
     /// Bytes of the spool on disk now.
     pub spool_bytes: u64,
-    /// Producers recreated after a fatal librdkafka error.
+    /// Producers recreated after a fatal librdkafka error or repeated failed attempts.
     pub producer_restarts: u64,
 }
 
