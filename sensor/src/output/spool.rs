@@ -599,38 +599,44 @@ impl Spool {
     }
 
     /// Moves the watermark over resolved records and deletes segments wholly behind it.
+    /// Records of the next segment may be resolved before the last ones of this segment (they
+    /// go to other partitions), so popping and moving to the next segment alternate until
+    /// neither makes progress.
     fn advance_watermark(&mut self) -> Result<(), SpoolError> {
-        while let Some(entry) = self.outstanding.first_entry() {
-            if entry.key() != &self.acked || entry.get().state != State::Done {
-                break;
-            }
-            self.acked = entry.remove().end;
-        }
-        // A watermark at the end of a sealed segment moves to the next one.
         loop {
+            let mut moved = false;
+            while let Some(entry) = self.outstanding.first_entry() {
+                if entry.key() != &self.acked || entry.get().state != State::Done {
+                    break;
+                }
+                self.acked = entry.remove().end;
+                moved = true;
+            }
+            // A watermark at the end of a sealed segment moves to the next one.
             let size = self.segments.get(&self.acked.segment).copied();
             let is_writer = self
                 .writer
                 .as_ref()
                 .is_some_and(|(id, _)| *id == self.acked.segment);
-            match size {
-                Some(size) if self.acked.offset >= size && !is_writer => {
-                    let Some(next) = self
-                        .segments
-                        .range(self.acked.segment + 1..)
-                        .next()
-                        .map(|(id, _)| *id)
-                    else {
-                        break;
-                    };
-                    let old = self.acked.segment;
-                    self.acked = Pos {
-                        segment: next,
-                        offset: HEADER_LEN,
-                    };
-                    self.delete_segment(old)?;
-                }
-                _ => break,
+            if let Some(size) = size
+                && self.acked.offset >= size
+                && !is_writer
+                && let Some(next) = self
+                    .segments
+                    .range(self.acked.segment + 1..)
+                    .next()
+                    .map(|(id, _)| *id)
+            {
+                let old = self.acked.segment;
+                self.acked = Pos {
+                    segment: next,
+                    offset: HEADER_LEN,
+                };
+                self.delete_segment(old)?;
+                moved = true;
+            }
+            if !moved {
+                break;
             }
         }
         if self.pending == 0 && self.in_flight == 0 && self.outstanding.is_empty() {
@@ -798,6 +804,29 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
             .collect();
         assert!(left.is_empty(), "segments left: {left:?}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn out_of_order_deliveries_across_segments_clean_up() {
+        let d = dir("ooo");
+        let (mut s, _) = Spool::open(&d, Spool::MIN_BYTES * 4).unwrap();
+        for i in 0..300 {
+            s.append(&rec(i)).unwrap();
+        }
+        assert!(s.segments.len() > 2);
+        let mut handed = Vec::new();
+        while let Some((pos, _)) = s.next_record().unwrap() {
+            handed.push(pos);
+        }
+        assert_eq!(handed.len(), 300);
+        // Deliveries come back in reverse: every segment boundary is crossed out of order.
+        for pos in handed.iter().rev() {
+            s.resolve(*pos, Outcome::Delivered).unwrap();
+        }
+        assert_eq!(s.pending(), 0);
+        assert_eq!(s.bytes(), 0, "every segment deleted");
+        assert!(s.outstanding.is_empty());
         fs::remove_dir_all(&d).unwrap();
     }
 
