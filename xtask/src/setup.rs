@@ -43,7 +43,8 @@ pub const APT_PACKAGES: &[&str] = &[
 ];
 
 /// A Kafka-protocol broker for the Kafka tests (Apache-2.0; none is packaged in Debian here):
-/// `cargo install tansu --features dynostore`, about 12 minutes of build, once per machine.
+/// `cargo install tansu --features dynostore`, once per machine: about 12 minutes on an idle
+/// 2-core machine, 57 minutes here under `nice` while others were building.
 pub const TANSU_VERSION: &str = "0.6.0";
 
 /// PyPI packages: SIPVicious (svmap, svwar, svcrack).
