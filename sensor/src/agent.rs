@@ -12,6 +12,8 @@ use crate::{
     capture::{AttachMode, CaptureError, IpPrefix, PortSet, RingReader, SensorProgram},
     clock::WallClock,
     counters::{AgentCounters, KernelCounters},
+    identity::SensorIdentity,
+    output::kafka::{KafkaConfig, KafkaStats},
     pipeline::{Pipeline, PipelineError, PipelineOptions},
     rogue::{TrackerConfig, TrackerCounters},
 };
@@ -54,6 +56,10 @@ pub struct RunOptions {
     pub detect_rogue: Option<TrackerConfig>,
     /// Fingerprint rules loaded beside the built-in ones.
     pub rules: Option<PathBuf>,
+    /// The `sensor` object added to every event; None leaves it out.
+    pub identity: Option<SensorIdentity>,
+    /// Also send every event to Kafka.
+    pub kafka: Option<KafkaConfig>,
 }
 
 impl RunOptions {
@@ -77,6 +83,8 @@ impl RunOptions {
             max_events: None,
             detect_rogue: None,
             rules: None,
+            identity: None,
+            kafka: None,
         }
     }
 
@@ -114,6 +122,8 @@ pub struct RunSummary {
     pub kernel: KernelCounters,
     pub agent: AgentCounters,
     pub rogue: Option<TrackerCounters>,
+    /// Kafka output counters, when it was on.
+    pub kafka: Option<KafkaStats>,
 }
 
 /// Told once the program is attached, so a caller can start traffic or report readiness.
@@ -140,6 +150,8 @@ pub async fn run(
         rules: options.rules.clone(),
         output: options.output.clone(),
         detect_rogue: options.detect_rogue.clone(),
+        identity: options.identity.clone(),
+        kafka: options.kafka.clone(),
     })?;
     if options.reactive != ReactivePolicy::Off && options.reactive_prefixes.is_empty() {
         return Err(AgentError::ReactiveWithoutPrefixes);
@@ -201,14 +213,18 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(20)).await;
     reader.drain_now(|bytes| pipeline.ring_item(bytes, &clock));
     let kernel = program.counters()?;
-    pipeline.finish(&kernel);
+    let rogue = pipeline.rogue_counters();
+    // Blocking, and nothing else runs now: the Kafka output delivers or spools what is left,
+    // within its shutdown timeout.
+    let (agent, kafka) = pipeline.finish(&kernel);
     Ok(RunSummary {
         interface: options.interface.clone(),
         ifindex,
         mode,
         kernel,
-        agent: pipeline.counters,
-        rogue: pipeline.rogue_counters(),
+        agent,
+        rogue,
+        kafka,
     })
 }
 

@@ -9,20 +9,27 @@
 //! - [`rogue`]: rogue SIP daemons seen passively; [`probe`]: the same five signs, tested actively.
 //! - [`pipeline`]: what happens to each record, live or from a capture file.
 //! - [`agent`]: the live run: kernel program, ring buffer, pipeline.
+//! - [`output`]: NDJSON, Kafka (with its on-disk spool) and the JSON document of an event.
+//! - [`report`]: summaries over event documents (`sensor kafka-report`, later `sensor report`).
+//! - [`config`], [`identity`]: the config file and the sensor's identity in every event.
+//! - [`agent`]: the live pipeline that ties them together.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
 pub mod agent;
 pub mod capture;
 pub mod clock;
+pub mod config;
 pub mod counters;
 pub mod escape;
 pub mod event;
 pub mod fingerprint;
+pub mod identity;
 pub mod offline;
 pub mod output;
 pub mod pipeline;
 pub mod probe;
 pub mod record;
+pub mod report;
 pub mod rogue;
 pub mod session;
 pub mod sip;

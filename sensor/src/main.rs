@@ -1,6 +1,6 @@
 //! The `sensor` command: a thin shell over the library.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use std::io::Write as _;
 
@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sensor::{
     agent::{self, RunOptions},
     capture::{AttachMode, PortSet},
+    config::ConfigFile,
+    identity::{Prefix, SensorIdentity, hostname},
+    output::kafka::{KafkaConfig, consume_topics},
     probe::{self, Method, ProbeOptions, Transports, target},
+    report::Report,
     rogue::TrackerConfig,
 };
 use sensor_common::{DEFAULT_PREFIX_LEN, DEFAULT_RING_BYTES, MatchAction};
@@ -29,6 +33,8 @@ struct Cli {
 enum Command {
     /// Attach to an interface and write one JSON event per matched frame.
     Run(RunArgs),
+    /// Read the events of one or more sensors' Kafka topics and print one merged report.
+    KafkaReport(KafkaReportArgs),
     /// Analyse a capture file (pcap or pcapng) with the same pipeline as live traffic; needs no
     /// privileges.
     Analyze(AnalyzeArgs),
@@ -178,6 +184,16 @@ struct RunArgs {
     /// Fingerprint rule file (TOML) loaded beside the built-in rules.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// Config file (TOML): `[sensor]` identity and the `[kafka]` output (see docs/kafka.md).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// This sensor's name in every event (overrides `[sensor] name`; default: the host name).
+    #[arg(long)]
+    sensor_name: Option<String>,
+    /// A darknet prefix this sensor watches, carried in every event (repeatable; overrides
+    /// `[sensor] prefixes`).
+    #[arg(long = "darknet-prefix")]
+    darknet_prefixes: Vec<Prefix>,
 }
 
 #[derive(Clone, Debug)]
@@ -219,7 +235,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
         pipeline: sensor::pipeline::PipelineOptions {
             rules: args.rules,
             output: args.output,
-            detect_rogue: None,
+            ..Default::default()
         },
     };
     let summary = sensor::offline::analyze::analyze(&args.file, &options)?;
@@ -240,6 +256,28 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+struct KafkaReportArgs {
+    /// Bootstrap brokers, comma-separated (overrides `[kafka] brokers` of --config).
+    #[arg(long, value_delimiter = ',')]
+    brokers: Vec<String>,
+    /// Topics to read, comma-separated (default: `[kafka] topic` of --config).
+    #[arg(long, value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Config file for the brokers and their TLS/SASL settings (`[kafka]`).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// How many sources to list.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Print the summary as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Give up if no record arrives for this many seconds before every partition is read.
+    #[arg(long, default_value_t = 30)]
+    idle_timeout: u64,
+}
+
 fn parse_ports(s: &str) -> Result<PortSet, String> {
     s.parse()
         .map_err(|e: sensor::capture::PortSetError| e.to_string())
@@ -251,6 +289,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Probe(args) => probe_command(args),
         Command::Analyze(args) => analyze_command(args),
+        Command::KafkaReport(args) => kafka_report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -268,6 +307,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
              servers' answers"
         );
     }
+    let config = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let name = args.sensor_name.clone().or(config.sensor.name.clone());
+    let prefixes = if args.darknet_prefixes.is_empty() {
+        config.sensor.prefixes.clone()
+    } else {
+        args.darknet_prefixes.clone()
+    };
+    // Events carry the identity when one is configured, and always when they go to Kafka,
+    // where many sensors meet.
+    let identity = (name.is_some() || !prefixes.is_empty() || config.kafka.is_some()).then(|| {
+        SensorIdentity {
+            name: name.unwrap_or_else(hostname),
+            interface: args.iface.clone(),
+            prefixes,
+        }
+    });
     let options = RunOptions {
         interface: args.iface,
         mode: match args.xdp_mode {
@@ -303,6 +361,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ..TrackerConfig::default()
         }),
         rules: args.rules,
+        identity,
+        kafka: config.kafka,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -344,9 +404,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             eprintln!("  rogue.{name:<23} {value:>14}");
         }
     }
+    if let Some(kafka) = &summary.kafka {
+        eprint!("{kafka}");
+    }
     match summary.kernel.check() {
         Ok(()) => eprintln!("sensor: counters reconcile"),
         Err(e) => eprintln!("sensor: counters do not reconcile: {e}"),
+    }
+    if let Some(kafka) = &summary.kafka {
+        match kafka.check() {
+            Ok(()) => eprintln!("sensor: kafka counters reconcile"),
+            Err(e) => eprintln!("sensor: kafka counters do not reconcile: {e}"),
+        }
     }
     Ok(())
 }
@@ -399,5 +468,52 @@ fn probe_command(args: ProbeArgs) -> anyhow::Result<()> {
         write!(out, "{}", probe::report::table(&reports))?;
     }
     out.flush()?;
+    Ok(())
+}
+
+fn kafka_report(args: KafkaReportArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?.kafka,
+        None => None,
+    };
+    let mut config = match file {
+        Some(k) => k,
+        None => KafkaConfig::new(Vec::new(), "unused"),
+    };
+    if !args.brokers.is_empty() {
+        config.brokers = args.brokers.clone();
+    }
+    anyhow::ensure!(
+        !config.brokers.is_empty(),
+        "no brokers: give --brokers or a --config with [kafka] brokers"
+    );
+    let topics = if args.topics.is_empty() {
+        anyhow::ensure!(
+            args.config.is_some(),
+            "no topics: give --topics or a --config with [kafka] topic"
+        );
+        vec![config.topic.clone()]
+    } else {
+        args.topics.clone()
+    };
+    let mut report = Report::new();
+    let read = consume_topics(
+        &config,
+        &topics,
+        Duration::from_secs(args.idle_timeout),
+        |record| report.add_json(record.payload),
+    )?;
+    let summary = report.summary(args.top);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{} records read from {} partitions of {}",
+            read.records,
+            read.partitions.len(),
+            topics.join(", ")
+        );
+        print!("{summary}");
+    }
     Ok(())
 }

@@ -3,16 +3,18 @@
 //! follow servers, write the outputs, count everything. The live agent and `sensor analyze` share
 //! it, so a capture file is analysed exactly as live traffic is.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use crate::{
     clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
     fingerprint::{Engine, RuleError, SourceTracker},
+    identity::SensorIdentity,
     output::{
         NdjsonWriter,
         json::{EventDoc, StatsDoc},
+        kafka::{KafkaConfig, KafkaCounters, KafkaOutput, KafkaOutputError, KafkaStats},
     },
     record::Record,
     rogue::{
@@ -33,6 +35,10 @@ pub struct PipelineOptions {
     pub output: Option<PathBuf>,
     /// Follow requests and responses per server and report rogue SIP daemons.
     pub detect_rogue: Option<TrackerConfig>,
+    /// The `sensor` object added to every event (name, interface, darknet prefixes).
+    pub identity: Option<SensorIdentity>,
+    /// Also send every event to Kafka (keyed by source address).
+    pub kafka: Option<KafkaConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,8 @@ pub enum PipelineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Kafka(#[from] KafkaOutputError),
 }
 
 pub struct Pipeline {
@@ -52,6 +60,10 @@ pub struct Pipeline {
     joiner: SynJoiner,
     rogue: Option<Tracker>,
     writer: NdjsonWriter,
+    identity: Option<SensorIdentity>,
+    kafka: Option<KafkaOutput>,
+    /// One event serialised once, for NDJSON and Kafka alike.
+    line: Vec<u8>,
     pub counters: AgentCounters,
 }
 
@@ -67,12 +79,26 @@ impl Pipeline {
                 source,
             })?,
         };
+        let kafka = match &options.kafka {
+            None => None,
+            Some(config) => {
+                let name = options
+                    .identity
+                    .as_ref()
+                    .map(|i| i.name.clone())
+                    .unwrap_or_else(crate::identity::hostname);
+                Some(KafkaOutput::start(config, &name)?)
+            }
+        };
         Ok(Self {
             engine,
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
             writer,
+            identity: options.identity.clone(),
+            kafka,
+            line: Vec::with_capacity(4096),
             counters: AgentCounters::default(),
         })
     }
@@ -92,13 +118,30 @@ impl Pipeline {
     /// One record, with its wall-clock time.
     pub fn record(&mut self, record: Record<'_>, wall_ns: u64) {
         let event = Event { record, wall_ns };
-        let mut doc = EventDoc::analyzed(&event, &self.engine, &mut self.sources);
+        let mut doc = EventDoc::analyzed(&event, &self.engine, &mut self.sources)
+            .with_sensor(self.identity.as_ref());
         if let Some(reactive) = &mut doc.reactive {
             reactive.syn = self.joiner.observe(&record, wall_ns);
         }
-        match self.writer.write(&doc) {
+        self.line.clear();
+        if serde_json::to_writer(&mut self.line, &doc).is_err() {
+            // Serialising our own document cannot fail; if it did, every output lost it.
+            self.counters.output_errors += 1;
+            return;
+        }
+        match self.writer.write_raw(&self.line) {
             Ok(()) => self.counters.events_written += 1,
             Err(_) => self.counters.output_errors += 1,
+        }
+        if let Some(kafka) = &self.kafka {
+            // Keyed by source address: one source's events stay in one partition, in order.
+            // A non-blocking hand-off: a slow broker never slows the ring buffer drain.
+            let key = record.src_ip().to_string();
+            kafka.offer(
+                key.as_bytes(),
+                (wall_ns / 1_000_000) as i64,
+                self.line.clone(),
+            );
         }
         if let Some(tracker) = &mut self.rogue {
             tracker.observe(&event);
@@ -133,9 +176,16 @@ impl Pipeline {
         self.rogue.is_some()
     }
 
+    /// The Kafka output's live counters, if it is on.
+    pub fn kafka_counters(&self) -> Option<Arc<KafkaCounters>> {
+        self.kafka.as_ref().map(KafkaOutput::counters)
+    }
+
     /// The final documents: each tracked server's state, the tracker's counters, and the stats
-    /// (kernel counters when there is a kernel, i.e. live).
-    pub fn finish(&mut self, kernel: &KernelCounters) {
+    /// (kernel counters when there is a kernel, i.e. live). Stops the Kafka output first, which
+    /// delivers or spools what is left (blocking, up to its shutdown timeout).
+    pub fn finish(mut self, kernel: &KernelCounters) -> (AgentCounters, Option<KafkaStats>) {
+        let kafka = self.kafka.take().map(KafkaOutput::finish);
         self.tick();
         self.counters.source_evictions = self.sources.evictions();
         self.counters.syn_join_evictions = self.joiner.evicted;
@@ -156,12 +206,13 @@ impl Pipeline {
         }
         if self
             .writer
-            .write(&StatsDoc::new(realtime_ns(), kernel, &self.counters))
+            .write(&StatsDoc::new(realtime_ns(), kernel, &self.counters).with_kafka(kafka.as_ref()))
             .is_err()
         {
             self.counters.output_errors += 1;
         }
         self.flush();
+        (self.counters, kafka)
     }
 
     pub fn rogue_counters(&self) -> Option<TrackerCounters> {

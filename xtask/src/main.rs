@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks (apt packages, rust-src, bpf-linker, sipvicious).
+    /// Install what a fresh machine lacks (apt packages, rust-src, bpf-linker, sipvicious, tansu).
     Setup,
     /// Build the XDP program and the agent (release).
     Build,

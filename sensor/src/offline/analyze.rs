@@ -100,8 +100,8 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
             Err(outcome) => kernel.add(outcome, 1),
         }
     }
-    pipeline.finish(&kernel);
+    let (agent, _) = pipeline.finish(&kernel);
     summary.kernel = kernel;
-    summary.agent = pipeline.counters;
+    summary.agent = agent;
     Ok(summary)
 }

@@ -40,6 +40,12 @@ impl NdjsonWriter {
         self.out.write_all(b"\n")
     }
 
+    /// Writes one already-serialized JSON document (no newline inside) as a line.
+    pub fn write_raw(&mut self, json: &[u8]) -> io::Result<()> {
+        self.out.write_all(json)?;
+        self.out.write_all(b"\n")
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
