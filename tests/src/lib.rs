@@ -6,6 +6,7 @@ pub mod corpus;
 /// Crafted frames live in xtask, where the lab's traffic generator uses them too.
 pub use xtask::frames;
 pub mod harness;
+pub mod mutation;
 
 use std::{path::PathBuf, process::Command, sync::OnceLock};
 
