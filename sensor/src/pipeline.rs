@@ -96,20 +96,21 @@ impl Pipeline {
         if let Some(reactive) = &mut doc.reactive {
             reactive.syn = self.joiner.observe(&record, wall_ns);
         }
-        match self.writer.write(&doc) {
-            Ok(()) => self.counters.events_written += 1,
-            Err(_) => self.counters.output_errors += 1,
+        // Counted as written when the batch is written (`flush`).
+        if self.writer.write_event(&doc).is_err() {
+            self.counters.output_errors += 1;
         }
         if let Some(tracker) = &mut self.rogue {
             tracker.observe(&event);
         }
     }
 
-    /// Pushes buffered output out; called after each batch.
+    /// Writes the queued documents; called after each batch. Documents the output could not
+    /// take are lost and counted (`output_errors`); the writer recovers on its own.
     pub fn flush(&mut self) {
-        if self.writer.flush().is_err() {
-            self.counters.output_errors += 1;
-        }
+        let flushed = self.writer.flush();
+        self.counters.events_written += flushed.events_written;
+        self.counters.output_errors += flushed.lines_lost;
     }
 
     /// Periodic work: the rogue tracker's timeouts and new findings.
@@ -152,6 +153,8 @@ impl Pipeline {
                 self.counters.output_errors += 1;
             }
         }
+        // Everything before the stats document is accounted for in it.
+        self.flush();
         if self
             .writer
             .write(&StatsDoc::new(realtime_ns(), kernel, &self.counters))
