@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod blaster;
 pub mod frames;
+pub mod fuzz;
 pub mod lab;
 pub mod mirror;
 pub mod setup;

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use xtask::{lab, setup, traffic, workspace_root};
+use xtask::{fuzz, lab, setup, traffic, workspace_root};
 
 #[derive(Parser)]
 #[command(
@@ -42,7 +42,17 @@ enum Task {
         #[arg(value_delimiter = ',')]
         only: Vec<String>,
     },
-    /// Run every check and test: formatting, clippy, unit, kernel and end-to-end tests.
+    /// Fuzz every cargo-fuzz target (fuzz/) for a while each; new inputs join fuzz/corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (default: all).
+        #[arg(value_delimiter = ',')]
+        targets: Vec<String>,
+    },
+    /// Run every check and test: formatting, clippy, unit, kernel and end-to-end tests, and a
+    /// bounded run of each fuzz target (without extra arguments).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
@@ -73,6 +83,10 @@ fn main() -> Result<()> {
             setup::setup()?;
             build_release()?;
             bench(&only)
+        }
+        Task::Fuzz { seconds, targets } => {
+            setup::setup()?;
+            fuzz_all(&targets, fuzz::Budget::Seconds(seconds))
         }
         Task::Test { cargo_args } => {
             setup::setup()?;
@@ -301,6 +315,51 @@ fn test(cargo_args: &[String]) -> Result<()> {
         bail!("tests left network namespaces behind (now removed): {left:?}");
     }
     result?;
+    if cargo_args.is_empty() {
+        // The bounded fuzz runs: a fixed number of inputs per target.
+        for (target, runs) in fuzz::TARGETS {
+            if !fuzz::corpus_present(target) {
+                seed_fuzz_corpus()?;
+            }
+            let run = fuzz::run(target, fuzz::Budget::Runs(*runs))?;
+            eprintln!("{}", fuzz::describe(&run));
+        }
+    }
     eprintln!("test: all checks and tests passed");
+    Ok(())
+}
+
+/// Writes the fuzz targets' seed inputs (idempotent).
+fn seed_fuzz_corpus() -> Result<()> {
+    cargo(&[
+        "run",
+        "--quiet",
+        "--package",
+        "sensor-tests",
+        "--bin",
+        "seed-fuzz-corpus",
+    ])
+}
+
+/// `cargo xtask fuzz`: seeds, builds, then runs each target for its budget and prints the runs.
+fn fuzz_all(only: &[String], budget: fuzz::Budget) -> Result<()> {
+    seed_fuzz_corpus()?;
+    fuzz::build()?;
+    let mut runs = Vec::new();
+    for (target, _) in fuzz::TARGETS {
+        if !only.is_empty() && !only.iter().any(|o| o == target) {
+            continue;
+        }
+        eprintln!("fuzz: running {target} ({budget:?})");
+        let run = fuzz::run(target, budget)?;
+        eprintln!("{}", fuzz::describe(&run));
+        // The corpus is kept in the repository: only what adds coverage stays.
+        fuzz::minimize(target)?;
+        runs.push(run);
+    }
+    println!("fuzz summary:");
+    for run in &runs {
+        println!("{}", fuzz::describe(run));
+    }
     Ok(())
 }

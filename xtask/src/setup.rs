@@ -44,7 +44,25 @@ pub fn setup() -> Result<()> {
     apt()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     pip()?;
+    Ok(())
+}
+
+/// cargo-fuzz, for the fuzz targets (run with the nightly toolchain).
+fn cargo_fuzz() -> Result<()> {
+    if command_ok("cargo", &["fuzz", "--version"]) {
+        eprintln!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz");
+    let status = Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked"])
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("cargo install cargo-fuzz failed: {status}");
+    }
     Ok(())
 }
 
