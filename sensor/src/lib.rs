@@ -9,6 +9,7 @@
 //! - [`rogue`]: rogue SIP daemons seen passively; [`probe`]: the same five signs, tested actively.
 //! - [`pipeline`]: what happens to each record, live or from a capture file.
 //! - [`agent`]: the live run: kernel program, ring buffer, pipeline.
+//! - [`privilege`]: what the agent gives up once attached.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod fingerprint;
 pub mod offline;
 pub mod output;
 pub mod pipeline;
+pub mod privilege;
 pub mod probe;
 pub mod record;
 pub mod rogue;

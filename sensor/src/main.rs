@@ -178,6 +178,13 @@ struct RunArgs {
     /// Fingerprint rule file (TOML) loaded beside the built-in rules.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// Once attached, also become this unprivileged user (the output file is handed to it).
+    /// Every capability is given up after attaching in any case (docs/privileges.md).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Keep root's capabilities after attaching (debugging only: see docs/privileges.md).
+    #[arg(long, conflicts_with = "user")]
+    keep_privileges: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -268,6 +275,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
              servers' answers"
         );
     }
+    // Resolved before anything is attached: a wrong name is a configuration error.
+    let user = args
+        .user
+        .as_deref()
+        .map(sensor::privilege::User::lookup)
+        .transpose()?;
     let options = RunOptions {
         interface: args.iface,
         mode: match args.xdp_mode {
@@ -303,6 +316,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ..TrackerConfig::default()
         }),
         rules: args.rules,
+        privileges: (!args.keep_privileges).then_some(sensor::privilege::PrivilegePlan { user }),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -331,6 +345,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 },
                 options.prefix_len,
             );
+            match &attached.credentials {
+                Some(c) => eprintln!("sensor: privileges dropped: {c}"),
+                None => eprintln!("sensor: privileges kept (--keep-privileges)"),
+            }
         })
         .await
     })?;

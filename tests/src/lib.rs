@@ -7,6 +7,7 @@ pub mod corpus;
 pub use xtask::frames;
 pub mod harness;
 pub mod mutation;
+pub mod sensor_process;
 
 use std::{path::PathBuf, process::Command, sync::OnceLock};
 
