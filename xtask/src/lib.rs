@@ -8,6 +8,7 @@ pub mod fuzz;
 pub mod lab;
 pub mod mirror;
 pub mod setup;
+pub mod show;
 pub mod traffic;
 pub mod xdp_pass;
 

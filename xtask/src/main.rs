@@ -216,57 +216,15 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// One line per event: time, addresses, IP fields, the first payload line (already escaped to
-/// printable ASCII by the sensor).
+/// One line per event (see [`xtask::show`]).
 fn show_events(path: &Path) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    println!(
-        "{:<15} {:<5} {:<44} {:<22} payload",
-        "time", "proto", "source -> destination", "ip"
-    );
+    println!("{}", xtask::show::header());
     for line in text.lines() {
-        let Ok(doc) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if doc["event_type"] != "sip_probe" {
-            continue;
+        if let Some(shown) = xtask::show::event_line(line) {
+            println!("{shown}");
         }
-        let time = doc["timestamp"]
-            .as_str()
-            .unwrap_or("")
-            .get(11..26)
-            .unwrap_or("");
-        let flow = format!(
-            "{} {} -> {} {}",
-            doc["src_ip"].as_str().unwrap_or("?"),
-            doc["src_port"],
-            doc["dest_ip"].as_str().unwrap_or("?"),
-            doc["dest_port"]
-        );
-        let ip = format!(
-            "ttl={} id={} {}",
-            doc["ip"]["ttl"],
-            doc["ip"]["id"]
-                .as_u64()
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "-".into()),
-            if doc["ip"]["df"] == true { "DF" } else { "" }
-        );
-        let printable = doc["payload"]["printable"].as_str().unwrap_or("");
-        let first_line = printable.split("\\r\\n").next().unwrap_or("");
-        let payload = match doc["tcp"]["flags"].as_str() {
-            Some(flags) if printable.is_empty() => format!("[TCP {flags}]"),
-            _ => first_line.chars().take(60).collect(),
-        };
-        let tool = doc["fingerprint"]["tool"]
-            .as_str()
-            .map(|t| format!("  <{t}>"))
-            .unwrap_or_default();
-        println!(
-            "{time:<15} {:<5} {flow:<44} {ip:<22} {payload}{tool}",
-            doc["proto"].as_str().unwrap_or("?")
-        );
     }
     Ok(())
 }
