@@ -39,10 +39,10 @@ pub struct PipelineOptions {
 pub enum PipelineError {
     #[error(transparent)]
     Rules(#[from] RuleError),
-    #[error("cannot open output {path}: {source}")]
+    #[error("cannot open output {path}: {error}")]
     Output {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -62,9 +62,9 @@ impl Pipeline {
         let engine = Engine::load(options.rules.as_deref())?;
         let writer = match &options.output {
             None => NdjsonWriter::stdout(),
-            Some(path) => NdjsonWriter::create(path).map_err(|source| PipelineError::Output {
+            Some(path) => NdjsonWriter::create(path).map_err(|error| PipelineError::Output {
                 path: path.clone(),
-                source,
+                error,
             })?,
         };
         Ok(Self {
