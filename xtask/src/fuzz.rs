@@ -1,6 +1,8 @@
 //! The cargo-fuzz targets (fuzz/): a bounded run of each in `cargo xtask test`, a longer one in
-//! `cargo xtask fuzz`. libFuzzer needs the nightly toolchain; the targets' corpus is kept in
-//! fuzz/corpus/<target>, seeded by `sensor-tests`' `seed-fuzz-corpus`.
+//! `cargo xtask fuzz`. libFuzzer needs the nightly toolchain. Two input directories per target
+//! are kept in the repository: fuzz/seeds/<target>, written by `sensor-tests`' `seed-fuzz-corpus`
+//! from the test frames and never minimized, and fuzz/corpus/<target>, what longer runs found,
+//! minimized after each run.
 
 use std::{
     path::PathBuf,
@@ -43,6 +45,10 @@ pub fn corpus_dir(target: &str) -> PathBuf {
     workspace_root().join("fuzz/corpus").join(target)
 }
 
+pub fn seeds_dir(target: &str) -> PathBuf {
+    workspace_root().join("fuzz/seeds").join(target)
+}
+
 fn fuzz_command() -> Command {
     // `rustup run` rather than `cargo +nightly`: the cargo that runs xtask is the stable one.
     let mut command = Command::new("rustup");
@@ -72,17 +78,19 @@ pub fn build() -> Result<()> {
 /// is an error naming the input libFuzzer saved under fuzz/artifacts/.
 pub fn run(target: &str, budget: Budget) -> Result<FuzzRun> {
     let corpus = corpus_dir(target);
+    let seeds = seeds_dir(target);
+    std::fs::create_dir_all(&corpus)?;
     let scratch = std::env::temp_dir().join(format!("sensor-fuzz-{}-{target}", std::process::id()));
     let mut command = fuzz_command();
     command.args(["run", "--fuzz-dir", "fuzz", target]);
     let limit = match budget {
         Budget::Runs(n) => {
             std::fs::create_dir_all(&scratch)?;
-            command.arg(&scratch).arg(&corpus);
+            command.arg(&scratch).arg(&corpus).arg(&seeds);
             format!("-runs={n}")
         }
         Budget::Seconds(s) => {
-            command.arg(&corpus);
+            command.arg(&corpus).arg(&seeds);
             format!("-max_total_time={s}")
         }
     };
@@ -114,7 +122,8 @@ pub fn run(target: &str, budget: Budget) -> Result<FuzzRun> {
         .with_context(|| format!("no final statistics from fuzz target {target}:\n{log}"))
 }
 
-/// Minimizes the kept corpus of `target` (`cargo fuzz cmin`): only inputs that add coverage stay.
+/// Minimizes what runs found for `target` (`cargo fuzz cmin` on fuzz/corpus/<target>): only
+/// inputs that add coverage stay. The seeds are left alone.
 pub fn minimize(target: &str) -> Result<()> {
     let status = fuzz_command()
         .args(["cmin", "--fuzz-dir", "fuzz", target])
@@ -162,9 +171,9 @@ fn parse_stats(target: &str, log: &str) -> Option<FuzzRun> {
     })
 }
 
-/// Whether fuzz/corpus/<target> has inputs (the seeds are committed; regenerated if missing).
-pub fn corpus_present(target: &str) -> bool {
-    std::fs::read_dir(corpus_dir(target)).is_ok_and(|mut d| d.next().is_some())
+/// Whether fuzz/seeds/<target> has inputs (they are committed; regenerated if missing).
+pub fn seeds_present(target: &str) -> bool {
+    std::fs::read_dir(seeds_dir(target)).is_ok_and(|mut d| d.next().is_some())
 }
 
 pub fn describe(run: &FuzzRun) -> String {

@@ -276,7 +276,7 @@ fn test(cargo_args: &[String]) -> Result<()> {
     if cargo_args.is_empty() {
         // The bounded fuzz runs: a fixed number of inputs per target.
         for (target, runs) in fuzz::TARGETS {
-            if !fuzz::corpus_present(target) {
+            if !fuzz::seeds_present(target) {
                 seed_fuzz_corpus()?;
             }
             let run = fuzz::run(target, fuzz::Budget::Runs(*runs))?;

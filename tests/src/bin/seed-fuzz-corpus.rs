@@ -1,4 +1,4 @@
-//! Writes the seed inputs of the fuzz targets (fuzz/corpus/<target>/seed-<hash>) from the frames
+//! Writes the seed inputs of the fuzz targets (fuzz/seeds/<target>/seed-<hash>) from the frames
 //! the kernel tests use: every frame of tests/corpus, the differential test's crafted frames, the
 //! records and payloads they give, the attribution seeds' payloads, and the capture files
 //! themselves. Idempotent: a seed is named by a hash of its bytes. `cargo xtask fuzz` runs it.
@@ -82,7 +82,7 @@ fn record_bytes(record: &CaptureRecord) -> &[u8] {
 }
 
 fn main() -> std::io::Result<()> {
-    let root = xtask::workspace_root().join("fuzz/corpus");
+    let root = xtask::workspace_root().join("fuzz/seeds");
     let mut sip = Seeds::new(&root, "sip_parse")?;
     let mut fingerprint = Seeds::new(&root, "fingerprint")?;
     let mut extractor = Seeds::new(&root, "extract")?;
