@@ -66,10 +66,14 @@ fn running_agent_holds_no_capability() {
     for thread in &threads {
         assert_eq!(thread, &after, "every thread of the agent");
     }
+    // The agent says so, right after the attach message.
     assert!(
         sensor
-            .stderr_so_far()
-            .contains("privileges dropped: CapEff 0000000000000000"),
+            .wait_for_line(
+                "privileges dropped: CapEff 0000000000000000",
+                std::time::Duration::from_secs(10)
+            )
+            .is_some(),
         "{}",
         sensor.stderr_so_far()
     );
