@@ -15,6 +15,7 @@ use crate::{
     identity::SensorIdentity,
     output::kafka::{KafkaConfig, KafkaStats},
     pipeline::{Pipeline, PipelineError, PipelineOptions},
+    privilege::{Credentials, PrivilegeError, PrivilegePlan},
     rogue::{TrackerConfig, TrackerCounters},
 };
 
@@ -60,6 +61,9 @@ pub struct RunOptions {
     pub identity: Option<SensorIdentity>,
     /// Also send every event to Kafka.
     pub kafka: Option<KafkaConfig>,
+    /// Give up every capability (and optionally become a user) once attached; `None` keeps them
+    /// (the in-process tests, whose test harness has other threads).
+    pub privileges: Option<PrivilegePlan>,
 }
 
 impl RunOptions {
@@ -85,6 +89,7 @@ impl RunOptions {
             rules: None,
             identity: None,
             kafka: None,
+            privileges: None,
         }
     }
 
@@ -111,6 +116,14 @@ pub enum AgentError {
     Random(std::io::Error),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
+    #[error("cannot hand the output {path} to user {user}: {source}")]
+    OutputOwner {
+        path: PathBuf,
+        user: String,
+        source: std::io::Error,
+    },
 }
 
 /// What a run did, for the final report.
@@ -132,6 +145,8 @@ pub struct Attached {
     pub ifindex: u32,
     pub mode: AttachMode,
     pub link_id: Option<u32>,
+    /// The credentials after dropping privileges, when they were dropped.
+    pub credentials: Option<Credentials>,
 }
 
 /// Runs until `shutdown` completes or `max_events` events were written. The program is detached
@@ -174,11 +189,35 @@ pub async fn run(
         .ok_or(CaptureError::Missing(sensor_common::map_names::EVENTS))?;
     let mut reader = RingReader::new(ring)?;
     let attachment = program.attach(&options.interface, options.mode)?;
+    let link_id = attachment.link_id();
+    program.close_program()?;
+    // Everything that needs a capability is done: the program is loaded and attached, its maps
+    // are open and the ring buffer is mapped. What follows (reading the ring, map lookups and
+    // updates on open descriptors, writing the output) needs none; an error here detaches, as
+    // every other error does, by dropping the attachment.
+    let credentials = match &options.privileges {
+        Some(plan) => {
+            if let (Some(user), Some(path)) = (&plan.user, &options.output) {
+                // The user must be able to reopen its output after a rotation or a failure.
+                std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(
+                    |source| AgentError::OutputOwner {
+                        path: path.clone(),
+                        user: user.name.clone(),
+                        source,
+                    },
+                )?;
+            }
+            Some(crate::privilege::drop_privileges(plan)?)
+        }
+        None => None,
+    };
+    pipeline.start_outputs()?;
     on_attached(&Attached {
         interface: options.interface.clone(),
         ifindex: attachment.ifindex,
         mode: attachment.mode,
-        link_id: attachment.link_id(),
+        link_id,
+        credentials,
     });
 
     let clock = WallClock::now();

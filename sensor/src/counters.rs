@@ -110,7 +110,7 @@ pub struct AgentCounters {
     pub records_undecodable: u64,
     /// Events written to the output.
     pub events_written: u64,
-    /// Events lost because the output could not be written.
+    /// Documents (events and others) lost because the output could not be written.
     pub output_errors: u64,
     /// Sources whose IP-ID history was forgotten to keep the tracker within its bound.
     pub source_evictions: u64,

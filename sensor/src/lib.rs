@@ -13,6 +13,7 @@
 //! - [`report`]: summaries over event documents (`sensor kafka-report`, later `sensor report`).
 //! - [`config`], [`identity`]: the config file and the sensor's identity in every event.
 //! - [`agent`]: the live pipeline that ties them together.
+//! - [`privilege`]: what the agent gives up once attached.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
 pub mod agent;
@@ -27,6 +28,7 @@ pub mod identity;
 pub mod offline;
 pub mod output;
 pub mod pipeline;
+pub mod privilege;
 pub mod probe;
 pub mod record;
 pub mod report;

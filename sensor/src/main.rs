@@ -194,6 +194,13 @@ struct RunArgs {
     /// `[sensor] prefixes`).
     #[arg(long = "darknet-prefix")]
     darknet_prefixes: Vec<Prefix>,
+    /// Once attached, also become this unprivileged user (the output file is handed to it).
+    /// Every capability is given up after attaching in any case (docs/privileges.md).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Keep root's capabilities after attaching (debugging only: see docs/privileges.md).
+    #[arg(long, conflicts_with = "user")]
+    keep_privileges: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -326,6 +333,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             prefixes,
         }
     });
+    // Resolved before anything is attached: a wrong name is a configuration error.
+    let user = args
+        .user
+        .as_deref()
+        .map(sensor::privilege::User::lookup)
+        .transpose()?;
     let options = RunOptions {
         interface: args.iface,
         mode: match args.xdp_mode {
@@ -363,6 +376,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         rules: args.rules,
         identity,
         kafka: config.kafka,
+        privileges: (!args.keep_privileges).then_some(sensor::privilege::PrivilegePlan { user }),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -391,6 +405,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 },
                 options.prefix_len,
             );
+            match &attached.credentials {
+                Some(c) => eprintln!("sensor: privileges dropped: {c}"),
+                None => eprintln!("sensor: privileges kept (--keep-privileges)"),
+            }
         })
         .await
     })?;

@@ -45,10 +45,10 @@ pub struct PipelineOptions {
 pub enum PipelineError {
     #[error(transparent)]
     Rules(#[from] RuleError),
-    #[error("cannot open output {path}: {source}")]
+    #[error("cannot open output {path}: {error}")]
     Output {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Kafka(#[from] KafkaOutputError),
@@ -62,6 +62,9 @@ pub struct Pipeline {
     writer: NdjsonWriter,
     identity: Option<SensorIdentity>,
     kafka: Option<KafkaOutput>,
+    /// Started by `start_outputs`, not by `new`: the Kafka producer runs threads, and the live
+    /// agent must drop its capabilities while it is still single-threaded.
+    kafka_config: Option<KafkaConfig>,
     /// One event serialised once, for NDJSON and Kafka alike.
     line: Vec<u8>,
     pub counters: AgentCounters,
@@ -74,21 +77,10 @@ impl Pipeline {
         let engine = Engine::load(options.rules.as_deref())?;
         let writer = match &options.output {
             None => NdjsonWriter::stdout(),
-            Some(path) => NdjsonWriter::create(path).map_err(|source| PipelineError::Output {
+            Some(path) => NdjsonWriter::create(path).map_err(|error| PipelineError::Output {
                 path: path.clone(),
-                source,
+                error,
             })?,
-        };
-        let kafka = match &options.kafka {
-            None => None,
-            Some(config) => {
-                let name = options
-                    .identity
-                    .as_ref()
-                    .map(|i| i.name.clone())
-                    .unwrap_or_else(crate::identity::hostname);
-                Some(KafkaOutput::start(config, &name)?)
-            }
         };
         Ok(Self {
             engine,
@@ -97,10 +89,25 @@ impl Pipeline {
             rogue: options.detect_rogue.clone().map(Tracker::new),
             writer,
             identity: options.identity.clone(),
-            kafka,
+            kafka: None,
+            kafka_config: options.kafka.clone(),
             line: Vec::with_capacity(4096),
             counters: AgentCounters::default(),
         })
+    }
+
+    /// Starts the outputs that run threads of their own (Kafka, resuming its spool). Events
+    /// handled before this go to the other outputs only.
+    pub fn start_outputs(&mut self) -> Result<(), PipelineError> {
+        if let Some(config) = self.kafka_config.take() {
+            let name = self
+                .identity
+                .as_ref()
+                .map(|i| i.name.clone())
+                .unwrap_or_else(crate::identity::hostname);
+            self.kafka = Some(KafkaOutput::start(&config, &name)?);
+        }
+        Ok(())
     }
 
     /// A ring buffer item: validated, then processed. Undecodable items are counted.
@@ -129,10 +136,8 @@ impl Pipeline {
             self.counters.output_errors += 1;
             return;
         }
-        match self.writer.write_raw(&self.line) {
-            Ok(()) => self.counters.events_written += 1,
-            Err(_) => self.counters.output_errors += 1,
-        }
+        // Counted as written when the batch is written (`flush`).
+        self.writer.write_event_raw(&self.line);
         if let Some(kafka) = &self.kafka {
             // Keyed by source address: one source's events stay in one partition, in order.
             // A non-blocking hand-off: a slow broker never slows the ring buffer drain.
@@ -148,11 +153,12 @@ impl Pipeline {
         }
     }
 
-    /// Pushes buffered output out; called after each batch.
+    /// Writes the queued documents; called after each batch. Documents the output could not
+    /// take are lost and counted (`output_errors`); the writer recovers on its own.
     pub fn flush(&mut self) {
-        if self.writer.flush().is_err() {
-            self.counters.output_errors += 1;
-        }
+        let flushed = self.writer.flush();
+        self.counters.events_written += flushed.events_written;
+        self.counters.output_errors += flushed.lines_lost;
     }
 
     /// Periodic work: the rogue tracker's timeouts and new findings.
@@ -204,6 +210,8 @@ impl Pipeline {
                 self.counters.output_errors += 1;
             }
         }
+        // Everything before the stats document is accounted for in it.
+        self.flush();
         if self
             .writer
             .write(&StatsDoc::new(realtime_ns(), kernel, &self.counters).with_kafka(kafka.as_ref()))

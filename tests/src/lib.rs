@@ -8,6 +8,8 @@ pub mod corpus;
 pub use xtask::frames;
 pub mod harness;
 pub mod kafka;
+pub mod mutation;
+pub mod sensor_process;
 
 use std::{path::PathBuf, process::Command, sync::OnceLock};
 

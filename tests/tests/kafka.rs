@@ -110,8 +110,10 @@ fn open_sink(ndjson: &Path, name: &str, kafka: KafkaConfig) -> EventSink {
         kafka: Some(kafka),
         ..Default::default()
     };
+    let mut pipeline = Pipeline::new(&options).expect("open the outputs");
+    pipeline.start_outputs().expect("start the Kafka output");
     EventSink {
-        pipeline: Pipeline::new(&options).expect("open the outputs"),
+        pipeline,
         clock: WallClock::now(),
     }
 }

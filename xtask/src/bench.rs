@@ -83,7 +83,8 @@ fn device_counter(ns: &str, ifname: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn device_drops(lab: &Lab) -> u64 {
+/// Frames the veth pair dropped: the sender's tx_dropped and the darknet end's rx_dropped.
+pub fn device_drops(lab: &Lab) -> u64 {
     device_counter(&lab.scan_ns, &lab.scan_if, "tx_dropped")
         + device_counter(&lab.dark_ns, &lab.dark_if, "rx_dropped")
 }

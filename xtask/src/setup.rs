@@ -59,6 +59,7 @@ pub fn setup() -> Result<()> {
     apt()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     pip()?;
     tansu()?;
     Ok(())
@@ -87,6 +88,23 @@ fn tansu() -> Result<()> {
         .context("running cargo install tansu")?;
     if !status.success() {
         bail!("cargo install tansu failed: {status}");
+    }
+    Ok(())
+}
+
+/// cargo-fuzz, for the fuzz targets (run with the nightly toolchain).
+fn cargo_fuzz() -> Result<()> {
+    if command_ok("cargo", &["fuzz", "--version"]) {
+        eprintln!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz");
+    let status = Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked"])
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("cargo install cargo-fuzz failed: {status}");
     }
     Ok(())
 }

@@ -360,6 +360,16 @@ impl SensorProgram {
         })
     }
 
+    /// Closes the program's own descriptor, keeping its maps and any attachment (the link holds
+    /// the program in the kernel). Once attached, the agent needs only the link and the maps,
+    /// and a program descriptor would let it attach the program to other interfaces without any
+    /// capability: creating an XDP bpf_link checks none, holding the program is the permission.
+    pub fn close_program(&mut self) -> Result<(), CaptureError> {
+        self.xdp()?
+            .unload()
+            .map_err(|e| CaptureError::Load(e.to_string()))
+    }
+
     fn xdp(&mut self) -> Result<&mut Xdp, CaptureError> {
         self.ebpf
             .program_mut(PROGRAM_NAME)

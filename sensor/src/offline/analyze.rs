@@ -51,6 +51,7 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
         source,
     })?;
     let mut pipeline = Pipeline::new(&options.pipeline)?;
+    pipeline.start_outputs()?;
     let config = SensorConfig::new(
         MatchAction::Drop,
         options.match_source_port,
