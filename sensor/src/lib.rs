@@ -8,10 +8,12 @@
 //! - [`output`]: NDJSON and the JSON document of an event.
 //! - [`rogue`]: rogue SIP daemons seen passively; [`probe`]: the same five signs, tested actively.
 //! - [`pipeline`]: what happens to each record, live or from a capture file.
+//! - [`aggregate`]: sources, campaigns, tools and a timeseries in bounded memory.
 //! - [`agent`]: the live run: kernel program, ring buffer, pipeline.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
 pub mod agent;
+pub mod aggregate;
 pub mod capture;
 pub mod clock;
 pub mod counters;
