@@ -9,10 +9,12 @@ use sensor_common::{
 };
 
 use crate::{
+    aggregate::AggregateConfig,
     capture::{AttachMode, CaptureError, IpPrefix, PortSet, RingReader, SensorProgram},
     clock::WallClock,
     counters::{AgentCounters, KernelCounters},
     pipeline::{Pipeline, PipelineError, PipelineOptions},
+    report::{DEFAULT_TOP, Summary},
     rogue::{TrackerConfig, TrackerCounters},
 };
 
@@ -54,6 +56,8 @@ pub struct RunOptions {
     pub detect_rogue: Option<TrackerConfig>,
     /// Fingerprint rules loaded beside the built-in ones.
     pub rules: Option<PathBuf>,
+    /// Bounds and windows of the per-source and campaign aggregation.
+    pub aggregate: AggregateConfig,
 }
 
 impl RunOptions {
@@ -77,6 +81,7 @@ impl RunOptions {
             max_events: None,
             detect_rogue: None,
             rules: None,
+            aggregate: AggregateConfig::default(),
         }
     }
 
@@ -114,6 +119,8 @@ pub struct RunSummary {
     pub kernel: KernelCounters,
     pub agent: AgentCounters,
     pub rogue: Option<TrackerCounters>,
+    /// Tools, campaigns, sources and findings over the run's events.
+    pub report: Summary,
 }
 
 /// Told once the program is attached, so a caller can start traffic or report readiness.
@@ -140,6 +147,7 @@ pub async fn run(
         rules: options.rules.clone(),
         output: options.output.clone(),
         detect_rogue: options.detect_rogue.clone(),
+        aggregate: options.aggregate,
     })?;
     if options.reactive != ReactivePolicy::Off && options.reactive_prefixes.is_empty() {
         return Err(AgentError::ReactiveWithoutPrefixes);
@@ -209,6 +217,7 @@ pub async fn run(
         kernel,
         agent: pipeline.counters,
         rogue: pipeline.rogue_counters(),
+        report: pipeline.report(DEFAULT_TOP),
     })
 }
 

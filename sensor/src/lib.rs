@@ -8,7 +8,8 @@
 //! - [`output`]: NDJSON and the JSON document of an event.
 //! - [`rogue`]: rogue SIP daemons seen passively; [`probe`]: the same five signs, tested actively.
 //! - [`pipeline`]: what happens to each record, live or from a capture file.
-//! - [`aggregate`]: sources, campaigns, tools and a timeseries in bounded memory.
+//! - [`aggregate`]: sources, campaigns, tools and a timeseries in bounded memory;
+//!   [`report`]: the report over event documents (`sensor report`, and on exit), its plot.
 //! - [`agent`]: the live run: kernel program, ring buffer, pipeline.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
@@ -25,6 +26,7 @@ pub mod output;
 pub mod pipeline;
 pub mod probe;
 pub mod record;
+pub mod report;
 pub mod rogue;
 pub mod session;
 pub mod sip;

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use crate::{
+    aggregate::{AggregateConfig, Aggregator, Observation, doc::CampaignDoc},
     clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
@@ -15,6 +16,7 @@ use crate::{
         json::{EventDoc, StatsDoc},
     },
     record::Record,
+    report::Summary,
     rogue::{
         Tracker, TrackerConfig, TrackerCounters,
         doc::{RogueStatsDoc, ServerDoc},
@@ -33,6 +35,8 @@ pub struct PipelineOptions {
     pub output: Option<PathBuf>,
     /// Follow requests and responses per server and report rogue SIP daemons.
     pub detect_rogue: Option<TrackerConfig>,
+    /// Bounds and windows of the per-source and campaign aggregation.
+    pub aggregate: AggregateConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,7 @@ pub struct Pipeline {
     sources: SourceTracker,
     joiner: SynJoiner,
     rogue: Option<Tracker>,
+    aggregate: Aggregator,
     writer: NdjsonWriter,
     pub counters: AgentCounters,
 }
@@ -72,6 +77,7 @@ impl Pipeline {
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
+            aggregate: Aggregator::new(options.aggregate),
             writer,
             counters: AgentCounters::default(),
         })
@@ -100,6 +106,9 @@ impl Pipeline {
             Ok(()) => self.counters.events_written += 1,
             Err(_) => self.counters.output_errors += 1,
         }
+        self.aggregate
+            .observe(&Observation::from_doc(&doc, wall_ns));
+        self.write_closed_campaigns();
         if let Some(tracker) = &mut self.rogue {
             tracker.observe(&event);
         }
@@ -112,9 +121,31 @@ impl Pipeline {
         }
     }
 
-    /// Periodic work: the rogue tracker's timeouts and new findings.
+    /// Campaigns the aggregator closed, as `campaign` documents.
+    fn write_closed_campaigns(&mut self) {
+        for campaign in self.aggregate.take_closed() {
+            if self
+                .writer
+                .write(&CampaignDoc::new(realtime_ns(), &campaign))
+                .is_err()
+            {
+                self.counters.output_errors += 1;
+            }
+        }
+    }
+
+    /// Periodic work of a live run: sources and campaigns whose time passed without traffic,
+    /// and the rogue tracker.
     pub fn tick(&mut self) {
+        self.aggregate.expire(realtime_ns());
+        self.write_closed_campaigns();
+        self.poll_rogue();
+    }
+
+    /// The rogue tracker's timeouts and new findings.
+    fn poll_rogue(&mut self) {
         let Some(tracker) = &mut self.rogue else {
+            self.flush();
             return;
         };
         for report in tracker.poll(monotonic_ns()) {
@@ -129,14 +160,28 @@ impl Pipeline {
         self.flush();
     }
 
+    /// Always: the aggregator's timeouts pass without traffic too.
     pub fn wants_ticks(&self) -> bool {
-        self.rogue.is_some()
+        true
     }
 
     /// The final documents: each tracked server's state, the tracker's counters, and the stats
     /// (kernel counters when there is a kernel, i.e. live).
     pub fn finish(&mut self, kernel: &KernelCounters) {
-        self.tick();
+        // No expiry by the wall clock here: a capture file's campaigns end where the file does,
+        // and are reported open, as a live run's are when it stops.
+        self.poll_rogue();
+        self.write_closed_campaigns();
+        let now = realtime_ns();
+        for campaign in self.aggregate.open_campaigns() {
+            if self
+                .writer
+                .write(&CampaignDoc::new(now, &campaign))
+                .is_err()
+            {
+                self.counters.output_errors += 1;
+            }
+        }
         if let Some(tracker) = &self.rogue {
             let now = realtime_ns();
             for report in tracker.snapshot() {
@@ -154,12 +199,20 @@ impl Pipeline {
         }
         if self
             .writer
-            .write(&StatsDoc::new(realtime_ns(), kernel, &self.counters))
+            .write(
+                &StatsDoc::new(realtime_ns(), kernel, &self.counters)
+                    .with_aggregate(&self.aggregate.counters()),
+            )
             .is_err()
         {
             self.counters.output_errors += 1;
         }
         self.flush();
+    }
+
+    /// The report of everything aggregated so far, `top` rows per table.
+    pub fn report(&self, top: usize) -> Summary {
+        Summary::new(&self.aggregate, top)
     }
 
     pub fn rogue_counters(&self) -> Option<TrackerCounters> {

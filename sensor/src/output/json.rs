@@ -199,6 +199,9 @@ pub struct StatsDoc {
     pub agent: serde_json::Map<String, serde_json::Value>,
     /// Whether the kernel counters reconcile (`seen = outcomes`, `matched = emitted + ring_full`).
     pub reconciled: bool,
+    /// The aggregator's counters (sources tracked and evicted, campaigns), when it ran.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub aggregate: serde_json::Map<String, serde_json::Value>,
 }
 
 impl StatsDoc {
@@ -216,6 +219,15 @@ impl StatsDoc {
                 .map(|(n, v)| (n.to_string(), v.into()))
                 .collect(),
             reconciled: kernel.check().is_ok(),
+            aggregate: serde_json::Map::new(),
         }
+    }
+
+    pub fn with_aggregate(mut self, counters: &crate::aggregate::AggregateCounters) -> Self {
+        self.aggregate = counters
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.into()))
+            .collect();
+        self
     }
 }
