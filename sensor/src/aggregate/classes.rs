@@ -254,7 +254,7 @@ pub fn host_class_index(class: &str) -> usize {
 }
 
 /// Transports, by the document's `proto`.
-pub const PROTOCOLS: [&str; 3] = ["udp", "tcp", "other"];
+pub const PROTOCOLS: [&str; 3] = ["UDP", "TCP", "other"];
 
 pub fn protocol_index(proto: &str) -> usize {
     match proto {
