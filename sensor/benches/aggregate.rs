@@ -4,7 +4,8 @@
 //! Times are CPU time of the benchmark thread (the machines are shared). Two workloads over the
 //! same observation shape (an svmap OPTIONS with its inferences, as the pipeline hands it over):
 //! - distinct: N sources, one event each (a darknet's long tail; the table grows to N),
-//! - repeat: the same 1000 sources again and again (a few busy scanners).
+//! - repeat: the same 1000 sources again and again (a few busy scanners),
+//! - churn: N distinct sources through a table of 10000: every event evicts one.
 //!
 //! Memory: the aggregator's own estimate of its heap (slab at capacity, index buckets,
 //! campaigns, tools, timeseries) divided by the sources tracked.
@@ -98,6 +99,21 @@ fn main() {
         "repeat: {n} events over 1000 sources: {:.0} ns/event",
         spent as f64 / f64::from(n)
     );
+    let mut churn = Aggregator::new(AggregateConfig {
+        max_sources: 10_000,
+        ..config
+    });
+    let start = cpu_ns();
+    for i in 0..n {
+        churn.observe(black_box(&observation(i, t0 + u64::from(i) * 1_000_000)));
+    }
+    let spent = cpu_ns() - start;
+    println!(
+        "churn: {n} events, {} evicted at capacity: {:.0} ns/event",
+        churn.counters().sources_evicted_capacity,
+        spent as f64 / f64::from(n)
+    );
+
     let start = cpu_ns();
     let summary = sensor::report::Summary::new(&distinct, 10);
     println!(

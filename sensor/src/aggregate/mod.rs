@@ -373,14 +373,30 @@ impl Aggregator {
         );
     }
 
+    /// Keeps an evicted source for the report's top sources if it is among the largest (or was
+    /// kept before). Sources churn at the packet rate in a darknet, so the common case, a small
+    /// source that does not qualify, allocates nothing.
     fn keep_evicted(&mut self, record: &SourceRecord) {
+        if let Some(i) = self.evicted_kept.iter().position(|k| k.key == record.addr) {
+            let summary = self.source_summary(record);
+            self.evicted_kept[i].merge(&summary);
+            return;
+        }
+        if self.evicted_kept.len() >= EVICTED_KEPT
+            && self
+                .evicted_kept
+                .iter()
+                .all(|k| k.events >= u64::from(record.packets))
+        {
+            return;
+        }
         let summary = self.source_summary(record);
         keep_largest(
             &mut self.evicted_kept,
             summary,
             EVICTED_KEPT,
             |s| s.events,
-            |kept, new| kept.merge(new),
+            |_, _| false,
         );
     }
 
@@ -657,6 +673,7 @@ impl Aggregator {
             .map(|s| self.sensor_names.get(s).to_string())
             .collect();
         SourceSummary {
+            key: r.addr,
             src_ip: r.address().to_string(),
             events: u64::from(r.packets),
             destinations: r.dests.count(),
@@ -844,6 +861,8 @@ pub struct Totals {
 /// One source, tracked or evicted.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SourceSummary {
+    #[serde(skip)]
+    key: [u8; 16],
     pub src_ip: String,
     pub events: u64,
     /// Estimated (a 32-byte sketch per source; near exact for a handful).
@@ -871,7 +890,7 @@ pub struct SourceSummary {
 impl SourceSummary {
     /// Folds `other` (the same address, an earlier or later record) into this one.
     fn merge(&mut self, other: &SourceSummary) -> bool {
-        if self.src_ip != other.src_ip {
+        if self.key != other.key {
             return false;
         }
         self.events += other.events;
