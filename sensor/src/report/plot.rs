@@ -21,6 +21,12 @@ const COLOURS: [&str; SERIES_SHOWN] = [
     "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#000000",
 ];
 const OTHER_COLOUR: &str = "#999999";
+const NS: u64 = 1_000_000_000;
+/// Time between x ticks, seconds: the first that gives at most seven ticks.
+const TICK_STEPS_S: [u64; 20] = [
+    1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400, 172_800,
+    604_800, 1_209_600, 2_419_200, 31_536_000,
+];
 
 fn xml(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -37,18 +43,51 @@ fn xml(s: &str) -> String {
     out
 }
 
-/// `MM-DD HH:MM` of a time, with seconds when the buckets are shorter than a minute.
-fn label(ns: u64, seconds: bool) -> String {
+/// How much of a time the labels show, from the span they cover.
+#[derive(Clone, Copy)]
+enum Precision {
+    Seconds,
+    Minutes,
+    Days,
+}
+
+impl Precision {
+    fn of(span_s: u64, width_s: u64) -> Self {
+        if width_s < 60 {
+            Precision::Seconds
+        } else if span_s > 180 * 86_400 {
+            Precision::Days
+        } else {
+            Precision::Minutes
+        }
+    }
+}
+
+/// `MM-DD HH:MM` of a time, with seconds for short buckets, as a date for long spans.
+fn label(ns: u64, precision: Precision) -> String {
     let t = rfc3339_micros(ns);
-    let end = if seconds { 19 } else { 16 };
-    format!("{} {}", &t[5..10], &t[11..end])
+    match precision {
+        Precision::Seconds => format!("{} {}", &t[5..10], &t[11..19]),
+        Precision::Minutes => format!("{} {}", &t[5..10], &t[11..16]),
+        Precision::Days => t[..10].to_string(),
+    }
+}
+
+/// `1200`, `25k`, `1.5M`: y labels that fit the margin.
+fn count_text(v: u64) -> String {
+    match v {
+        0..10_000 => v.to_string(),
+        10_000..1_000_000 => format!("{}k", v / 1000),
+        _ if v.is_multiple_of(1_000_000) => format!("{}M", v / 1_000_000),
+        _ => format!("{:.1}M", v as f64 / 1e6),
+    }
 }
 
 fn width_text(s: u64) -> String {
     match s {
-        s if s % 86_400 == 0 => format!("{} d", s / 86_400),
-        s if s % 3600 == 0 => format!("{} h", s / 3600),
-        s if s % 60 == 0 => format!("{} min", s / 60),
+        s if s.is_multiple_of(86_400) => format!("{} d", s / 86_400),
+        s if s.is_multiple_of(3600) => format!("{} h", s / 3600),
+        s if s.is_multiple_of(60) => format!("{} min", s / 60),
         s => format!("{s} s"),
     }
 }
@@ -112,19 +151,21 @@ pub fn svg(summary: &Summary) -> String {
         out,
         "<rect x=\"0\" y=\"0\" width=\"{WIDTH}\" height=\"{height}\" fill=\"#ffffff\"/>"
     );
-    let seconds = ts.width_s() < 60;
+    let span_s = bars as u64 * ts.width_s();
+    let precision = Precision::of(span_s, ts.width_s());
     let title = if summary.events == 0 {
         "No events".to_string()
     } else {
+        let full = |ns: u64| {
+            let t = rfc3339_micros(ns);
+            format!("{} {}", &t[..10], &t[11..16])
+        };
         format!(
             "{} events per {} by tool, {} to {} UTC",
             summary.events,
             width_text(ts.width_s()),
-            label(ts.origin_ns(), seconds),
-            label(
-                ts.origin_ns() + bars as u64 * ts.width_s() * 1_000_000_000,
-                seconds
-            ),
+            full(ts.origin_ns()),
+            full(ts.origin_ns() + span_s * NS),
         )
     };
     let _ = writeln!(
@@ -147,11 +188,12 @@ pub fn svg(summary: &Summary) -> String {
         let _ = writeln!(
             out,
             "<line x1=\"{LEFT}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#dddddd\"/>\
-             <text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{v}</text>",
+             <text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{4}</text>",
             y(v),
             LEFT + plot_w,
             LEFT - 6.0,
-            y(v) + 4.0
+            y(v) + 4.0,
+            count_text(v)
         );
         v += step;
     }
@@ -185,12 +227,20 @@ pub fn svg(summary: &Summary) -> String {
                 base += n;
             }
         }
-        // X ticks: about six, on bucket starts.
-        let every = bars.div_ceil(6).max(1);
-        for i in (0..=bars).step_by(every) {
-            let x = LEFT + i as f64 * bw;
-            let t = ts.origin_ns() + i as u64 * ts.width_s() * 1_000_000_000;
-            // The last label ends at the axis' end rather than past the picture's edge.
+        // X ticks on round times (whole minutes, hours, days), about six of them.
+        let width_ns = ts.width_s() * NS;
+        let start = ts.origin_ns();
+        let end = start + bars as u64 * width_ns;
+        let step_s = TICK_STEPS_S
+            .iter()
+            .copied()
+            .find(|s| *s * 7 >= span_s)
+            .unwrap_or(span_s.max(1));
+        let step = step_s * NS;
+        let mut t = start.div_ceil(step) * step;
+        while t <= end {
+            let x = LEFT + (t - start) as f64 / width_ns as f64 * bw;
+            // A label at the axis' end ends there rather than past the picture's edge.
             let anchor = if LEFT + plot_w - x < 48.0 {
                 "end"
             } else {
@@ -202,8 +252,9 @@ pub fn svg(summary: &Summary) -> String {
                  <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
                 bottom + 5.0,
                 bottom + 20.0,
-                xml(&label(t, seconds))
+                xml(&label(t, precision))
             );
+            t += step;
         }
     }
     let _ = writeln!(
