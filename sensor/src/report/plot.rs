@@ -165,7 +165,7 @@ pub fn svg(summary: &Summary) -> String {
             summary.events,
             width_text(ts.width_s()),
             full(ts.origin_ns()),
-            full(ts.origin_ns() + span_s * NS),
+            full(ts.origin_ns().saturating_add(span_s * NS)),
         )
     };
     let _ = writeln!(
@@ -230,7 +230,8 @@ pub fn svg(summary: &Summary) -> String {
         // X ticks on round times (whole minutes, hours, days), about six of them.
         let width_ns = ts.width_s() * NS;
         let start = ts.origin_ns();
-        let end = start + bars as u64 * width_ns;
+        // Saturating: times come from input, up to the end of u64 nanoseconds (year 2554).
+        let end = start.saturating_add(bars as u64 * width_ns);
         let step_s = TICK_STEPS_S
             .iter()
             .copied()
@@ -254,7 +255,10 @@ pub fn svg(summary: &Summary) -> String {
                 bottom + 20.0,
                 xml(&label(t, precision))
             );
-            t += step;
+            let Some(next) = t.checked_add(step) else {
+                break;
+            };
+            t = next;
         }
     }
     let _ = writeln!(

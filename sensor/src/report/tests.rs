@@ -334,4 +334,18 @@ fn plot_has_a_bar_per_busy_bucket_and_a_legend_per_tool() {
     assert!(svg.contains(">sipvicious</text>"));
     let empty = plot::svg(&Report::new().summary(5));
     assert!(empty.contains("No events"));
+    // Times at both ends of what a timestamp can say draw without overflowing.
+    let mut far = Report::new();
+    for ts in ["1970-01-01T00:00:00Z", "2554-07-21T23:34:33Z"] {
+        far.add_json(
+            json!({"event_type": "sip_probe", "timestamp": ts, "src_ip": "192.0.2.1",
+                   "dest_ip": "192.0.2.2"})
+            .to_string()
+            .as_bytes(),
+        );
+    }
+    let s = far.summary(5);
+    assert_eq!(s.events, 2);
+    assert!(plot::svg(&s).contains("2 events per 28 d"));
+    assert!(s.to_string().starts_with("2 events from 1 sources"));
 }
