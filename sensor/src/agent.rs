@@ -209,6 +209,8 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(20)).await;
     reader.drain_now(|bytes| pipeline.ring_item(bytes, &clock));
     let kernel = program.counters()?;
+    // Before finish: the report is of the events; finish only writes the final documents.
+    let report = pipeline.report(DEFAULT_TOP);
     pipeline.finish(&kernel);
     Ok(RunSummary {
         interface: options.interface.clone(),
@@ -217,7 +219,7 @@ pub async fn run(
         kernel,
         agent: pipeline.counters,
         rogue: pipeline.rogue_counters(),
-        report: pipeline.report(DEFAULT_TOP),
+        report,
     })
 }
 

@@ -104,9 +104,9 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
             Err(outcome) => kernel.add(outcome, 1),
         }
     }
+    summary.report = pipeline.report(DEFAULT_TOP);
     pipeline.finish(&kernel);
     summary.kernel = kernel;
     summary.agent = pipeline.counters;
-    summary.report = pipeline.report(DEFAULT_TOP);
     Ok(summary)
 }

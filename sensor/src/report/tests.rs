@@ -107,8 +107,9 @@ fn through_pipeline(frames: &[(u64, Vec<u8>)], path: &std::path::Path) -> Summar
         .unwrap();
         pipeline.record(Record::new(&record).unwrap(), *t);
     }
+    let report = pipeline.report(DEFAULT_TOP);
     pipeline.finish(&KernelCounters::default());
-    pipeline.report(DEFAULT_TOP)
+    report
 }
 
 fn report_file(path: &std::path::Path) -> Report {
