@@ -9,6 +9,7 @@ use sensor_common::{
 };
 
 use crate::{
+    aggregate::AggregateConfig,
     capture::{AttachMode, CaptureError, IpPrefix, PortSet, RingReader, SensorProgram},
     clock::WallClock,
     counters::{AgentCounters, KernelCounters},
@@ -16,6 +17,7 @@ use crate::{
     output::kafka::{KafkaConfig, KafkaStats},
     pipeline::{Pipeline, PipelineError, PipelineOptions},
     privilege::{Credentials, PrivilegeError, PrivilegePlan},
+    report::{DEFAULT_TOP, Summary},
     rogue::{TrackerConfig, TrackerCounters},
 };
 
@@ -64,6 +66,8 @@ pub struct RunOptions {
     /// Give up every capability (and optionally become a user) once attached; `None` keeps them
     /// (the in-process tests, whose test harness has other threads).
     pub privileges: Option<PrivilegePlan>,
+    /// Bounds and windows of the per-source and campaign aggregation.
+    pub aggregate: AggregateConfig,
 }
 
 impl RunOptions {
@@ -90,6 +94,7 @@ impl RunOptions {
             identity: None,
             kafka: None,
             privileges: None,
+            aggregate: AggregateConfig::default(),
         }
     }
 
@@ -137,6 +142,8 @@ pub struct RunSummary {
     pub rogue: Option<TrackerCounters>,
     /// Kafka output counters, when it was on.
     pub kafka: Option<KafkaStats>,
+    /// Tools, campaigns, sources and findings over the run's events.
+    pub report: Summary,
 }
 
 /// Told once the program is attached, so a caller can start traffic or report readiness.
@@ -167,6 +174,7 @@ pub async fn run(
         detect_rogue: options.detect_rogue.clone(),
         identity: options.identity.clone(),
         kafka: options.kafka.clone(),
+        aggregate: options.aggregate,
     })?;
     if options.reactive != ReactivePolicy::Off && options.reactive_prefixes.is_empty() {
         return Err(AgentError::ReactiveWithoutPrefixes);
@@ -253,6 +261,8 @@ pub async fn run(
     reader.drain_now(|bytes| pipeline.ring_item(bytes, &clock));
     let kernel = program.counters()?;
     let rogue = pipeline.rogue_counters();
+    // Before finish: the report is of the events; finish only writes the final documents.
+    let report = pipeline.report(DEFAULT_TOP);
     // Blocking, and nothing else runs now: the Kafka output delivers or spools what is left,
     // within its shutdown timeout.
     let (agent, kafka) = pipeline.finish(&kernel);
@@ -264,6 +274,7 @@ pub async fn run(
         agent,
         rogue,
         kafka,
+        report,
     })
 }
 

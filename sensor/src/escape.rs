@@ -40,6 +40,28 @@ pub fn escape_bounded(bytes: &[u8], max: usize) -> String {
     out
 }
 
+/// Text for a terminal table, from strings that are usually escaped already (the sensor's own
+/// documents) but may come from anywhere (an NDJSON file, a Kafka topic): printable ASCII stays
+/// as it is, backslashes included, so already-escaped text reads unchanged; every other byte
+/// becomes `\xNN` as in [`escape_bytes`]. At most `max` input bytes, then `...[+N]`. Not
+/// lossless (a literal `\x1b` and an escaped ESC read the same); for display only.
+pub fn terminal_safe(text: &str, max: usize) -> String {
+    let bytes = text.as_bytes();
+    let kept = &bytes[..bytes.len().min(max)];
+    let mut out = String::with_capacity(kept.len() + 8);
+    for &b in kept {
+        if (0x20..=0x7e).contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    if bytes.len() > max {
+        let _ = write!(out, "...[+{}]", bytes.len() - max);
+    }
+    out
+}
+
 /// Inverse of [`escape_bytes`]; `None` if `s` is not something it produced.
 pub fn unescape_bytes(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len());
@@ -192,6 +214,19 @@ mod tests {
         ));
         let non_ascii = serde_json::json!(["caf\u{e9}"]);
         assert!(check_document(&non_ascii, 16).is_err());
+    }
+
+    #[test]
+    fn terminal_safe_keeps_escaped_text_and_escapes_the_rest() {
+        assert_eq!(
+            terminal_safe("friendly-scanner \\x1b", 64),
+            "friendly-scanner \\x1b"
+        );
+        let hostile = "\u{1b}[2J\u{9b}31m\r\nx\u{7f}";
+        let safe = terminal_safe(hostile, 64);
+        assert_eq!(safe, "\\x1b[2J\\xc2\\x9b31m\\x0d\\x0ax\\x7f");
+        assert!(safe.bytes().all(|b| (0x20..0x7f).contains(&b)));
+        assert_eq!(terminal_safe("abcdef", 3), "abc...[+3]");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`output`]: NDJSON and the JSON document of an event.
 //! - [`rogue`]: rogue SIP daemons seen passively; [`probe`]: the same five signs, tested actively.
 //! - [`pipeline`]: what happens to each record, live or from a capture file.
+//! - [`aggregate`]: sources, campaigns, tools and a timeseries in bounded memory;
+//!   [`report`]: the report over event documents (`sensor report`, and on exit), its plot.
 //! - [`agent`]: the live run: kernel program, ring buffer, pipeline.
 //! - [`output`]: NDJSON, Kafka (with its on-disk spool) and the JSON document of an event.
 //! - [`report`]: summaries over event documents (`sensor kafka-report`, later `sensor report`).
@@ -17,6 +19,7 @@
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
 pub mod agent;
+pub mod aggregate;
 pub mod capture;
 pub mod clock;
 pub mod config;

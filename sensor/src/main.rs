@@ -8,12 +8,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sensor::{
     agent::{self, RunOptions},
+    aggregate::AggregateConfig,
     capture::{AttachMode, PortSet},
     config::ConfigFile,
     identity::{Prefix, SensorIdentity, hostname},
     output::kafka::{KafkaConfig, consume_topics},
     probe::{self, Method, ProbeOptions, Transports, target},
-    report::Report,
+    report::{DEFAULT_TOP, Report, plot},
     rogue::TrackerConfig,
 };
 use sensor_common::{DEFAULT_PREFIX_LEN, DEFAULT_RING_BYTES, MatchAction};
@@ -42,6 +43,59 @@ enum Command {
     /// daemon, rogue listener, not listening, filtered or unknown, with the evidence for the
     /// five signs. Sends only to the addresses named.
     Probe(ProbeArgs),
+    /// Report over NDJSON event files (`-`: standard input): the seed-style findings per tool,
+    /// top tools, campaigns and sources; optionally a plot of events over time per tool.
+    Report(ReportArgs),
+}
+
+/// Bounds and windows of the aggregation (shared by run, analyze and report).
+#[derive(clap::Args, Clone, Copy)]
+struct AggregateArgs {
+    /// Sources tracked at once; the least recently seen are evicted (and counted).
+    #[arg(long, default_value_t = AggregateConfig::default().max_sources as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    max_sources: u64,
+    /// Seconds without a packet before a source's record is closed; 0: never.
+    #[arg(long, value_name = "SECONDS", default_value_t = AggregateConfig::default().source_idle_s)]
+    source_idle: u64,
+    /// Seconds: a campaign stays open while packets with its fingerprint template arrive less
+    /// than this apart.
+    #[arg(long, value_name = "SECONDS", default_value_t = AggregateConfig::default().campaign_window_s,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    campaign_window: u64,
+    /// Campaigns open at once; the least recently active are closed (and counted).
+    #[arg(long, default_value_t = AggregateConfig::default().max_campaigns as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_campaigns: u64,
+}
+
+impl AggregateArgs {
+    fn config(&self) -> AggregateConfig {
+        AggregateConfig {
+            max_sources: self.max_sources as usize,
+            source_idle_s: self.source_idle,
+            campaign_window_s: self.campaign_window,
+            max_campaigns: self.max_campaigns as usize,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// NDJSON files of events (`sensor run -o`, `sensor analyze`); `-` reads standard input.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Rows per table.
+    #[arg(long, default_value_t = DEFAULT_TOP)]
+    top: usize,
+    /// Write a plot of events over time per tool to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// The summary as one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    aggregate: AggregateArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -201,6 +255,8 @@ struct RunArgs {
     /// Keep root's capabilities after attaching (debugging only: see docs/privileges.md).
     #[arg(long, conflicts_with = "user")]
     keep_privileges: bool,
+    #[command(flatten)]
+    aggregate: AggregateArgs,
 }
 
 #[derive(Clone, Debug)]
@@ -232,6 +288,8 @@ struct AnalyzeArgs {
     /// Write events to this file (mode 0640, appended) instead of stdout.
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    aggregate: AggregateArgs,
 }
 
 fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
@@ -242,6 +300,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
         pipeline: sensor::pipeline::PipelineOptions {
             rules: args.rules,
             output: args.output,
+            aggregate: args.aggregate.config(),
             ..Default::default()
         },
     };
@@ -253,6 +312,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
         summary.not_ethernet
     );
     eprint!("{}{}", summary.kernel, summary.agent);
+    eprint!("\n{}", summary.report);
     if let Some(e) = summary.read_error {
         anyhow::bail!(
             "{} is damaged after packet {}: {e}",
@@ -297,6 +357,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe_command(args),
         Command::Analyze(args) => analyze_command(args),
         Command::KafkaReport(args) => kafka_report(args),
+        Command::Report(args) => report_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -377,6 +438,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         identity,
         kafka: config.kafka,
         privileges: (!args.keep_privileges).then_some(sensor::privilege::PrivilegePlan { user }),
+        aggregate: args.aggregate.config(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -435,6 +497,39 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Err(e) => eprintln!("sensor: kafka counters do not reconcile: {e}"),
         }
     }
+    eprint!("\n{}", summary.report);
+    Ok(())
+}
+
+fn report_command(args: ReportArgs) -> anyhow::Result<()> {
+    let mut report = Report::with_config(args.aggregate.config());
+    for file in &args.files {
+        let read = if file.as_os_str() == "-" {
+            report.read_ndjson(std::io::stdin().lock())
+        } else {
+            let f = std::fs::File::open(file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            report.read_ndjson(std::io::BufReader::new(f))
+        };
+        read.with_context(|| format!("reading {}", file.display()))?;
+    }
+    let summary = report.summary(args.top);
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(&summary))
+            .with_context(|| format!("cannot write the plot to {}", path.display()))?;
+        eprintln!(
+            "sensor: plot of events over time per tool written to {}",
+            path.display()
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{summary}")?;
+    }
+    out.flush()?;
     Ok(())
 }
 

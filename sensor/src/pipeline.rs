@@ -6,6 +6,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 use crate::{
+    aggregate::{AggregateConfig, Aggregator, Observation, doc::CampaignDoc},
     clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
@@ -17,6 +18,7 @@ use crate::{
         kafka::{KafkaConfig, KafkaCounters, KafkaOutput, KafkaOutputError, KafkaStats},
     },
     record::Record,
+    report::Summary,
     rogue::{
         Tracker, TrackerConfig, TrackerCounters,
         doc::{RogueStatsDoc, ServerDoc},
@@ -39,6 +41,8 @@ pub struct PipelineOptions {
     pub identity: Option<SensorIdentity>,
     /// Also send every event to Kafka (keyed by source address).
     pub kafka: Option<KafkaConfig>,
+    /// Bounds and windows of the per-source and campaign aggregation.
+    pub aggregate: AggregateConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,7 @@ pub struct Pipeline {
     sources: SourceTracker,
     joiner: SynJoiner,
     rogue: Option<Tracker>,
+    aggregate: Aggregator,
     writer: NdjsonWriter,
     identity: Option<SensorIdentity>,
     kafka: Option<KafkaOutput>,
@@ -87,6 +92,7 @@ impl Pipeline {
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
+            aggregate: Aggregator::new(options.aggregate),
             writer,
             identity: options.identity.clone(),
             kafka: None,
@@ -148,6 +154,9 @@ impl Pipeline {
                 self.line.clone(),
             );
         }
+        self.aggregate
+            .observe(&Observation::from_doc(&doc, wall_ns));
+        self.write_closed_campaigns();
         if let Some(tracker) = &mut self.rogue {
             tracker.observe(&event);
         }
@@ -161,9 +170,31 @@ impl Pipeline {
         self.counters.output_errors += flushed.lines_lost;
     }
 
-    /// Periodic work: the rogue tracker's timeouts and new findings.
+    /// Campaigns the aggregator closed, as `campaign` documents.
+    fn write_closed_campaigns(&mut self) {
+        for campaign in self.aggregate.take_closed() {
+            if self
+                .writer
+                .write(&CampaignDoc::new(realtime_ns(), &campaign))
+                .is_err()
+            {
+                self.counters.output_errors += 1;
+            }
+        }
+    }
+
+    /// Periodic work of a live run: sources and campaigns whose time passed without traffic,
+    /// and the rogue tracker.
     pub fn tick(&mut self) {
+        self.aggregate.expire(realtime_ns());
+        self.write_closed_campaigns();
+        self.poll_rogue();
+    }
+
+    /// The rogue tracker's timeouts and new findings.
+    fn poll_rogue(&mut self) {
         let Some(tracker) = &mut self.rogue else {
+            self.flush();
             return;
         };
         for report in tracker.poll(monotonic_ns()) {
@@ -178,8 +209,9 @@ impl Pipeline {
         self.flush();
     }
 
+    /// Always: the aggregator's timeouts pass without traffic too.
     pub fn wants_ticks(&self) -> bool {
-        self.rogue.is_some()
+        true
     }
 
     /// The Kafka output's live counters, if it is on.
@@ -192,9 +224,22 @@ impl Pipeline {
     /// delivers or spools what is left (blocking, up to its shutdown timeout).
     pub fn finish(mut self, kernel: &KernelCounters) -> (AgentCounters, Option<KafkaStats>) {
         let kafka = self.kafka.take().map(KafkaOutput::finish);
-        self.tick();
         self.counters.source_evictions = self.sources.evictions();
         self.counters.syn_join_evictions = self.joiner.evicted;
+        // No expiry by the wall clock here: a capture file's campaigns end where the file does,
+        // and are reported open, as a live run's are when it stops.
+        self.poll_rogue();
+        self.write_closed_campaigns();
+        let now = realtime_ns();
+        for campaign in self.aggregate.open_campaigns() {
+            if self
+                .writer
+                .write(&CampaignDoc::new(now, &campaign))
+                .is_err()
+            {
+                self.counters.output_errors += 1;
+            }
+        }
         if let Some(tracker) = &self.rogue {
             let now = realtime_ns();
             for report in tracker.snapshot() {
@@ -214,13 +259,22 @@ impl Pipeline {
         self.flush();
         if self
             .writer
-            .write(&StatsDoc::new(realtime_ns(), kernel, &self.counters).with_kafka(kafka.as_ref()))
+            .write(
+                &StatsDoc::new(realtime_ns(), kernel, &self.counters)
+                    .with_kafka(kafka.as_ref())
+                    .with_aggregate(&self.aggregate.counters()),
+            )
             .is_err()
         {
             self.counters.output_errors += 1;
         }
         self.flush();
         (self.counters, kafka)
+    }
+
+    /// The report of everything aggregated so far, `top` rows per table.
+    pub fn report(&self, top: usize) -> Summary {
+        Summary::new(&self.aggregate, top)
     }
 
     pub fn rogue_counters(&self) -> Option<TrackerCounters> {

@@ -118,7 +118,8 @@ fn open_sink(ndjson: &Path, name: &str, kafka: KafkaConfig) -> EventSink {
     }
 }
 
-/// The NDJSON file: event lines (as written) and the final stats document.
+/// The NDJSON file: event lines (as written; not the campaign and other summary documents) and
+/// the final stats document.
 fn read_ndjson(path: &Path) -> (Vec<String>, serde_json::Value) {
     let text = std::fs::read_to_string(path).expect("NDJSON output");
     let mut events = Vec::new();
@@ -127,7 +128,7 @@ fn read_ndjson(path: &Path) -> (Vec<String>, serde_json::Value) {
         let doc: serde_json::Value = serde_json::from_str(line).expect("JSON line");
         if doc["event_type"] == "stats" {
             stats = doc;
-        } else {
+        } else if doc["event_type"] == "sip_probe" {
             events.push(line.to_string());
         }
     }

@@ -11,6 +11,7 @@ use crate::{
     counters::{AgentCounters, KernelCounters},
     pipeline::{Pipeline, PipelineError, PipelineOptions},
     record::Record,
+    report::{DEFAULT_TOP, Summary},
 };
 
 #[derive(Clone, Debug)]
@@ -43,6 +44,8 @@ pub struct AnalyzeSummary {
     pub agent: AgentCounters,
     /// The file ended with an error after `packets` packets.
     pub read_error: Option<CaptureFileError>,
+    /// Tools, campaigns, sources and findings over the file's events.
+    pub report: Summary,
 }
 
 pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, AnalyzeError> {
@@ -64,6 +67,7 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
         kernel: KernelCounters::default(),
         agent: AgentCounters::default(),
         read_error: None,
+        report: Summary::default(),
     };
     // One record buffer, reused: the pipeline borrows it for the duration of a packet.
     let mut record = Box::new(CaptureRecord::zeroed());
@@ -101,6 +105,7 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
             Err(outcome) => kernel.add(outcome, 1),
         }
     }
+    summary.report = pipeline.report(DEFAULT_TOP);
     let (agent, _) = pipeline.finish(&kernel);
     summary.kernel = kernel;
     summary.agent = agent;

@@ -216,6 +216,9 @@ pub struct StatsDoc {
     /// Kafka output is on; `kafka_reconciled` says whether they add up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The aggregator's counters (sources tracked and evicted, campaigns), when it ran.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub aggregate: serde_json::Map<String, serde_json::Value>,
 }
 
 impl StatsDoc {
@@ -234,6 +237,7 @@ impl StatsDoc {
                 .collect(),
             reconciled: kernel.check().is_ok(),
             kafka: None,
+            aggregate: serde_json::Map::new(),
         }
     }
 
@@ -244,6 +248,14 @@ impl StatsDoc {
             map.insert("kafka_reconciled".into(), k.check().is_ok().into());
             map
         });
+        self
+    }
+
+    pub fn with_aggregate(mut self, counters: &crate::aggregate::AggregateCounters) -> Self {
+        self.aggregate = counters
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.into()))
+            .collect();
         self
     }
 }
