@@ -5,15 +5,18 @@
 //! - [`event`]: a record with its time, and what the agent learns from it.
 //! - [`sip`]: SIP message parsing; [`fingerprint`]: which scanner sent it, with evidence.
 //! - [`offline`]: capture files and the userspace twin of the kernel parser.
-//! - [`output`]: NDJSON and the JSON document of an event.
+//! - [`output`]: the sinks (NDJSON, pcapng, Prometheus metrics), rotation, the JSON documents.
 //! - [`rogue`]: rogue SIP daemons seen passively; [`probe`]: the same five signs, tested actively.
 //! - [`pipeline`]: what happens to each record, live or from a capture file.
-//! - [`agent`]: the live run: kernel program, ring buffer, pipeline.
+//! - [`agent`]: the live run: kernel program, ring buffer, pipeline, run-time changes.
+//! - [`config`]: the configuration file; [`control`]: the control socket.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
 pub mod agent;
 pub mod capture;
 pub mod clock;
+pub mod config;
+pub mod control;
 pub mod counters;
 pub mod escape;
 pub mod event;

@@ -3,7 +3,7 @@
 //! follow servers, write the outputs, count everything. The live agent and `sensor analyze` share
 //! it, so a capture file is analysed exactly as live traffic is.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf};
 
 use crate::{
     clock::{WallClock, monotonic_ns, realtime_ns},
@@ -11,8 +11,9 @@ use crate::{
     event::Event,
     fingerprint::{Engine, RuleError, SourceTracker},
     output::{
-        NdjsonWriter,
+        OutputError, OutputOptions, Outputs,
         json::{EventDoc, StatsDoc},
+        metrics::{CampaignGauges, Exposition, Kind},
     },
     record::Record,
     rogue::{
@@ -29,8 +30,8 @@ const SYN_JOIN_CAPACITY: usize = 65_536;
 pub struct PipelineOptions {
     /// Fingerprint rules loaded beside the built-in ones.
     pub rules: Option<PathBuf>,
-    /// NDJSON events go here; `None`: stdout.
-    pub output: Option<PathBuf>,
+    /// Which outputs, where.
+    pub outputs: OutputOptions,
     /// Follow requests and responses per server and report rogue SIP daemons.
     pub detect_rogue: Option<TrackerConfig>,
 }
@@ -39,11 +40,8 @@ pub struct PipelineOptions {
 pub enum PipelineError {
     #[error(transparent)]
     Rules(#[from] RuleError),
-    #[error("cannot open output {path}: {source}")]
-    Output {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 pub struct Pipeline {
@@ -51,7 +49,10 @@ pub struct Pipeline {
     sources: SourceTracker,
     joiner: SynJoiner,
     rogue: Option<Tracker>,
-    writer: NdjsonWriter,
+    outputs: Outputs,
+    /// Events per attributed tool (`unknown` included); tool names come from the rules, so the
+    /// map stays as small as the rule set.
+    tools: HashMap<String, u64>,
     pub counters: AgentCounters,
 }
 
@@ -60,19 +61,14 @@ impl Pipeline {
     /// outputs.
     pub fn new(options: &PipelineOptions) -> Result<Self, PipelineError> {
         let engine = Engine::load(options.rules.as_deref())?;
-        let writer = match &options.output {
-            None => NdjsonWriter::stdout(),
-            Some(path) => NdjsonWriter::create(path).map_err(|source| PipelineError::Output {
-                path: path.clone(),
-                source,
-            })?,
-        };
+        let outputs = Outputs::open(&options.outputs)?;
         Ok(Self {
             engine,
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
-            writer,
+            outputs,
+            tools: HashMap::new(),
             counters: AgentCounters::default(),
         })
     }
@@ -96,10 +92,16 @@ impl Pipeline {
         if let Some(reactive) = &mut doc.reactive {
             reactive.syn = self.joiner.observe(&record, wall_ns);
         }
-        match self.writer.write(&doc) {
-            Ok(()) => self.counters.events_written += 1,
-            Err(_) => self.counters.output_errors += 1,
+        if let Some(fingerprint) = &doc.fingerprint {
+            match self.tools.get_mut(fingerprint.tool) {
+                Some(n) => *n += 1,
+                None => {
+                    self.tools.insert(fingerprint.tool.to_string(), 1);
+                }
+            }
         }
+        self.outputs.event(&record, wall_ns, &doc);
+        self.counters.events_written += 1;
         if let Some(tracker) = &mut self.rogue {
             tracker.observe(&event);
         }
@@ -107,62 +109,113 @@ impl Pipeline {
 
     /// Pushes buffered output out; called after each batch.
     pub fn flush(&mut self) {
-        if self.writer.flush().is_err() {
-            self.counters.output_errors += 1;
-        }
+        self.outputs.flush();
+        self.counters.output_errors = self.outputs.dropped();
     }
 
-    /// Periodic work: the rogue tracker's timeouts and new findings.
+    /// Periodic work, about once a second: the rogue tracker's timeouts and new findings, and
+    /// the outputs' (time rotation, moved files, retries after a failure).
     pub fn tick(&mut self) {
-        let Some(tracker) = &mut self.rogue else {
-            return;
-        };
-        for report in tracker.poll(monotonic_ns()) {
-            if self
-                .writer
-                .write(&ServerDoc::finding(realtime_ns(), &report))
-                .is_err()
-            {
-                self.counters.output_errors += 1;
+        if let Some(tracker) = &mut self.rogue {
+            for report in tracker.poll(monotonic_ns()) {
+                self.outputs
+                    .document(&ServerDoc::finding(realtime_ns(), &report));
             }
         }
-        self.flush();
+        self.outputs.tick(realtime_ns());
+        self.counters.output_errors = self.outputs.dropped();
     }
 
-    pub fn wants_ticks(&self) -> bool {
-        self.rogue.is_some()
+    /// Messages for the operator since the last call: an output that failed or came back.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        self.outputs.take_notices()
     }
 
     /// The final documents: each tracked server's state, the tracker's counters, and the stats
-    /// (kernel counters when there is a kernel, i.e. live).
+    /// (kernel counters when there is a kernel, i.e. live); then the outputs are closed.
     pub fn finish(&mut self, kernel: &KernelCounters) {
-        self.tick();
+        if let Some(tracker) = &mut self.rogue {
+            for report in tracker.poll(monotonic_ns()) {
+                self.outputs
+                    .document(&ServerDoc::finding(realtime_ns(), &report));
+            }
+        }
         if let Some(tracker) = &self.rogue {
             let now = realtime_ns();
             for report in tracker.snapshot() {
-                if self.writer.write(&ServerDoc::state(now, &report)).is_err() {
-                    self.counters.output_errors += 1;
-                }
+                self.outputs.document(&ServerDoc::state(now, &report));
             }
-            if self
-                .writer
-                .write(&RogueStatsDoc::new(now, tracker.counters()))
-                .is_err()
-            {
-                self.counters.output_errors += 1;
-            }
-        }
-        if self
-            .writer
-            .write(&StatsDoc::new(realtime_ns(), kernel, &self.counters))
-            .is_err()
-        {
-            self.counters.output_errors += 1;
+            self.outputs
+                .document(&RogueStatsDoc::new(now, tracker.counters()));
         }
         self.flush();
+        let stats =
+            StatsDoc::new(realtime_ns(), kernel, &self.counters).with_outputs(&self.outputs);
+        self.outputs.document(&stats);
+        self.outputs.finish();
+        self.counters.output_errors = self.outputs.dropped();
     }
 
     pub fn rogue_counters(&self) -> Option<TrackerCounters> {
         self.rogue.as_ref().map(Tracker::counters)
+    }
+
+    pub fn outputs(&self) -> &Outputs {
+        &self.outputs
+    }
+
+    /// Events per tool so far.
+    pub fn tool_counts(&self) -> &HashMap<String, u64> {
+        &self.tools
+    }
+
+    /// Campaign gauges for the metrics.
+    // Hook for the aggregation module: return its active campaigns and tracked sources here and
+    // `sensor_campaigns_active` / `sensor_campaign_sources` appear in the metrics.
+    pub fn campaign_gauges(&self) -> Option<CampaignGauges> {
+        None
+    }
+
+    /// The pipeline's metric families: agent counters, events per tool, the outputs, campaigns.
+    pub fn write_metrics(&self, out: &mut Exposition) {
+        let c = &self.counters;
+        out.counter(
+            "sensor_agent_records_read_total",
+            "Records read from the ring buffer (or made from a capture file).",
+            c.records_read,
+        );
+        out.counter(
+            "sensor_agent_records_undecodable_total",
+            "Records that failed validation.",
+            c.records_undecodable,
+        );
+        out.counter(
+            "sensor_events_total",
+            "Events handed to the outputs.",
+            c.events_written,
+        );
+        out.family(
+            "sensor_events_by_tool_total",
+            Kind::Counter,
+            "Events per attributed tool (unknown: no rule matched).",
+        );
+        let mut tools: Vec<(&String, &u64)> = self.tools.iter().collect();
+        tools.sort();
+        for (tool, n) in tools {
+            out.sample("sensor_events_by_tool_total", &[("tool", tool)], *n);
+        }
+        self.outputs.write_metrics(out);
+        if let Some(campaigns) = self.campaign_gauges() {
+            out.gauge(
+                "sensor_campaigns_active",
+                "Campaigns active now (sources sharing a fingerprint template within the window).",
+                campaigns.active,
+            );
+            out.gauge(
+                "sensor_campaign_sources",
+                "Sources in active campaigns.",
+                campaigns.sources,
+            );
+        }
     }
 }

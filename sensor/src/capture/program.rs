@@ -13,7 +13,7 @@ use aya::{
 use sensor_common::{CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
 
 use super::{AttachMode, CaptureError, IpPrefix, PortSet};
-use crate::counters::KernelCounters;
+use crate::counters::{KernelCounters, PerCpuCounters};
 
 /// The compiled XDP object, built by `build.rs` from `sensor-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
@@ -223,6 +223,11 @@ impl SensorProgram {
 
     /// Reads and sums the per-CPU counters.
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
+        Ok(self.counters_per_cpu()?.sum())
+    }
+
+    /// Reads the counters of every CPU.
+    pub fn counters_per_cpu(&self) -> Result<PerCpuCounters, CaptureError> {
         let map = self
             .ebpf
             .map(map_names::COUNTERS)
@@ -232,15 +237,22 @@ impl SensorProgram {
                 map: map_names::COUNTERS,
                 message: e.to_string(),
             })?;
-        let mut values = [0u64; Counter::COUNT as usize];
-        for (i, value) in values.iter_mut().enumerate() {
-            let per_cpu = map.get(&(i as u32), 0).map_err(|e| CaptureError::Map {
-                map: map_names::COUNTERS,
-                message: e.to_string(),
-            })?;
-            *value = per_cpu.iter().sum();
+        let mut cpus: Vec<KernelCounters> = Vec::new();
+        for counter in Counter::ALL {
+            let per_cpu = map
+                .get(&(counter as u32), 0)
+                .map_err(|e| CaptureError::Map {
+                    map: map_names::COUNTERS,
+                    message: e.to_string(),
+                })?;
+            if cpus.len() < per_cpu.len() {
+                cpus.resize(per_cpu.len(), KernelCounters::default());
+            }
+            for (cpu, value) in per_cpu.iter().enumerate() {
+                cpus[cpu].add(counter, *value);
+            }
         }
-        Ok(KernelCounters::from_values(values))
+        Ok(PerCpuCounters::new(cpus))
     }
 
     /// The ring buffer, to be drained by the caller. Can be taken once.

@@ -199,6 +199,9 @@ pub struct StatsDoc {
     pub agent: serde_json::Map<String, serde_json::Value>,
     /// Whether the kernel counters reconcile (`seen = outcomes`, `matched = emitted + ring_full`).
     pub reconciled: bool,
+    /// Each output's counters (`ndjson`, `pcapng`): written, dropped, errors, bytes, rotations.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub outputs: serde_json::Map<String, serde_json::Value>,
 }
 
 impl StatsDoc {
@@ -216,6 +219,17 @@ impl StatsDoc {
                 .map(|(n, v)| (n.to_string(), v.into()))
                 .collect(),
             reconciled: kernel.check().is_ok(),
+            outputs: serde_json::Map::new(),
         }
+    }
+
+    /// Adds the outputs' counters.
+    pub fn with_outputs(mut self, outputs: &crate::output::Outputs) -> Self {
+        for (name, doc) in outputs.docs() {
+            if let Ok(value) = serde_json::to_value(doc) {
+                self.outputs.insert(name.to_string(), value);
+            }
+        }
+        self
     }
 }
