@@ -689,6 +689,16 @@ mod tests {
     }
 
     #[test]
+    fn config_doc_holds_the_example_file() {
+        let doc = include_str!("../../docs/config.md");
+        let example = include_str!("../../docs/sensor.example.toml");
+        assert!(
+            doc.contains(&format!("```toml\n{example}```")),
+            "docs/config.md must show docs/sensor.example.toml as it is"
+        );
+    }
+
+    #[test]
     fn flags_override_the_file_key_by_key() {
         let file = parse(
             r#"
