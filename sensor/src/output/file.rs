@@ -419,7 +419,7 @@ impl OutputFile {
         let path = file.path.clone();
         self.close();
         self.notices.push(format!(
-            "{} output {}: the file was moved or removed; continuing in a new one",
+            "{} output {}: the file was moved or removed; starting a new one at the path",
             self.label,
             path.display()
         ));

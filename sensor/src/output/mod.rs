@@ -253,3 +253,82 @@ impl Outputs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::{CaptureRecord, ip_proto, record_flags};
+
+    use super::*;
+    use crate::event::Event;
+
+    fn record() -> Box<CaptureRecord> {
+        let mut r = Box::new(CaptureRecord::zeroed());
+        r.ip_version = 4;
+        r.l4_proto = ip_proto::UDP;
+        r.src_addr[..4].copy_from_slice(&[198, 51, 100, 7]);
+        r.dst_addr[..4].copy_from_slice(&[203, 0, 113, 9]);
+        r.src_port = 5060;
+        r.dst_port = 5060;
+        r.flags = record_flags::MATCHED_DST_PORT;
+        r.payload[..7].copy_from_slice(b"OPTIONS");
+        r.captured_len = 7;
+        r.payload_len = 7;
+        r.frame_len = 14 + 20 + 8 + 7;
+        r
+    }
+
+    #[test]
+    fn a_failing_output_drops_and_counts_while_the_other_writes_on() {
+        let dir = std::env::temp_dir().join(format!("sensor-outputs-{}", std::process::id()));
+        let gone = dir.join("gone");
+        std::fs::create_dir_all(&gone).unwrap();
+        let mut outputs = Outputs::open(&OutputOptions {
+            ndjson: Some(Destination::File(gone.join("events.ndjson"))),
+            pcapng: Some(Destination::File(dir.join("records.pcapng"))),
+            rotation: Rotation::default(),
+            interface_names: InterfaceNames::Capture("t".into()),
+        })
+        .unwrap();
+        let raw = record();
+        let rec = Record::new(&raw).unwrap();
+        let event = Event {
+            record: rec,
+            wall_ns: 1,
+        };
+        let doc = EventDoc::new(&event);
+        outputs.event(&rec, 1, &doc);
+        outputs.flush();
+        std::fs::remove_dir_all(&gone).unwrap();
+        outputs.tick(2);
+        for _ in 0..4 {
+            outputs.event(&rec, 3, &doc);
+        }
+        outputs.finish();
+        let docs = outputs.docs();
+        let (_, ndjson) = &docs[0];
+        let (_, pcapng) = &docs[1];
+        assert!(!ndjson.up);
+        assert_eq!((ndjson.written, ndjson.dropped, ndjson.errors), (1, 4, 1));
+        assert!(pcapng.up);
+        assert_eq!((pcapng.written, pcapng.dropped), (5, 0));
+        assert_eq!(outputs.dropped(), 4);
+        let notices = outputs.take_notices();
+        assert!(
+            notices.iter().any(|n| n.starts_with("ndjson output ")
+                && n.contains("open failed: No such file or directory")),
+            "{notices:?}"
+        );
+        let mut text = Exposition::new();
+        outputs.write_metrics(&mut text);
+        let text = text.into_text();
+        assert!(
+            text.contains("sensor_output_up{output=\"ndjson\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sensor_output_dropped_total{output=\"ndjson\"} 4\n"),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
