@@ -341,12 +341,25 @@ pub async fn run_with(
             break Ok(());
         }
         tokio::select! {
+            // In this order: the rare branches first, so that a stop, a scrape or a command is
+            // taken at the next turn however busy the ring is.
+            biased;
             _ = &mut shutdown => break Ok(()),
-            drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| pipeline.ring_item(bytes, &clock)) => {
-                if let Err(e) = drained {
-                    break Err(e.into());
-                }
-                pipeline.flush();
+            Some(request) = commands.recv() => {
+                let answer = live.command(&mut program, &pipeline, request.command);
+                notify(&format!("control: {answer}"));
+                let _ = request.reply.send(answer);
+            }
+            Some(()) = hangup(&mut hangups) => {
+                let answer = live.reload(&mut program);
+                notify(&format!("SIGHUP: {answer}"));
+            }
+            Some(reply) = scrapes.recv() => {
+                let _ = reply.send(live.metrics(&program, &pipeline));
+            }
+            _ = ticks.tick() => {
+                pipeline.tick();
+                live.rate.record(Instant::now(), pipeline.counters.events_written);
             }
             _ = secret_rotation.tick() => {
                 // Sign with the other slot from now on; the old secret still validates the
@@ -364,21 +377,15 @@ pub async fn run_with(
                     break Err(e);
                 }
             }
-            _ = ticks.tick() => {
-                pipeline.tick();
-                live.rate.record(Instant::now(), pipeline.counters.events_written);
-            }
-            Some(reply) = scrapes.recv() => {
-                let _ = reply.send(live.metrics(&program, &pipeline));
-            }
-            Some(request) = commands.recv() => {
-                let answer = live.command(&mut program, &pipeline, request.command);
-                notify(&format!("control: {answer}"));
-                let _ = request.reply.send(answer);
-            }
-            Some(()) = hangup(&mut hangups) => {
-                let answer = live.reload(&mut program);
-                notify(&format!("SIGHUP: {answer}"));
+            drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| pipeline.ring_item(bytes, &clock)) => {
+                if let Err(e) = drained {
+                    break Err(e.into());
+                }
+                pipeline.flush();
+                // While the ring never runs dry this loop never waits, and on this one-thread
+                // runtime nothing else would run: not the metrics and control connections, not
+                // the signal and timer drivers. Give them a turn after every batch.
+                tokio::task::yield_now().await;
             }
         }
         for notice in pipeline.take_notices() {
