@@ -692,3 +692,28 @@ fn random_secret() -> Result<[u64; 2], AgentError> {
         u64::from_ne_bytes(b.try_into().unwrap_or_default()),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_names_what_needs_a_restart() {
+        let old = RunOptions::new("eth1");
+        let mut new = old.clone();
+        new.ports = "5060,5070".parse().unwrap();
+        new.action = MatchAction::Pass;
+        assert!(old.restart_only_changes(&new).is_empty());
+        new.interface = "eth2".into();
+        new.outputs.pcapng = Some(crate::output::Destination::File("/tmp/x".into()));
+        new.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        assert_eq!(
+            old.restart_only_changes(&new),
+            ["[capture] interface", "[pcapng]", "[metrics] listen"]
+        );
+        assert!(
+            new.describe_live()
+                .starts_with("ports 5060,5070; action pass; match_source_port off;")
+        );
+    }
+}

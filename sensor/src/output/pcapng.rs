@@ -520,6 +520,53 @@ mod tests {
     }
 
     #[test]
+    fn every_rotated_file_has_its_section_and_interfaces() {
+        let dir = std::env::temp_dir().join(format!("sensor-pcapng-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut sink = PcapngSink::new(
+            Destination::File(dir.join("r.pcapng")),
+            Rotation {
+                max_bytes: Some(600),
+                interval: None,
+            },
+            InterfaceNames::Capture("t".into()),
+        )
+        .unwrap();
+        let mut raw = udp_record();
+        for i in 0..12u32 {
+            // Two interfaces, alternating.
+            raw.ifindex = i % 2;
+            raw.ip_id = i as u16;
+            sink.record(&Record::new(&raw).unwrap(), 1_000 + u64::from(i), None);
+        }
+        sink.finish();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert!(files.len() >= 3, "{files:?}");
+        let mut ids = Vec::new();
+        for f in &files {
+            let reader = crate::offline::CaptureReader::open(f).unwrap();
+            for packet in reader {
+                let packet = packet.unwrap();
+                let (frame, wire_len) = packet.ethernet_frame().unwrap();
+                assert_eq!(wire_len, raw.frame_len);
+                ids.push((packet.interface, u16::from_be_bytes([frame[22], frame[23]])));
+            }
+        }
+        assert_eq!(ids.len(), 12);
+        // Each packet names the interface block its own file defined for its ifindex.
+        for (i, (_, ip_id)) in ids.iter().enumerate() {
+            assert_eq!(usize::from(*ip_id), i);
+        }
+        assert_eq!(sink.counters().written, 12);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn blocks_are_aligned_and_sized() {
         let shb = section_header();
         assert_eq!(shb.len() % 4, 0);
