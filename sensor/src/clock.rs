@@ -134,6 +134,20 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Compact UTC to the second (`20261122T020403Z`), for file names: sorts as time does and holds
+/// no character a shell or a file system treats specially.
+pub fn compact_utc(epoch_ns: u64) -> String {
+    let secs = epoch_ns / 1_000_000_000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -164,6 +178,7 @@ mod tests {
             rfc3339_micros(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000Z"
         );
+        assert_eq!(compact_utc(1_795_313_043_123_456_789), "20261122T020403Z");
     }
 
     #[test]

@@ -5,16 +5,17 @@
 //! - [`event`]: a record with its time, and what the agent learns from it.
 //! - [`sip`]: SIP message parsing; [`fingerprint`]: which scanner sent it, with evidence.
 //! - [`offline`]: capture files and the userspace twin of the kernel parser.
-//! - [`output`]: NDJSON and the JSON document of an event.
+//! - [`output`]: the sinks (NDJSON, pcapng, Prometheus metrics), rotation, the JSON documents.
 //! - [`rogue`]: rogue SIP daemons seen passively; [`probe`]: the same five signs, tested actively.
 //! - [`pipeline`]: what happens to each record, live or from a capture file.
 //! - [`aggregate`]: sources, campaigns, tools and a timeseries in bounded memory;
-//!   [`report`]: the report over event documents (`sensor report`, and on exit), its plot.
-//! - [`agent`]: the live run: kernel program, ring buffer, pipeline.
-//! - [`output`]: NDJSON, Kafka (with its on-disk spool) and the JSON document of an event.
-//! - [`report`]: summaries over event documents (`sensor kafka-report`, later `sensor report`).
-//! - [`config`], [`identity`]: the config file and the sensor's identity in every event.
-//! - [`agent`]: the live pipeline that ties them together.
+//!   [`report`]: the report over event documents (`sensor report`, `sensor kafka-report`, and on
+//!   exit), its plot.
+//! - [`output`]: NDJSON, pcapng, Prometheus metrics, Kafka (with its on-disk spool), and the JSON
+//!   document of an event.
+//! - [`config`], [`identity`]: the config file and the sensor's identity in every event;
+//!   [`control`]: the control socket.
+//! - [`agent`]: the live run: kernel program, ring buffer, pipeline, run-time changes.
 //! - [`privilege`]: what the agent gives up once attached.
 //! - [`counters`], [`clock`], [`escape`]: accounting, time, and terminal-safe text.
 
@@ -23,6 +24,7 @@ pub mod aggregate;
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod counters;
 pub mod escape;
 pub mod event;

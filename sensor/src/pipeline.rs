@@ -3,7 +3,7 @@
 //! follow servers, write the outputs, count everything. The live agent and `sensor analyze` share
 //! it, so a capture file is analysed exactly as live traffic is.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use crate::{
     aggregate::{AggregateConfig, Aggregator, Observation, doc::CampaignDoc},
@@ -13,9 +13,10 @@ use crate::{
     fingerprint::{Engine, RuleError, SourceTracker},
     identity::SensorIdentity,
     output::{
-        NdjsonWriter,
+        OutputError, OutputOptions, Outputs,
         json::{EventDoc, StatsDoc},
         kafka::{KafkaConfig, KafkaCounters, KafkaOutput, KafkaOutputError, KafkaStats},
+        metrics::{CampaignGauges, Exposition, Kind},
     },
     record::Record,
     report::Summary,
@@ -33,8 +34,8 @@ const SYN_JOIN_CAPACITY: usize = 65_536;
 pub struct PipelineOptions {
     /// Fingerprint rules loaded beside the built-in ones.
     pub rules: Option<PathBuf>,
-    /// NDJSON events go here; `None`: stdout.
-    pub output: Option<PathBuf>,
+    /// Which outputs, where.
+    pub outputs: OutputOptions,
     /// Follow requests and responses per server and report rogue SIP daemons.
     pub detect_rogue: Option<TrackerConfig>,
     /// The `sensor` object added to every event (name, interface, darknet prefixes).
@@ -49,11 +50,8 @@ pub struct PipelineOptions {
 pub enum PipelineError {
     #[error(transparent)]
     Rules(#[from] RuleError),
-    #[error("cannot open output {path}: {error}")]
-    Output {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Output(#[from] OutputError),
     #[error(transparent)]
     Kafka(#[from] KafkaOutputError),
 }
@@ -64,7 +62,7 @@ pub struct Pipeline {
     joiner: SynJoiner,
     rogue: Option<Tracker>,
     aggregate: Aggregator,
-    writer: NdjsonWriter,
+    outputs: Outputs,
     identity: Option<SensorIdentity>,
     kafka: Option<KafkaOutput>,
     /// Started by `start_outputs`, not by `new`: the Kafka producer runs threads, and the live
@@ -72,6 +70,9 @@ pub struct Pipeline {
     kafka_config: Option<KafkaConfig>,
     /// One event serialised once, for NDJSON and Kafka alike.
     line: Vec<u8>,
+    /// Events per attributed tool (`unknown` included); tool names come from the rules, so the
+    /// map stays as small as the rule set.
+    tools: HashMap<String, u64>,
     pub counters: AgentCounters,
 }
 
@@ -80,24 +81,19 @@ impl Pipeline {
     /// outputs.
     pub fn new(options: &PipelineOptions) -> Result<Self, PipelineError> {
         let engine = Engine::load(options.rules.as_deref())?;
-        let writer = match &options.output {
-            None => NdjsonWriter::stdout(),
-            Some(path) => NdjsonWriter::create(path).map_err(|error| PipelineError::Output {
-                path: path.clone(),
-                error,
-            })?,
-        };
+        let outputs = Outputs::open(&options.outputs)?;
         Ok(Self {
             engine,
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
             aggregate: Aggregator::new(options.aggregate),
-            writer,
+            outputs,
             identity: options.identity.clone(),
             kafka: None,
             kafka_config: options.kafka.clone(),
             line: Vec::with_capacity(4096),
+            tools: HashMap::new(),
             counters: AgentCounters::default(),
         })
     }
@@ -136,14 +132,22 @@ impl Pipeline {
         if let Some(reactive) = &mut doc.reactive {
             reactive.syn = self.joiner.observe(&record, wall_ns);
         }
+        if let Some(fingerprint) = &doc.fingerprint {
+            match self.tools.get_mut(fingerprint.tool) {
+                Some(n) => *n += 1,
+                None => {
+                    self.tools.insert(fingerprint.tool.to_string(), 1);
+                }
+            }
+        }
         self.line.clear();
         if serde_json::to_writer(&mut self.line, &doc).is_err() {
             // Serialising our own document cannot fail; if it did, every output lost it.
             self.counters.output_errors += 1;
             return;
         }
-        // Counted as written when the batch is written (`flush`).
-        self.writer.write_event_raw(&self.line);
+        self.outputs.event(&record, wall_ns, &doc, &self.line);
+        self.counters.events_written += 1;
         if let Some(kafka) = &self.kafka {
             // Keyed by source address: one source's events stay in one partition, in order.
             // A non-blocking hand-off: a slow broker never slows the ring buffer drain.
@@ -162,56 +166,38 @@ impl Pipeline {
         }
     }
 
-    /// Writes the queued documents; called after each batch. Documents the output could not
-    /// take are lost and counted (`output_errors`); the writer recovers on its own.
-    pub fn flush(&mut self) {
-        let flushed = self.writer.flush();
-        self.counters.events_written += flushed.events_written;
-        self.counters.output_errors += flushed.lines_lost;
-    }
-
     /// Campaigns the aggregator closed, as `campaign` documents.
     fn write_closed_campaigns(&mut self) {
         for campaign in self.aggregate.take_closed() {
-            if self
-                .writer
-                .write(&CampaignDoc::new(realtime_ns(), &campaign))
-                .is_err()
-            {
-                self.counters.output_errors += 1;
-            }
+            self.outputs
+                .document(&CampaignDoc::new(realtime_ns(), &campaign));
         }
     }
 
-    /// Periodic work of a live run: sources and campaigns whose time passed without traffic,
-    /// and the rogue tracker.
+    /// Pushes buffered output out; called after each batch.
+    pub fn flush(&mut self) {
+        self.outputs.flush();
+        self.counters.output_errors = self.outputs.dropped();
+    }
+
+    /// Periodic work, about once a second: the rogue tracker's timeouts and new findings, and
+    /// the outputs' (time rotation, moved files, retries after a failure).
     pub fn tick(&mut self) {
         self.aggregate.expire(realtime_ns());
         self.write_closed_campaigns();
-        self.poll_rogue();
-    }
-
-    /// The rogue tracker's timeouts and new findings.
-    fn poll_rogue(&mut self) {
-        let Some(tracker) = &mut self.rogue else {
-            self.flush();
-            return;
-        };
-        for report in tracker.poll(monotonic_ns()) {
-            if self
-                .writer
-                .write(&ServerDoc::finding(realtime_ns(), &report))
-                .is_err()
-            {
-                self.counters.output_errors += 1;
+        if let Some(tracker) = &mut self.rogue {
+            for report in tracker.poll(monotonic_ns()) {
+                self.outputs
+                    .document(&ServerDoc::finding(realtime_ns(), &report));
             }
         }
-        self.flush();
+        self.outputs.tick(realtime_ns());
+        self.counters.output_errors = self.outputs.dropped();
     }
 
-    /// Always: the aggregator's timeouts pass without traffic too.
-    pub fn wants_ticks(&self) -> bool {
-        true
+    /// Messages for the operator since the last call: an output that failed or came back.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        self.outputs.take_notices()
     }
 
     /// The Kafka output's live counters, if it is on.
@@ -219,65 +205,113 @@ impl Pipeline {
         self.kafka.as_ref().map(KafkaOutput::counters)
     }
 
-    /// The final documents: each tracked server's state, the tracker's counters, and the stats
-    /// (kernel counters when there is a kernel, i.e. live). Stops the Kafka output first, which
-    /// delivers or spools what is left (blocking, up to its shutdown timeout).
-    pub fn finish(mut self, kernel: &KernelCounters) -> (AgentCounters, Option<KafkaStats>) {
-        let kafka = self.kafka.take().map(KafkaOutput::finish);
-        self.counters.source_evictions = self.sources.evictions();
-        self.counters.syn_join_evictions = self.joiner.evicted;
-        // No expiry by the wall clock here: a capture file's campaigns end where the file does,
-        // and are reported open, as a live run's are when it stops.
-        self.poll_rogue();
-        self.write_closed_campaigns();
-        let now = realtime_ns();
-        for campaign in self.aggregate.open_campaigns() {
-            if self
-                .writer
-                .write(&CampaignDoc::new(now, &campaign))
-                .is_err()
-            {
-                self.counters.output_errors += 1;
-            }
-        }
-        if let Some(tracker) = &self.rogue {
-            let now = realtime_ns();
-            for report in tracker.snapshot() {
-                if self.writer.write(&ServerDoc::state(now, &report)).is_err() {
-                    self.counters.output_errors += 1;
-                }
-            }
-            if self
-                .writer
-                .write(&RogueStatsDoc::new(now, tracker.counters()))
-                .is_err()
-            {
-                self.counters.output_errors += 1;
-            }
-        }
-        // Everything before the stats document is accounted for in it.
-        self.flush();
-        if self
-            .writer
-            .write(
-                &StatsDoc::new(realtime_ns(), kernel, &self.counters)
-                    .with_kafka(kafka.as_ref())
-                    .with_aggregate(&self.aggregate.counters()),
-            )
-            .is_err()
-        {
-            self.counters.output_errors += 1;
-        }
-        self.flush();
-        (self.counters, kafka)
-    }
-
     /// The report of everything aggregated so far, `top` rows per table.
     pub fn report(&self, top: usize) -> Summary {
         Summary::new(&self.aggregate, top)
     }
 
+    /// The final documents: open campaigns, each tracked server's state, the tracker's
+    /// counters, and the stats (kernel counters when there is a kernel, i.e. live); then the
+    /// outputs are closed. Stops the Kafka output first, which delivers or spools what is left
+    /// (blocking, up to its shutdown timeout).
+    pub fn finish(&mut self, kernel: &KernelCounters) -> Option<KafkaStats> {
+        let kafka = self.kafka.take().map(KafkaOutput::finish);
+        self.counters.source_evictions = self.sources.evictions();
+        self.counters.syn_join_evictions = self.joiner.evicted;
+        // No expiry by the wall clock here: a capture file's campaigns end where the file does,
+        // and are reported open, as a live run's are when it stops.
+        self.write_closed_campaigns();
+        let now = realtime_ns();
+        for campaign in self.aggregate.open_campaigns() {
+            self.outputs.document(&CampaignDoc::new(now, &campaign));
+        }
+        if let Some(tracker) = &mut self.rogue {
+            for report in tracker.poll(monotonic_ns()) {
+                self.outputs
+                    .document(&ServerDoc::finding(realtime_ns(), &report));
+            }
+        }
+        if let Some(tracker) = &self.rogue {
+            let now = realtime_ns();
+            for report in tracker.snapshot() {
+                self.outputs.document(&ServerDoc::state(now, &report));
+            }
+            self.outputs
+                .document(&RogueStatsDoc::new(now, tracker.counters()));
+        }
+        self.flush();
+        let stats = StatsDoc::new(realtime_ns(), kernel, &self.counters)
+            .with_outputs(&self.outputs)
+            .with_kafka(kafka.as_ref())
+            .with_aggregate(&self.aggregate.counters());
+        self.outputs.document(&stats);
+        self.outputs.finish();
+        self.counters.output_errors = self.outputs.dropped();
+        kafka
+    }
+
     pub fn rogue_counters(&self) -> Option<TrackerCounters> {
         self.rogue.as_ref().map(Tracker::counters)
+    }
+
+    pub fn outputs(&self) -> &Outputs {
+        &self.outputs
+    }
+
+    /// Events per tool so far.
+    pub fn tool_counts(&self) -> &HashMap<String, u64> {
+        &self.tools
+    }
+
+    /// Campaign gauges for the metrics: open campaigns, and sources the aggregator tracks.
+    pub fn campaign_gauges(&self) -> Option<CampaignGauges> {
+        let counters = self.aggregate.counters();
+        Some(CampaignGauges {
+            active: counters.campaigns_open,
+            sources: counters.sources_tracked,
+        })
+    }
+
+    /// The pipeline's metric families: agent counters, events per tool, the outputs, campaigns.
+    pub fn write_metrics(&self, out: &mut Exposition) {
+        let c = &self.counters;
+        out.counter(
+            "sensor_agent_records_read_total",
+            "Records read from the ring buffer (or made from a capture file).",
+            c.records_read,
+        );
+        out.counter(
+            "sensor_agent_records_undecodable_total",
+            "Records that failed validation.",
+            c.records_undecodable,
+        );
+        out.counter(
+            "sensor_events_total",
+            "Events handed to the outputs.",
+            c.events_written,
+        );
+        out.family(
+            "sensor_events_by_tool_total",
+            Kind::Counter,
+            "Events per attributed tool (unknown: no rule matched).",
+        );
+        let mut tools: Vec<(&String, &u64)> = self.tools.iter().collect();
+        tools.sort();
+        for (tool, n) in tools {
+            out.sample("sensor_events_by_tool_total", &[("tool", tool)], *n);
+        }
+        self.outputs.write_metrics(out);
+        if let Some(campaigns) = self.campaign_gauges() {
+            out.gauge(
+                "sensor_campaigns_active",
+                "Campaigns active now (sources sharing a fingerprint template within the window).",
+                campaigns.active,
+            );
+            out.gauge(
+                "sensor_campaign_sources",
+                "Sources the aggregator tracks (bounded by --max-sources).",
+                campaigns.sources,
+            );
+        }
     }
 }

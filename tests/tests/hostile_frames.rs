@@ -94,7 +94,7 @@ impl<'c> Bombard<'c> {
         let ring = program.take_ring().expect("ring");
         let options = PipelineOptions {
             rules: None,
-            output: Some("/dev/null".into()),
+            outputs: sensor::output::OutputOptions::ndjson_file("/dev/null"),
             detect_rogue: Some(sensor::rogue::TrackerConfig::default()),
             ..Default::default()
         };

@@ -125,7 +125,7 @@ fn hostile_payloads_come_out_escaped_and_bounded_everywhere() {
     let _cleanup = RemoveOnDrop(output.clone());
     let mut pipeline = Pipeline::new(&PipelineOptions {
         rules: None,
-        output: Some(output.clone()),
+        outputs: sensor::output::OutputOptions::ndjson_file(&output),
         detect_rogue: Some(sensor::rogue::TrackerConfig::default()),
         ..Default::default()
     })
@@ -163,9 +163,9 @@ fn hostile_payloads_come_out_escaped_and_bounded_everywhere() {
         }
     }
     pipeline.tick();
-    let (counters, _) = pipeline.finish(&Default::default());
-    assert_eq!(counters.events_written, fed);
-    assert_eq!(counters.output_errors, 0);
+    pipeline.finish(&Default::default());
+    assert_eq!(pipeline.counters.events_written, fed);
+    assert_eq!(pipeline.counters.output_errors, 0);
 
     // NDJSON: every byte printable, every string bounded, the SIP fields within their bound.
     let bytes = std::fs::read(&output).expect("output");

@@ -93,19 +93,20 @@ impl EventSink {
     }
 
     fn finish(
-        self,
+        mut self,
         kernel: &KernelCounters,
     ) -> (
         sensor::counters::AgentCounters,
         Option<sensor::output::kafka::KafkaStats>,
     ) {
-        self.pipeline.finish(kernel)
+        let kafka = self.pipeline.finish(kernel);
+        (self.pipeline.counters, kafka)
     }
 }
 
 fn open_sink(ndjson: &Path, name: &str, kafka: KafkaConfig) -> EventSink {
     let options = PipelineOptions {
-        output: Some(ndjson.to_path_buf()),
+        outputs: sensor::output::OutputOptions::ndjson_file(ndjson),
         identity: Some(identity(name)),
         kafka: Some(kafka),
         ..Default::default()

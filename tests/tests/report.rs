@@ -336,10 +336,11 @@ fn event_schema_doc_names_every_field_the_sensor_writes() {
             match_source_port: true,
             prefix_len: sensor_common::DEFAULT_PREFIX_LEN,
             pipeline: PipelineOptions {
-                output: Some(out.clone()),
+                outputs: sensor::output::OutputOptions::ndjson_file(&out),
                 detect_rogue: Some(TrackerConfig::default()),
                 ..PipelineOptions::default()
             },
+            metrics_file: None,
         };
         analyze(&corpus::dir().join(&capture.file), &options).expect("analyze");
         for d in read_docs(&out) {

@@ -13,7 +13,7 @@ use aya::{
 use sensor_common::{COUNTER_SLOTS, CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
 
 use super::{AttachMode, CaptureError, IpPrefix, PortSet};
-use crate::counters::KernelCounters;
+use crate::counters::{KernelCounters, PerCpuCounters};
 
 /// The compiled XDP object, built by `build.rs` from `sensor-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
@@ -223,17 +223,11 @@ impl SensorProgram {
 
     /// Reads and sums the per-CPU counters.
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
-        let mut sum = KernelCounters::default();
-        for cpu in self.counters_per_cpu()? {
-            for (counter, value) in cpu.iter() {
-                sum.add(counter, value);
-            }
-        }
-        Ok(sum)
+        Ok(self.counters_per_cpu()?.sum())
     }
 
-    /// The counters of each CPU, in CPU order.
-    pub fn counters_per_cpu(&self) -> Result<Vec<KernelCounters>, CaptureError> {
+    /// Reads the counters of every CPU.
+    pub fn counters_per_cpu(&self) -> Result<PerCpuCounters, CaptureError> {
         let map = self
             .ebpf
             .map(map_names::COUNTERS)
@@ -245,14 +239,16 @@ impl SensorProgram {
         let map: PerCpuArray<_, [u64; COUNTER_SLOTS]> =
             PerCpuArray::try_from(map).map_err(map_error)?;
         let per_cpu = map.get(&0, 0).map_err(map_error)?;
-        Ok(per_cpu
-            .iter()
-            .map(|slots| {
-                let mut values = [0u64; Counter::COUNT as usize];
-                values.copy_from_slice(&slots[..Counter::COUNT as usize]);
-                KernelCounters::from_values(values)
-            })
-            .collect())
+        Ok(PerCpuCounters::new(
+            per_cpu
+                .iter()
+                .map(|slots| {
+                    let mut values = [0u64; Counter::COUNT as usize];
+                    values.copy_from_slice(&slots[..Counter::COUNT as usize]);
+                    KernelCounters::from_values(values)
+                })
+                .collect(),
+        ))
     }
 
     /// The ring buffer, to be drained by the caller. Can be taken once.

@@ -219,6 +219,9 @@ pub struct StatsDoc {
     /// The aggregator's counters (sources tracked and evicted, campaigns), when it ran.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub aggregate: serde_json::Map<String, serde_json::Value>,
+    /// Each output's counters (`ndjson`, `pcapng`): written, dropped, errors, bytes, rotations.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub outputs: serde_json::Map<String, serde_json::Value>,
 }
 
 impl StatsDoc {
@@ -238,6 +241,7 @@ impl StatsDoc {
             reconciled: kernel.check().is_ok(),
             kafka: None,
             aggregate: serde_json::Map::new(),
+            outputs: serde_json::Map::new(),
         }
     }
 
@@ -256,6 +260,15 @@ impl StatsDoc {
             .iter()
             .map(|(n, v)| (n.to_string(), v.into()))
             .collect();
+        self
+    }
+
+    pub fn with_outputs(mut self, outputs: &crate::output::Outputs) -> Self {
+        for (name, doc) in outputs.docs() {
+            if let Ok(value) = serde_json::to_value(doc) {
+                self.outputs.insert(name.to_string(), value);
+            }
+        }
         self
     }
 }

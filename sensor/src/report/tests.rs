@@ -86,7 +86,7 @@ fn temp_path(name: &str) -> std::path::PathBuf {
 /// pipeline's own report.
 fn through_pipeline(frames: &[(u64, Vec<u8>)], path: &std::path::Path) -> Summary {
     let mut pipeline = Pipeline::new(&PipelineOptions {
-        output: Some(path.to_path_buf()),
+        outputs: crate::output::OutputOptions::ndjson_file(path),
         ..PipelineOptions::default()
     })
     .unwrap();

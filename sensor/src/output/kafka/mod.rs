@@ -29,7 +29,7 @@ pub use consumer::{ConsumeError, ConsumeSummary, Consumed, consume_topics};
 use super::spool::{Spool, SpoolError, SpoolRecord};
 
 /// `[kafka]` in the config file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port`.
@@ -146,7 +146,7 @@ pub enum Compression {
 }
 
 /// `[kafka.spool]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
     /// One directory per sensor; locked while the sensor runs.
@@ -184,7 +184,7 @@ pub enum SecurityProtocol {
 }
 
 /// A string that `Debug` does not print.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(pub String);
 
@@ -195,7 +195,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `[kafka.security]`: TLS and SASL.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
     #[serde(default)]
