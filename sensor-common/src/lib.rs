@@ -237,6 +237,10 @@ pub enum Counter {
     ReplyFailed = 18,
 }
 
+/// Slots of the per-CPU counter block: a power of two at least `Counter::COUNT`, so the kernel
+/// can mask an index instead of checking it.
+pub const COUNTER_SLOTS: usize = 32;
+
 impl Counter {
     pub const COUNT: u32 = 19;
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -400,6 +404,7 @@ const _: () = {
     assert!(CaptureRecord::SIZE == 104 + TCP_OPTIONS_CAPACITY + PAYLOAD_CAPACITY);
     assert!(CaptureRecord::SIZE.is_multiple_of(8));
     assert!(PAYLOAD_CAPACITY.is_power_of_two());
+    assert!(COUNTER_SLOTS.is_power_of_two() && COUNTER_SLOTS >= Counter::COUNT as usize);
     assert!(core::mem::size_of::<SensorConfig>() == 64);
 };
 

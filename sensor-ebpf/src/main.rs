@@ -17,20 +17,19 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sensor_common::{
-    CaptureRecord, Counter, DEFAULT_RING_BYTES, MatchAction, PAYLOAD_CAPACITY, PORT_BITMAP_WORDS,
-    SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY, ip_proto, record_flags,
+    COUNTER_SLOTS, CaptureRecord, Counter, DEFAULT_RING_BYTES, MatchAction, PAYLOAD_CAPACITY,
+    PORT_BITMAP_WORDS, SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY, ip_proto,
+    record_flags,
 };
 
-use crate::{
-    parse::{Headers, Outcome},
-    reactive::Reply,
-};
+use crate::{parse::Headers, reactive::Reply};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
+/// All counters of a CPU in one slot: one map lookup per frame, not one per counter.
 #[map(name = "COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+static COUNTERS: PerCpuArray<[u64; COUNTER_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
@@ -44,11 +43,12 @@ static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 static SOURCE_BUCKETS_MAP: LruPerCpuHashMap<[u32; 4], SourceBucket> =
     LruPerCpuHashMap::with_max_entries(SOURCE_BUCKETS, 0);
 
+/// Counts off the per-frame path (the reactive responder's side counters).
 #[inline(always)]
 fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+    if let Some(block) = COUNTERS.get_ptr_mut(0) {
         // Per-CPU slot: no other writer, a plain increment is enough.
-        unsafe { *slot += 1 };
+        unsafe { (*block)[counter as usize & (COUNTER_SLOTS - 1)] += 1 };
     }
 }
 
@@ -62,14 +62,18 @@ fn port_in_set(port: u16) -> bool {
 
 #[xdp]
 pub fn sip_sensor(ctx: XdpContext) -> u32 {
-    count(Counter::FramesSeen);
-    let headers = match parse::parse(&ctx) {
-        Outcome::Parsed(headers) => headers,
-        Outcome::Skipped(counter) => {
-            count(counter);
-            return xdp_action::XDP_PASS;
-        }
+    // Array maps always hold their slots: the lookup cannot fail.
+    let Some(block) = COUNTERS.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
     };
+    let counters = unsafe { &mut *block };
+    counters[Counter::FramesSeen as usize] += 1;
+    let mut storage = core::mem::MaybeUninit::<Headers>::uninit();
+    let headers = Headers::zero_in_place(&mut storage);
+    if let Err(counter) = parse::parse(&ctx, headers) {
+        counters[counter as usize & (COUNTER_SLOTS - 1)] += 1;
+        return xdp_action::XDP_PASS;
+    }
     // Array maps always hold their slots; the default (all zero) means drop, dst only.
     let config = match CONFIG.get(0) {
         Some(config) => *config,
@@ -80,13 +84,18 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
     } else if config.match_source_port != 0 && port_in_set(headers.src_port) {
         record_flags::MATCHED_SRC_PORT
     } else {
-        count(Counter::PortMiss);
+        counters[Counter::PortMiss as usize] += 1;
         return xdp_action::XDP_PASS;
     };
-    count(Counter::Matched);
+    if !parse::complete(&ctx, headers) {
+        // Unreachable: `parse` checked the same bounds. Counted rather than assumed.
+        counters[Counter::Truncated as usize] += 1;
+        return xdp_action::XDP_PASS;
+    }
+    counters[Counter::Matched as usize] += 1;
     let now = unsafe { bpf_ktime_get_ns() };
     let reply = if headers.l4_proto == ip_proto::TCP && flags == record_flags::MATCHED_DST_PORT {
-        reactive::classify(&headers, &config, now)
+        reactive::classify(headers, &config, now)
     } else {
         Reply::None
     };
@@ -104,16 +113,16 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
             config.source_burst_ns,
         )
     {
-        count(Counter::RateLimited);
-    } else if emit(&ctx, &headers, flags, &config, now) {
-        count(Counter::Emitted);
+        counters[Counter::RateLimited as usize] += 1;
+    } else if emit(&ctx, headers, flags, &config, now) {
+        counters[Counter::Emitted as usize] += 1;
     } else {
-        count(Counter::RingFull);
+        counters[Counter::RingFull as usize] += 1;
     }
     // The record holds the request as it came; only now may the frame become the reply.
     let answered = match reply {
-        Reply::SynAck(cookie) => reactive::answer_syn(&ctx, &headers, &config, now, cookie),
-        Reply::Session { reset: true } => reactive::answer_data(&ctx, &headers),
+        Reply::SynAck(cookie) => reactive::answer_syn(&ctx, headers, &config, now, cookie),
+        Reply::Session { reset: true } => reactive::answer_data(&ctx, headers),
         _ => None,
     };
     if let Some(action) = answered {

@@ -21,11 +21,13 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
 
-/// What the record needs from the headers of a UDP or TCP frame.
+/// What the record needs from the headers of a UDP or TCP frame. `repr(C)` with a size that is
+/// a multiple of 4, for `new`.
 ///
 /// Addresses are kept as 32-bit words loaded straight from the packet (so in memory they hold the
 /// wire bytes): word loads and stores, where byte arrays would make LLVM call a byte-by-byte
 /// memset/memcpy.
+#[repr(C)]
 pub struct Headers {
     pub src_addr: [u32; 4],
     pub dst_addr: [u32; 4],
@@ -43,6 +45,8 @@ pub struct Headers {
     pub tcp_options_offset: u16,
     /// Offset of the IP header (after Ethernet and VLAN tags).
     pub l3_offset: u16,
+    /// Offset of the UDP or TCP header.
+    pub l4_offset: u16,
     pub vlan_ids: [u16; 2],
     pub ip_version: u8,
     pub ttl: u8,
@@ -55,10 +59,20 @@ pub struct Headers {
     pub tcp_options_len: u8,
 }
 
-pub enum Outcome {
-    Parsed(Headers),
-    /// Not a UDP or TCP first fragment; the counter says why.
-    Skipped(Counter),
+impl Headers {
+    /// Zeroes `h` in place, word by word with volatile stores: LLVM would otherwise merge zero
+    /// stores into a call to compiler_builtins' memset, a byte-at-a-time loop that cost hundreds
+    /// of instructions per frame; and in place, because a returned struct is copied the same way.
+    #[inline(always)]
+    pub fn zero_in_place(h: &mut core::mem::MaybeUninit<Headers>) -> &mut Headers {
+        let words = h.as_mut_ptr().cast::<u32>();
+        unsafe {
+            for i in 0..core::mem::size_of::<Headers>() / 4 {
+                core::ptr::write_volatile(words.add(i), 0);
+            }
+            h.assume_init_mut()
+        }
+    }
 }
 
 /// Pointer to `len` bytes at `off`, or `Truncated` when the frame ends first.
@@ -95,43 +109,10 @@ unsafe fn word(p: *const u8, i: usize) -> u32 {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Outcome {
-    match try_parse(ctx) {
-        Ok(headers) => Outcome::Parsed(headers),
-        Err(counter) => Outcome::Skipped(counter),
-    }
-}
-
-#[inline(always)]
-fn try_parse(ctx: &XdpContext) -> Result<Headers, Counter> {
-    let mut h = Headers {
-        src_addr: [0; 4],
-        dst_addr: [0; 4],
-        tcp_seq: 0,
-        tcp_ack: 0,
-        flow_label: 0,
-        ip_id: 0,
-        ip_total_len: 0,
-        frag_offset: 0,
-        src_port: 0,
-        dst_port: 0,
-        tcp_window: 0,
-        payload_len: 0,
-        payload_offset: 0,
-        tcp_options_offset: 0,
-        l3_offset: 0,
-        vlan_ids: [0; 2],
-        ip_version: 0,
-        ttl: 0,
-        tos: 0,
-        l4_proto: 0,
-        ip_flags: 0,
-        vlan_count: 0,
-        tcp_flags: 0,
-        tcp_data_offset: 0,
-        tcp_options_len: 0,
-    };
-
+/// Validates the frame's headers into `h` (which `Headers::new` zeroed) and returns the outcome
+/// counter for frames that are not UDP or TCP first fragments. Only what matching and the checks
+/// need is read here; `complete` reads the rest for matched frames.
+pub fn parse(ctx: &XdpContext, h: &mut Headers) -> Result<(), Counter> {
     let eth = header(ctx, 0, ETH_HEADER_LEN)?;
     let mut ethertype = unsafe { be16(eth, 12) };
     let mut off = ETH_HEADER_LEN;
@@ -166,9 +147,7 @@ fn try_parse(ctx: &XdpContext) -> Result<Headers, Counter> {
             }
             let frag = unsafe { be16(ip, 6) };
             h.ip_version = 4;
-            h.tos = unsafe { u8_at(ip, 1) };
             h.ip_total_len = total;
-            h.ip_id = unsafe { be16(ip, 4) };
             h.frag_offset = (frag & 0x1fff) << 3;
             if frag & 0x4000 != 0 {
                 h.ip_flags |= ip_flags::DF;
@@ -179,12 +158,7 @@ fn try_parse(ctx: &XdpContext) -> Result<Headers, Counter> {
             if frag & 0x8000 != 0 {
                 h.ip_flags |= ip_flags::RESERVED;
             }
-            h.ttl = unsafe { u8_at(ip, 8) };
             next = unsafe { u8_at(ip, 9) };
-            unsafe {
-                h.src_addr[0] = word(ip, 12);
-                h.dst_addr[0] = word(ip, 16);
-            }
             if h.frag_offset != 0 {
                 return Err(Counter::NonFirstFragment);
             }
@@ -197,18 +171,10 @@ fn try_parse(ctx: &XdpContext) -> Result<Headers, Counter> {
             if b0 >> 4 != 6 {
                 return Err(Counter::Malformed);
             }
-            let b1 = unsafe { u8_at(ip, 1) };
             let payload = unsafe { be16(ip, 4) };
             h.ip_version = 6;
-            h.tos = ((b0 & 0x0f) << 4) | (b1 >> 4);
-            h.flow_label = (u32::from(b1 & 0x0f) << 16) | u32::from(unsafe { be16(ip, 2) });
             h.ip_total_len = payload.saturating_add(40);
             next = unsafe { u8_at(ip, 6) };
-            h.ttl = unsafe { u8_at(ip, 7) };
-            unsafe {
-                h.src_addr = [word(ip, 8), word(ip, 12), word(ip, 16), word(ip, 20)];
-                h.dst_addr = [word(ip, 24), word(ip, 28), word(ip, 32), word(ip, 36)];
-            }
             off += 40;
             let mut remaining = usize::from(payload);
             for _ in 0..MAX_IPV6_EXTENSIONS {
@@ -286,11 +252,7 @@ fn try_parse(ctx: &XdpContext) -> Result<Headers, Counter> {
             header(ctx, off, data_offset)?;
             h.src_port = unsafe { be16(tcp, 0) };
             h.dst_port = unsafe { be16(tcp, 2) };
-            h.tcp_seq = unsafe { be32(tcp, 4) };
-            h.tcp_ack = unsafe { be32(tcp, 8) };
             h.tcp_data_offset = b12 >> 4;
-            h.tcp_flags = unsafe { u8_at(tcp, 13) };
-            h.tcp_window = unsafe { be16(tcp, 14) };
             h.tcp_options_len = (data_offset - 20) as u8;
             h.tcp_options_offset = (off + 20) as u16;
             h.payload_len = (ip_payload - data_offset) as u16;
@@ -298,5 +260,55 @@ fn try_parse(ctx: &XdpContext) -> Result<Headers, Counter> {
         }
         _ => return Err(Counter::OtherL4),
     }
-    Ok(h)
+    h.l4_offset = off as u16;
+    Ok(())
+}
+
+/// Reads the fields only a matched frame needs (addresses, TTL, TOS, IP-ID, flow label, TCP
+/// sequence numbers, flags and window): frames that do not match never pay for them. The
+/// headers were bounds-checked by `parse`; the checks here repeat them for the verifier.
+#[inline(always)]
+pub fn complete(ctx: &XdpContext, h: &mut Headers) -> bool {
+    // Offsets come back from the stack as plain u16s; the verifier only accepts a variable
+    // packet offset it can bound well below 64 KiB, so bound them (without changing them: the IP
+    // header starts within 22 bytes, L4 within 22 + 40 + 4 * 2048).
+    let l3 = usize::from(h.l3_offset) & 0x1f;
+    let l4 = usize::from(h.l4_offset) & 0x3fff;
+    if h.ip_version == 4 {
+        let Ok(ip) = header(ctx, l3, 20) else {
+            return false;
+        };
+        unsafe {
+            h.tos = u8_at(ip, 1);
+            h.ip_id = be16(ip, 4);
+            h.ttl = u8_at(ip, 8);
+            h.src_addr[0] = word(ip, 12);
+            h.dst_addr[0] = word(ip, 16);
+        }
+    } else {
+        let Ok(ip) = header(ctx, l3, 40) else {
+            return false;
+        };
+        unsafe {
+            let b0 = u8_at(ip, 0);
+            let b1 = u8_at(ip, 1);
+            h.tos = ((b0 & 0x0f) << 4) | (b1 >> 4);
+            h.flow_label = (u32::from(b1 & 0x0f) << 16) | u32::from(be16(ip, 2));
+            h.ttl = u8_at(ip, 7);
+            h.src_addr = [word(ip, 8), word(ip, 12), word(ip, 16), word(ip, 20)];
+            h.dst_addr = [word(ip, 24), word(ip, 28), word(ip, 32), word(ip, 36)];
+        }
+    }
+    if h.l4_proto == ip_proto::TCP {
+        let Ok(tcp) = header(ctx, l4, 20) else {
+            return false;
+        };
+        unsafe {
+            h.tcp_seq = be32(tcp, 4);
+            h.tcp_ack = be32(tcp, 8);
+            h.tcp_flags = u8_at(tcp, 13);
+            h.tcp_window = be16(tcp, 14);
+        }
+    }
+    true
 }

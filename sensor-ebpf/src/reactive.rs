@@ -14,7 +14,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{
-        Array, LruPerCpuHashMap,
+        Array, LruPerCpuHashMap, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::XdpContext,
@@ -31,6 +31,10 @@ static PREFIXES: LpmTrie<[u32; 4], u8> = LpmTrie::with_max_entries(REACTIVE_PREF
 /// Two 128-bit SipHash keys: slot `secret_generation` signs, both validate.
 #[map(name = "COOKIE_SECRETS")]
 static SECRETS: Array<[u64; 2]> = Array::with_max_entries(2, 0);
+
+/// Room to build a reply's headers: the 512-byte stack is taken by the parse and the record.
+#[map(name = "REPLY_SCRATCH")]
+static REPLY_SCRATCH: PerCpuArray<[u64; 16]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SYNACK_BUCKETS")]
 static SYNACK_BUCKETS: LruPerCpuHashMap<[u32; 4], SourceBucket> =
@@ -223,21 +227,19 @@ pub fn answer_syn(
         count(Counter::SynAckRefused);
         return None;
     }
-    // One scratch buffer for the MAC swap and the new headers: the stack is 512 bytes and the
-    // parse already uses a good part of it.
-    let mut scratch = [0u64; 16];
-    let mut options = [0u8; 20];
-    let len = synack_options(ctx, h, cookie, &mut options);
+    let mut words = core::mem::MaybeUninit::<[u32; 5]>::uninit();
+    zero_words(words.as_mut_ptr().cast(), 5);
+    let options = unsafe { &mut *words.as_mut_ptr().cast::<[u8; 20]>() };
+    let len = synack_options(ctx, h, cookie, options);
     let ok = rewrite(
         ctx,
         h,
-        &mut scratch,
         Segment {
             seq: cookie,
             ack: h.tcp_seq.wrapping_add(1),
             flags: TCP_SYN | TCP_ACK,
             window: 64240,
-            options: &options,
+            options,
             options_len: len,
         },
     );
@@ -247,6 +249,15 @@ pub fn answer_syn(
     } else {
         count(Counter::ReplyFailed);
         None
+    }
+}
+
+/// Zeroes `n` 32-bit words with volatile stores, which LLVM cannot fold into compiler_builtins'
+/// byte-at-a-time memset.
+#[inline(always)]
+fn zero_words(p: *mut u32, n: usize) {
+    for i in 0..n {
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
     }
 }
 
@@ -320,13 +331,13 @@ fn offers(ctx: &XdpContext, h: &Headers) -> Offers {
     if len == 0 {
         return found;
     }
-    let mut walk = OptionWalk {
-        bytes: [0; 8],
-        len,
-        at: 0,
-        seen: 0,
-        tsval: 0,
-    };
+    let mut storage = core::mem::MaybeUninit::<OptionWalk>::uninit();
+    zero_words(
+        storage.as_mut_ptr().cast(),
+        core::mem::size_of::<OptionWalk>() / 4,
+    );
+    let walk = unsafe { storage.assume_init_mut() };
+    walk.len = len;
     let copy = ((len - 1) & 63) + 1;
     let b = walk.bytes.as_mut_ptr().cast::<u8>();
     if unsafe { bpf_xdp_load_bytes(ctx.ctx, u32::from(h.tcp_options_offset), b.cast(), copy) } != 0
@@ -337,7 +348,7 @@ fn offers(ctx: &XdpContext, h: &Headers) -> Offers {
         bpf_loop(
             40,
             walk_option as *const () as *mut core::ffi::c_void,
-            (&mut walk as *mut OptionWalk).cast(),
+            (walk as *mut OptionWalk).cast(),
             0,
         );
     }
@@ -405,11 +416,9 @@ fn synack_options(ctx: &XdpContext, h: &Headers, cookie: u32, out: &mut [u8; 20]
 /// Answers data of a cookie session with RST (policy `reset`).
 #[inline(always)]
 pub fn answer_data(ctx: &XdpContext, h: &Headers) -> Option<u32> {
-    let mut scratch = [0u64; 16];
     let ok = rewrite(
         ctx,
         h,
-        &mut scratch,
         Segment {
             seq: h.tcp_ack,
             ack: 0,
@@ -463,7 +472,11 @@ fn fold(mut sum: u32) -> u16 {
 /// proving to the verifier. Checksums are computed from the 16-bit words as they lie in memory
 /// (ones' complement sums are byte-order neutral).
 #[inline(always)]
-fn rewrite(ctx: &XdpContext, h: &Headers, scratch: &mut [u64; 16], seg: Segment) -> bool {
+fn rewrite(ctx: &XdpContext, h: &Headers, seg: Segment) -> bool {
+    let Some(scratch) = REPLY_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let scratch = unsafe { &mut *scratch };
     let v4 = h.ip_version == 4;
     let ip_len: usize = if v4 { 20 } else { 40 };
     let opt_len = seg.options_len & 0x1c;

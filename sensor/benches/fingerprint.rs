@@ -175,7 +175,7 @@ fn main() {
     let out_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fingerprint-bench.ndjson");
     let _ = std::fs::remove_file(&out_path);
     let mut pipeline = Pipeline::new(&PipelineOptions {
-        output: Some(out_path.clone()),
+        outputs: sensor::output::OutputOptions::ndjson_file(out_path.clone()),
         ..PipelineOptions::default()
     })
     .expect("pipeline");
@@ -199,7 +199,7 @@ fn main() {
     // The size of an event as written, measured on one pass into a fresh file.
     let _ = std::fs::remove_file(&out_path);
     let mut sizing = Pipeline::new(&PipelineOptions {
-        output: Some(out_path.clone()),
+        outputs: sensor::output::OutputOptions::ndjson_file(out_path.clone()),
         ..PipelineOptions::default()
     })
     .expect("pipeline");

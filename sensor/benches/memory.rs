@@ -41,7 +41,7 @@ fn main() {
         .unwrap_or(1_000_000);
     let samples = support::traffic(4096, 512, 0x3e3);
     let mut pipeline = Pipeline::new(&PipelineOptions {
-        output: Some("/dev/null".into()),
+        outputs: sensor::output::OutputOptions::ndjson_file("/dev/null"),
         ..PipelineOptions::default()
     })
     .expect("pipeline");

@@ -101,6 +101,32 @@ impl KernelCounters {
     }
 }
 
+/// Kernel counters per CPU, as the per-CPU array holds them (indexed by possible CPU).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PerCpuCounters {
+    cpus: Vec<KernelCounters>,
+}
+
+impl PerCpuCounters {
+    pub fn new(cpus: Vec<KernelCounters>) -> Self {
+        Self { cpus }
+    }
+
+    pub fn cpus(&self) -> &[KernelCounters] {
+        &self.cpus
+    }
+
+    pub fn sum(&self) -> KernelCounters {
+        let mut sum = KernelCounters::default();
+        for cpu in &self.cpus {
+            for (counter, value) in cpu.iter() {
+                sum.add(counter, value);
+            }
+        }
+        sum
+    }
+}
+
 /// What the agent did with the records it read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentCounters {
@@ -108,10 +134,15 @@ pub struct AgentCounters {
     pub records_read: u64,
     /// Items that failed validation (never expected; counted rather than trusted).
     pub records_undecodable: u64,
-    /// Events written to the output.
+    /// Events handed to the outputs.
     pub events_written: u64,
-    /// Events lost because the output could not be written.
+    /// Documents and records the outputs dropped because they could not be written (summed over
+    /// the outputs; the stats document's `outputs` says which).
     pub output_errors: u64,
+    /// Sources whose IP-ID history was forgotten to keep the tracker within its bound.
+    pub source_evictions: u64,
+    /// Answered SYNs forgotten before their session's request arrived (bounded join table).
+    pub syn_join_evictions: u64,
     /// Messages whose template the classification cache knew (rules not evaluated again).
     pub fingerprint_cache_hits: u64,
     /// Messages of a template met for the first time (or again after eviction).
@@ -128,6 +159,8 @@ impl AgentCounters {
             ("records_undecodable", self.records_undecodable),
             ("events_written", self.events_written),
             ("output_errors", self.output_errors),
+            ("source_evictions", self.source_evictions),
+            ("syn_join_evictions", self.syn_join_evictions),
             ("fingerprint_cache_hits", self.fingerprint_cache_hits),
             ("fingerprint_cache_misses", self.fingerprint_cache_misses),
             (
@@ -187,6 +220,18 @@ mod tests {
         k.add(Counter::Truncated, 1);
         k.add(Counter::Emitted, 1);
         assert!(matches!(k.check(), Err(Unreconciled::Matched { .. })));
+    }
+
+    #[test]
+    fn per_cpu_sums() {
+        let mut a = KernelCounters::default();
+        a.add(Counter::Matched, 2);
+        let mut b = KernelCounters::default();
+        b.add(Counter::Matched, 3);
+        b.add(Counter::RingFull, 1);
+        let sum = PerCpuCounters::new(vec![a, b]).sum();
+        assert_eq!(sum.get(Counter::Matched), 5);
+        assert_eq!(sum.get(Counter::RingFull), 1);
     }
 
     #[test]

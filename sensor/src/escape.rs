@@ -40,6 +40,28 @@ pub fn escape_bounded(bytes: &[u8], max: usize) -> String {
     out
 }
 
+/// Text for a terminal table, from strings that are usually escaped already (the sensor's own
+/// documents) but may come from anywhere (an NDJSON file, a Kafka topic): printable ASCII stays
+/// as it is, backslashes included, so already-escaped text reads unchanged; every other byte
+/// becomes `\xNN` as in [`escape_bytes`]. At most `max` input bytes, then `...[+N]`. Not
+/// lossless (a literal `\x1b` and an escaped ESC read the same); for display only.
+pub fn terminal_safe(text: &str, max: usize) -> String {
+    let bytes = text.as_bytes();
+    let kept = &bytes[..bytes.len().min(max)];
+    let mut out = String::with_capacity(kept.len() + 8);
+    for &b in kept {
+        if (0x20..=0x7e).contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    if bytes.len() > max {
+        let _ = write!(out, "...[+{}]", bytes.len() - max);
+    }
+    out
+}
+
 /// Inverse of [`escape_bytes`]; `None` if `s` is not something it produced.
 pub fn unescape_bytes(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len());
@@ -66,6 +88,74 @@ pub fn unescape_bytes(s: &str) -> Option<Vec<u8>> {
         i += 2;
     }
     Some(out)
+}
+
+/// A string in an output document that could reach a terminal as more than text, or is longer
+/// than any field the sensor writes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UnsafeText {
+    #[error("{path}: byte {byte:#04x} at {at} is not printable ASCII")]
+    NotPrintable { path: String, byte: u8, at: usize },
+    #[error("{path}: {len} bytes, more than the bound of {max}")]
+    TooLong {
+        path: String,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// Checks that every string in `doc` (object keys included) is printable ASCII and at most
+/// `max_len` bytes: what every document the sensor writes must satisfy, whatever it was fed. Used
+/// by the fuzz targets and the hostile-input tests.
+pub fn check_document(doc: &serde_json::Value, max_len: usize) -> Result<(), UnsafeText> {
+    fn text(path: &str, s: &str, max_len: usize) -> Result<(), UnsafeText> {
+        if let Some((at, byte)) = s
+            .bytes()
+            .enumerate()
+            .find(|(_, b)| !(0x20..0x7f).contains(b))
+        {
+            return Err(UnsafeText::NotPrintable {
+                path: path.to_string(),
+                byte,
+                at,
+            });
+        }
+        if s.len() > max_len {
+            return Err(UnsafeText::TooLong {
+                path: path.to_string(),
+                len: s.len(),
+                max: max_len,
+            });
+        }
+        Ok(())
+    }
+    fn walk(path: &mut String, v: &serde_json::Value, max_len: usize) -> Result<(), UnsafeText> {
+        match v {
+            serde_json::Value::String(s) => text(path, s, max_len),
+            serde_json::Value::Array(items) => {
+                let len = path.len();
+                for (i, item) in items.iter().enumerate() {
+                    let _ = write!(path, "[{i}]");
+                    walk(path, item, max_len)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            serde_json::Value::Object(map) => {
+                let len = path.len();
+                for (key, item) in map {
+                    text(path, key, max_len)?;
+                    path.push('.');
+                    path.push_str(key);
+                    walk(path, item, max_len)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    walk(&mut String::new(), doc, max_len)
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -102,6 +192,41 @@ mod tests {
     fn bounds_length() {
         assert_eq!(escape_bounded(b"abcdef", 3), "abc...[+3]");
         assert_eq!(escape_bounded(b"abc", 3), "abc");
+    }
+
+    #[test]
+    fn document_check_finds_raw_controls_and_long_strings() {
+        let ok = serde_json::json!({"a": ["x", {"b": "\\x1b[31m"}], "n": 1});
+        assert_eq!(check_document(&ok, 16), Ok(()));
+        let raw = serde_json::json!({"a": [{"b": "red\u{1b}[31m"}]});
+        assert_eq!(
+            check_document(&raw, 16),
+            Err(UnsafeText::NotPrintable {
+                path: ".a[0].b".into(),
+                byte: 0x1b,
+                at: 3
+            })
+        );
+        let long = serde_json::json!({"ua": "x".repeat(17)});
+        assert!(matches!(
+            check_document(&long, 16),
+            Err(UnsafeText::TooLong { len: 17, .. })
+        ));
+        let non_ascii = serde_json::json!(["caf\u{e9}"]);
+        assert!(check_document(&non_ascii, 16).is_err());
+    }
+
+    #[test]
+    fn terminal_safe_keeps_escaped_text_and_escapes_the_rest() {
+        assert_eq!(
+            terminal_safe("friendly-scanner \\x1b", 64),
+            "friendly-scanner \\x1b"
+        );
+        let hostile = "\u{1b}[2J\u{9b}31m\r\nx\u{7f}";
+        let safe = terminal_safe(hostile, 64);
+        assert_eq!(safe, "\\x1b[2J\\xc2\\x9b31m\\x0d\\x0ax\\x7f");
+        assert!(safe.bytes().all(|b| (0x20..0x7f).contains(&b)));
+        assert_eq!(terminal_safe("abcdef", 3), "abc...[+3]");
     }
 
     #[test]

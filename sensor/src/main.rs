@@ -1,18 +1,22 @@
 //! The `sensor` command: a thin shell over the library.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use std::io::Write as _;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sensor::{
-    agent::{self, RunOptions},
+    agent::{self, ReloadSource},
+    aggregate::AggregateConfig,
     capture::{AttachMode, PortSet},
+    config::{self, Action, ConfigFile, ReactiveMode},
+    identity::Prefix,
+    output::kafka::{KafkaConfig, consume_topics},
     probe::{self, Method, ProbeOptions, Transports, target},
-    rogue::TrackerConfig,
+    report::{DEFAULT_TOP, Report, plot},
 };
-use sensor_common::{DEFAULT_PREFIX_LEN, DEFAULT_RING_BYTES, MatchAction};
+use sensor_common::MatchAction;
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attach to an interface and write one JSON event per matched frame.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Analyse a capture file (pcap or pcapng) with the same pipeline as live traffic; needs no
     /// privileges.
     Analyze(AnalyzeArgs),
@@ -36,6 +40,77 @@ enum Command {
     /// daemon, rogue listener, not listening, filtered or unknown, with the evidence for the
     /// five signs. Sends only to the addresses named.
     Probe(ProbeArgs),
+    /// Send a command to a running sensor's control socket (`ports 5060,5070`, `action pass`,
+    /// `reload`, `status`, `help`) and print its answer.
+    Ctl(CtlArgs),
+    /// Summarise NDJSON events: top tools, campaigns and sources, the seed-style findings, and
+    /// optionally a plot of events over time per tool.
+    Report(ReportArgs),
+    /// Read the events of one or more sensors' Kafka topics and print one merged report.
+    KafkaReport(KafkaReportArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The sensor's control socket (`sensor run --control`).
+    #[arg(long, short = 's', default_value = "/run/sensor.sock")]
+    socket: PathBuf,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// The command and its arguments, e.g. `ports 5060,5070-5080`.
+    #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Bounds and windows of the aggregation (shared by run, analyze and report).
+#[derive(clap::Args, Clone, Copy)]
+struct AggregateArgs {
+    /// Sources tracked at once; the least recently seen are evicted (and counted).
+    #[arg(long, default_value_t = AggregateConfig::default().max_sources as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    max_sources: u64,
+    /// Seconds without a packet before a source's record is closed; 0: never.
+    #[arg(long, value_name = "SECONDS", default_value_t = AggregateConfig::default().source_idle_s)]
+    source_idle: u64,
+    /// Seconds: a campaign stays open while packets with its fingerprint template arrive less
+    /// than this apart.
+    #[arg(long, value_name = "SECONDS", default_value_t = AggregateConfig::default().campaign_window_s,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    campaign_window: u64,
+    /// Campaigns open at once; the least recently active are closed (and counted).
+    #[arg(long, default_value_t = AggregateConfig::default().max_campaigns as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_campaigns: u64,
+}
+
+impl AggregateArgs {
+    fn config(&self) -> AggregateConfig {
+        AggregateConfig {
+            max_sources: self.max_sources as usize,
+            source_idle_s: self.source_idle,
+            campaign_window_s: self.campaign_window,
+            max_campaigns: self.max_campaigns as usize,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// NDJSON files of events (`sensor run -o`, `sensor analyze`); `-` reads standard input.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Rows per table.
+    #[arg(long, default_value_t = DEFAULT_TOP)]
+    top: usize,
+    /// Write a plot of events over time per tool to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// The summary as one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    aggregate: AggregateArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,78 +185,201 @@ enum ActionArg {
     Pass,
 }
 
+/// Flags of `run`. Each overrides the same key of --config; a flag not given leaves the file's
+/// value (or the default shown) in force.
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Configuration file (TOML; docs/config.md). Flags override its keys; SIGHUP and the
+    /// control command `reload` read it again.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Interface to attach to (the darknet NIC).
     #[arg(long, short = 'i')]
-    iface: String,
-    /// XDP attach mode; `auto` tries native then generic and reports which it got.
-    #[arg(long, value_enum, default_value = "native")]
-    xdp_mode: ModeArg,
-    /// Ports to match, e.g. `5060,5061` or `5060-5070`.
-    #[arg(long, default_value = "5060,5061", value_parser = parse_ports)]
-    ports: PortSet,
-    /// Also match frames whose source port is in the set (mirrored links, responses).
-    #[arg(long)]
-    match_source_port: bool,
-    /// What the kernel does with matched frames.
-    #[arg(long, value_enum, default_value = "drop")]
-    action: ActionArg,
-    /// Payload bytes captured per frame (1 to 1024).
-    #[arg(long, default_value_t = DEFAULT_PREFIX_LEN,
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    prefix_len: u16,
-    /// Ring buffer size in bytes: a power of two multiple of the page size.
-    #[arg(long, default_value_t = DEFAULT_RING_BYTES)]
-    ring_bytes: u32,
+    iface: Option<String>,
+    /// XDP attach mode; `auto` tries native then generic and reports which it got [default: native].
+    #[arg(long, value_enum)]
+    xdp_mode: Option<ModeArg>,
+    /// Ports to match, e.g. `5060,5061` or `5060-5070` [default: 5060,5061].
+    #[arg(long, value_parser = parse_ports)]
+    ports: Option<PortSet>,
+    /// Also match frames whose source port is in the set (mirrored links, responses);
+    /// `--match-source-port=false` overrides a config that sets it.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    match_source_port: Option<bool>,
+    /// What the kernel does with matched frames [default: drop].
+    #[arg(long, value_enum)]
+    action: Option<ActionArg>,
+    /// Payload bytes captured per frame (1 to 1024) [default: 1024].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    prefix_len: Option<u16>,
+    /// Ring buffer size: a power of two multiple of the page size, in bytes or e.g. `64MiB`
+    /// [default: 64MiB].
+    #[arg(long, value_parser = config::parse_size)]
+    ring_bytes: Option<u64>,
     /// Bytes waiting in the ring before the kernel wakes the agent; 0 leaves it to the kernel
-    /// (a wakeup whenever the agent has caught up). The agent also drains every 10 ms.
-    #[arg(long, default_value_t = 0)]
-    wakeup_bytes: u32,
-    /// Records per second admitted per source by the kernel; 0: unlimited. What a source sends
-    /// beyond it is shed in the kernel and counted (`rate_limited`).
-    #[arg(long, default_value_t = 0)]
-    source_rate: u32,
-    /// Burst allowed per source above --source-rate (records).
-    #[arg(long, default_value_t = 100)]
-    source_burst: u32,
-    /// Answer TCP SYNs to --reactive-prefixes from the XDP program with SYN-cookie SYN-ACKs, so
-    /// TCP scanners send their request; off by default.
-    #[arg(long, value_enum, default_value = "off")]
-    reactive: ReactiveArg,
-    /// Darknet prefixes the reactive responder answers for, e.g. `203.0.113.0/24,2001:db8::/32`.
-    #[arg(long, value_parser = parse_prefix_list, default_value = "")]
-    reactive_prefixes: PrefixList,
-    /// SYN-ACKs per second per source (the reflector limit).
-    #[arg(long, default_value_t = 10)]
-    synack_rate: u32,
-    /// Burst of SYN-ACKs allowed per source above --synack-rate.
-    #[arg(long, default_value_t = 20)]
-    synack_burst: u32,
-    /// Write events to this file (mode 0640, appended) instead of stdout.
-    #[arg(long, short = 'o')]
-    output: Option<PathBuf>,
-    /// Stop after this many events.
+    /// (a wakeup whenever the agent has caught up). The agent also drains every 10 ms
+    /// [default: 0].
     #[arg(long)]
+    wakeup_bytes: Option<u32>,
+    /// Records per second admitted per source by the kernel; 0: unlimited. What a source sends
+    /// beyond it is shed in the kernel and counted (`rate_limited`) [default: 0].
+    #[arg(long)]
+    source_rate: Option<u32>,
+    /// Burst allowed per source above --source-rate (records) [default: 100].
+    #[arg(long)]
+    source_burst: Option<u32>,
+    /// Answer TCP SYNs to --reactive-prefixes from the XDP program with SYN-cookie SYN-ACKs, so
+    /// TCP scanners send their request [default: off].
+    #[arg(long, value_enum)]
+    reactive: Option<ReactiveArg>,
+    /// Darknet prefixes the reactive responder answers for, e.g. `203.0.113.0/24,2001:db8::/32`.
+    #[arg(long, value_parser = parse_prefix_list)]
+    reactive_prefixes: Option<PrefixList>,
+    /// SYN-ACKs per second per source (the reflector limit) [default: 10].
+    #[arg(long)]
+    synack_rate: Option<u32>,
+    /// Burst of SYN-ACKs allowed per source above --synack-rate [default: 20].
+    #[arg(long)]
+    synack_burst: Option<u32>,
+    #[command(flatten)]
+    outputs: OutputArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9560.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Take control commands (ports, action, reload, ...) on this Unix socket (mode 0600), e.g.
+    /// /run/sensor.sock; `sensor ctl` sends them.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Stop after this many events.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Follow requests and responses per server and report rogue SIP daemons
     /// (`rogue_server`, `sip_server` and `rogue_stats` documents). Needs --match-source-port.
-    #[arg(long)]
-    detect_rogue: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    detect_rogue: Option<bool>,
     /// Rogue detection: milliseconds without an answer before a request or a connect counts as
-    /// timed out.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
-    rogue_timeout_ms: u64,
-    /// Rogue detection: servers tracked at once (the least recently seen are evicted).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    rogue_max_servers: u64,
+    /// timed out [default: 5000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rogue_timeout_ms: Option<u64>,
+    /// Rogue detection: servers tracked at once (the least recently seen are evicted)
+    /// [default: 4096].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rogue_max_servers: Option<u64>,
     /// Fingerprint rule file (TOML) loaded beside the built-in rules.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// This sensor's name in every event (overrides `[sensor] name`; default: the host name).
+    #[arg(long)]
+    sensor_name: Option<String>,
+    /// A darknet prefix this sensor watches, carried in every event (repeatable; overrides
+    /// `[sensor] prefixes`).
+    #[arg(long = "darknet-prefix")]
+    darknet_prefixes: Vec<Prefix>,
+    /// Once attached, also become this unprivileged user (the output files are handed to it).
+    /// Every capability is given up after attaching in any case (docs/privileges.md).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Keep root's capabilities after attaching (debugging only: see docs/privileges.md).
+    #[arg(long, conflicts_with = "user")]
+    keep_privileges: bool,
+    #[command(flatten)]
+    aggregate: AggregateArgs,
     /// Events carry each evidence item's test, note and weight and the inferences'
     /// explanations (by default: rule, field, section, value, and codes).
     #[arg(long)]
     verbose_evidence: bool,
+}
+
+/// Output flags shared by `run` and `analyze`.
+#[derive(clap::Args)]
+struct OutputArgs {
+    /// Write NDJSON events to this file (mode 0640, appended; with rotation, the base name of
+    /// the rotated files) instead of stdout; `-` is stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<String>,
+    /// No NDJSON output.
+    #[arg(long, conflicts_with = "output")]
+    no_ndjson: bool,
+    /// Also write the captured records as pcapng to this file (mode 0640; `-` is stdout).
+    #[arg(long, value_name = "FILE")]
+    pcapng: Option<String>,
+    /// No pcapng output (overrides a config that has one).
+    #[arg(long, conflicts_with = "pcapng")]
+    no_pcapng: bool,
+    /// Start a new output file before one grows past this size, e.g. `100MiB`.
+    #[arg(long, value_parser = config::parse_size, value_name = "SIZE")]
+    rotate_size: Option<u64>,
+    /// Start a new output file at every multiple of this interval (UTC-aligned), e.g. `1h`.
+    #[arg(long, value_parser = config::parse_interval, value_name = "INTERVAL")]
+    rotate_interval: Option<Duration>,
+}
+
+impl OutputArgs {
+    fn apply(&self, layer: &mut ConfigFile) {
+        if let Some(path) = &self.output {
+            layer.ndjson.enabled = Some(true);
+            layer.ndjson.path = Some(path.clone());
+        }
+        if self.no_ndjson {
+            layer.ndjson.enabled = Some(false);
+        }
+        if let Some(path) = &self.pcapng {
+            layer.pcapng.enabled = Some(true);
+            layer.pcapng.path = Some(path.clone());
+        }
+        if self.no_pcapng {
+            layer.pcapng.enabled = Some(false);
+        }
+        layer.rotation.size = self.rotate_size;
+        layer.rotation.interval = self.rotate_interval;
+    }
+}
+
+impl RunArgs {
+    /// The flags as a configuration layer, to lay over the file.
+    fn layer(&self) -> ConfigFile {
+        let mut c = ConfigFile::default();
+        let k = &mut c.capture;
+        k.interface = self.iface.clone();
+        k.xdp_mode = self.xdp_mode.map(|m| match m {
+            ModeArg::Native => AttachMode::Native,
+            ModeArg::Generic => AttachMode::Generic,
+            ModeArg::Auto => AttachMode::Auto,
+        });
+        k.ports = self.ports.clone();
+        k.match_source_port = self.match_source_port;
+        k.action = self.action.map(|a| match a {
+            ActionArg::Drop => Action::Drop,
+            ActionArg::Pass => Action::Pass,
+        });
+        k.prefix_len = self.prefix_len;
+        k.ring_bytes = self.ring_bytes;
+        k.wakeup_bytes = self.wakeup_bytes;
+        k.source_rate = self.source_rate;
+        k.source_burst = self.source_burst;
+        k.count = self.count;
+        let r = &mut c.reactive;
+        r.mode = self.reactive.map(|m| match m {
+            ReactiveArg::Off => ReactiveMode::Off,
+            ReactiveArg::Silent => ReactiveMode::Silent,
+            ReactiveArg::Reset => ReactiveMode::Reset,
+        });
+        r.prefixes = self.reactive_prefixes.clone().map(|p| p.0);
+        r.synack_rate = self.synack_rate;
+        r.synack_burst = self.synack_burst;
+        c.rogue.detect = self.detect_rogue;
+        c.rogue.timeout_ms = self.rogue_timeout_ms;
+        c.rogue.max_servers = self.rogue_max_servers;
+        c.fingerprint.rules = self.rules.clone();
+        self.outputs.apply(&mut c);
+        c.metrics.listen = self.metrics_listen;
+        c.control.socket = self.control.clone();
+        c.sensor.name = self.sensor_name.clone();
+        if !self.darknet_prefixes.is_empty() {
+            c.sensor.prefixes = Some(self.darknet_prefixes.clone());
+        }
+        c
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -197,22 +395,30 @@ fn parse_prefix_list(s: &str) -> Result<PrefixList, String> {
 struct AnalyzeArgs {
     /// The capture file.
     file: PathBuf,
-    /// Ports to match, as `sensor run --ports`.
-    #[arg(long, default_value = "5060,5061", value_parser = parse_ports)]
-    ports: PortSet,
+    /// Configuration file: its [capture] ports, match_source_port and prefix_len, [fingerprint],
+    /// [ndjson], [pcapng], [rotation] and [metrics] file apply; flags override them.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Ports to match, as `sensor run --ports` [default: 5060,5061].
+    #[arg(long, value_parser = parse_ports)]
+    ports: Option<PortSet>,
     /// Also match frames whose source port is in the set.
-    #[arg(long)]
-    match_source_port: bool,
-    /// Payload bytes captured per frame (1 to 1024), as `sensor run --prefix-len`.
-    #[arg(long, default_value_t = DEFAULT_PREFIX_LEN,
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    prefix_len: u16,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    match_source_port: Option<bool>,
+    /// Payload bytes captured per frame (1 to 1024), as `sensor run --prefix-len`
+    /// [default: 1024].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    prefix_len: Option<u16>,
     /// Fingerprint rule file (TOML) loaded beside the built-in rules.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
-    /// Write events to this file (mode 0640, appended) instead of stdout.
-    #[arg(long, short = 'o')]
-    output: Option<PathBuf>,
+    #[command(flatten)]
+    outputs: OutputArgs,
+    /// Write the Prometheus exposition of the run to this file at the end (mode 0640).
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
+    #[command(flatten)]
+    aggregate: AggregateArgs,
     /// Events carry each evidence item's test, note and weight and the inferences'
     /// explanations (by default: rule, field, section, value, and codes).
     #[arg(long)]
@@ -228,18 +434,33 @@ fn evidence_detail(verbose: bool) -> sensor::output::event::EvidenceDetail {
 }
 
 fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let mut layer = ConfigFile::default();
+    layer.capture.ports = args.ports.clone();
+    layer.capture.match_source_port = args.match_source_port;
+    layer.capture.prefix_len = args.prefix_len;
+    layer.fingerprint.rules = args.rules.clone();
+    args.outputs.apply(&mut layer);
+    layer.metrics.file = args.metrics_file.clone();
+    let settings = match &args.config {
+        Some(path) => ConfigFile::load(path)?
+            .overlay(&layer)
+            .analyze_settings(&format!("config {}", path.display()))?,
+        None => layer.analyze_settings("command line")?,
+    };
+    let mut pipeline = settings.pipeline;
+    pipeline.aggregate = args.aggregate.config();
+    pipeline.evidence = evidence_detail(args.verbose_evidence);
     let options = sensor::offline::analyze::AnalyzeOptions {
-        ports: args.ports,
-        match_source_port: args.match_source_port,
-        prefix_len: args.prefix_len,
-        pipeline: sensor::pipeline::PipelineOptions {
-            rules: args.rules,
-            output: args.output,
-            detect_rogue: None,
-            evidence: evidence_detail(args.verbose_evidence),
-        },
+        ports: settings.ports,
+        match_source_port: settings.match_source_port,
+        prefix_len: settings.prefix_len,
+        pipeline,
+        metrics_file: settings.metrics_file,
     };
     let summary = sensor::offline::analyze::analyze(&args.file, &options)?;
+    for notice in &summary.notices {
+        eprintln!("sensor: {notice}");
+    }
     eprintln!(
         "sensor: analysed {} packets from {} ({} not Ethernet); counters:",
         summary.packets,
@@ -247,6 +468,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
         summary.not_ethernet
     );
     eprint!("{}{}", summary.kernel, summary.agent);
+    eprint!("\n{}", summary.report);
     if let Some(e) = summary.read_error {
         anyhow::bail!(
             "{} is damaged after packet {}: {e}",
@@ -265,9 +487,12 @@ fn parse_ports(s: &str) -> Result<PortSet, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Probe(args) => probe_command(args),
         Command::Analyze(args) => analyze_command(args),
+        Command::Ctl(args) => ctl_command(args),
+        Command::Report(args) => report_command(args),
+        Command::KafkaReport(args) => kafka_report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -278,50 +503,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.detect_rogue && !args.match_source_port {
-        anyhow::bail!(
-            "--detect-rogue needs --match-source-port: without it the sensor never sees the \
-             servers' answers"
-        );
+fn ctl_command(args: CtlArgs) -> anyhow::Result<()> {
+    let command = args.command.join(" ");
+    let answer = sensor::control::send(&args.socket, &command, Duration::from_secs(args.timeout))
+        .with_context(|| format!("talking to the sensor at {}", args.socket.display()))?;
+    println!("{answer}");
+    if !answer.starts_with("ok") {
+        anyhow::bail!("the sensor refused `{command}`");
     }
-    let options = RunOptions {
-        interface: args.iface,
-        mode: match args.xdp_mode {
-            ModeArg::Native => AttachMode::Native,
-            ModeArg::Generic => AttachMode::Generic,
-            ModeArg::Auto => AttachMode::Auto,
-        },
-        ports: args.ports,
-        match_source_port: args.match_source_port,
-        action: match args.action {
-            ActionArg::Drop => MatchAction::Drop,
-            ActionArg::Pass => MatchAction::Pass,
-        },
-        prefix_len: args.prefix_len,
-        ring_bytes: args.ring_bytes,
-        wakeup_bytes: args.wakeup_bytes,
-        source_rate: args.source_rate,
-        source_burst: args.source_burst,
-        reactive: match args.reactive {
-            ReactiveArg::Off => sensor_common::ReactivePolicy::Off,
-            ReactiveArg::Silent => sensor_common::ReactivePolicy::Silent,
-            ReactiveArg::Reset => sensor_common::ReactivePolicy::Reset,
-        },
-        reactive_prefixes: args.reactive_prefixes.0,
-        synack_rate: args.synack_rate,
-        synack_burst: args.synack_burst,
-        output: args.output,
-        max_events: args.count,
-        detect_rogue: args.detect_rogue.then(|| TrackerConfig {
-            max_servers: args.rogue_max_servers as usize,
-            reply_timeout_ns: args.rogue_timeout_ms.saturating_mul(1_000_000),
-            connect_timeout_ns: args.rogue_timeout_ms.saturating_mul(1_000_000),
-            ..TrackerConfig::default()
-        }),
-        rules: args.rules,
-        evidence: evidence_detail(args.verbose_evidence),
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let flags = args.layer();
+    let mut options = match &args.config {
+        Some(path) => {
+            let source = ReloadSource {
+                path: path.clone(),
+                flags,
+            };
+            source.load()?
+        }
+        None => flags.run_options("command line")?,
     };
+    // SIGHUP reloads the configuration (or says there is none): it never kills the sensor.
+    options.reload_on_sighup = true;
+    options.aggregate = args.aggregate.config();
+    options.evidence = evidence_detail(args.verbose_evidence);
+    // Resolved before anything is attached: a wrong name is a configuration error.
+    let user = args
+        .user
+        .as_deref()
+        .map(sensor::privilege::User::lookup)
+        .transpose()?;
+    options.privileges =
+        (!args.keep_privileges).then_some(sensor::privilege::PrivilegePlan { user });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -349,6 +565,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 },
                 options.prefix_len,
             );
+            if let Some(addr) = options.metrics_listen {
+                eprintln!("sensor: metrics at http://{addr}/metrics");
+            }
+            if let Some(path) = &options.control_socket {
+                eprintln!("sensor: control socket {} (sensor ctl --socket {0} help)", path.display());
+            }
+            match &attached.credentials {
+                Some(c) => eprintln!("sensor: privileges dropped: {c}"),
+                None => eprintln!("sensor: privileges kept (--keep-privileges)"),
+            }
         })
         .await
     })?;
@@ -357,15 +583,36 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         summary.interface, summary.mode
     );
     eprint!("{}{}", summary.kernel, summary.agent);
+    for (output, counters) in &summary.outputs {
+        for (name, value) in counters.iter() {
+            eprintln!("  output.{:<22} {value:>14}", format!("{output}.{name}"));
+        }
+    }
+    if summary.config_changes + summary.config_failures > 0 {
+        eprintln!(
+            "  config.changes {:>29}\n  config.failures {:>28}",
+            summary.config_changes, summary.config_failures
+        );
+    }
     if let Some(rogue) = summary.rogue {
         for (name, value) in rogue.iter() {
             eprintln!("  rogue.{name:<23} {value:>14}");
         }
     }
+    if let Some(kafka) = &summary.kafka {
+        eprint!("{kafka}");
+    }
     match summary.kernel.check() {
         Ok(()) => eprintln!("sensor: counters reconcile"),
         Err(e) => eprintln!("sensor: counters do not reconcile: {e}"),
     }
+    if let Some(kafka) = &summary.kafka {
+        match kafka.check() {
+            Ok(()) => eprintln!("sensor: kafka counters reconcile"),
+            Err(e) => eprintln!("sensor: kafka counters do not reconcile: {e}"),
+        }
+    }
+    eprint!("\n{}", summary.report);
     Ok(())
 }
 
@@ -417,5 +664,106 @@ fn probe_command(args: ProbeArgs) -> anyhow::Result<()> {
         write!(out, "{}", probe::report::table(&reports))?;
     }
     out.flush()?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct KafkaReportArgs {
+    /// Bootstrap brokers, comma-separated (overrides `[kafka] brokers` of --config).
+    #[arg(long, value_delimiter = ',')]
+    brokers: Vec<String>,
+    /// Topics to read, comma-separated (default: `[kafka] topic` of --config).
+    #[arg(long, value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Config file for the brokers and their TLS/SASL settings (`[kafka]`).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// How many sources to list.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Print the summary as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Give up if no record arrives for this many seconds before every partition is read.
+    #[arg(long, default_value_t = 30)]
+    idle_timeout: u64,
+}
+
+fn report_command(args: ReportArgs) -> anyhow::Result<()> {
+    let mut report = Report::with_config(args.aggregate.config());
+    for file in &args.files {
+        let read = if file.as_os_str() == "-" {
+            report.read_ndjson(std::io::stdin().lock())
+        } else {
+            let f = std::fs::File::open(file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            report.read_ndjson(std::io::BufReader::new(f))
+        };
+        read.with_context(|| format!("reading {}", file.display()))?;
+    }
+    let summary = report.summary(args.top);
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(&summary))
+            .with_context(|| format!("cannot write the plot to {}", path.display()))?;
+        eprintln!(
+            "sensor: plot of events over time per tool written to {}",
+            path.display()
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{summary}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn kafka_report(args: KafkaReportArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?.kafka,
+        None => None,
+    };
+    let mut config = match file {
+        Some(k) => k,
+        None => KafkaConfig::new(Vec::new(), "unused"),
+    };
+    if !args.brokers.is_empty() {
+        config.brokers = args.brokers.clone();
+    }
+    anyhow::ensure!(
+        !config.brokers.is_empty(),
+        "no brokers: give --brokers or a --config with [kafka] brokers"
+    );
+    let topics = if args.topics.is_empty() {
+        anyhow::ensure!(
+            args.config.is_some(),
+            "no topics: give --topics or a --config with [kafka] topic"
+        );
+        vec![config.topic.clone()]
+    } else {
+        args.topics.clone()
+    };
+    let mut report = Report::new();
+    let read = consume_topics(
+        &config,
+        &topics,
+        Duration::from_secs(args.idle_timeout),
+        |record| report.add_json(record.payload),
+    )?;
+    let summary = report.summary(args.top);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{} records read from {} partitions of {}",
+            read.records,
+            read.partitions.len(),
+            topics.join(", ")
+        );
+        print!("{summary}");
+    }
     Ok(())
 }

@@ -3,20 +3,26 @@
 //! follow servers, write the outputs, count everything. The live agent and `sensor analyze` share
 //! it, so a capture file is analysed exactly as live traffic is.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use crate::{
+    aggregate::{AggregateConfig, Aggregator, Observation, doc::CampaignDoc},
     clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
     fingerprint::{ClassCache, Engine, Packet, RuleError, SourceTracker, facts::Facts},
+    identity::SensorIdentity,
     output::{
-        NdjsonWriter,
+        OutputError, OutputOptions, Outputs,
         event::{Analysis, EvidenceDetail, write_event},
+        fingerprint::FingerprintDoc,
         json::{EventDoc, StatsDoc},
+        kafka::{KafkaConfig, KafkaCounters, KafkaOutput, KafkaOutputError, KafkaStats},
+        metrics::{CampaignGauges, Exposition, Kind},
+        sip::SipDoc,
     },
-    output::{fingerprint::FingerprintDoc, sip::SipDoc},
     record::Record,
+    report::Summary,
     rogue::{
         Tracker, TrackerConfig, TrackerCounters,
         doc::{RogueStatsDoc, ServerDoc},
@@ -27,18 +33,21 @@ use crate::{
 
 /// Answered SYNs remembered to join to the request that follows.
 const SYN_JOIN_CAPACITY: usize = 65_536;
-/// Events are written into one buffer and handed to the output when it holds this much (or at
-/// the batch's flush): one large write instead of one per event, and no second copy.
-const PENDING_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct PipelineOptions {
     /// Fingerprint rules loaded beside the built-in ones.
     pub rules: Option<PathBuf>,
-    /// NDJSON events go here; `None`: stdout.
-    pub output: Option<PathBuf>,
+    /// Which outputs, where.
+    pub outputs: OutputOptions,
     /// Follow requests and responses per server and report rogue SIP daemons.
     pub detect_rogue: Option<TrackerConfig>,
+    /// The `sensor` object added to every event (name, interface, darknet prefixes).
+    pub identity: Option<SensorIdentity>,
+    /// Also send every event to Kafka (keyed by source address).
+    pub kafka: Option<KafkaConfig>,
+    /// Bounds and windows of the per-source and campaign aggregation.
+    pub aggregate: AggregateConfig,
     /// How much explanation events carry.
     pub evidence: EvidenceDetail,
 }
@@ -47,24 +56,32 @@ pub struct PipelineOptions {
 pub enum PipelineError {
     #[error(transparent)]
     Rules(#[from] RuleError),
-    #[error("cannot open output {path}: {source}")]
-    Output {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaOutputError),
 }
 
 pub struct Pipeline {
     engine: Engine,
+    /// Rules evaluated once per message template (`fingerprint::cache`).
     cache: ClassCache,
+    evidence: EvidenceDetail,
     sources: SourceTracker,
     joiner: SynJoiner,
     rogue: Option<Tracker>,
-    writer: NdjsonWriter,
-    evidence: EvidenceDetail,
-    /// Events written and not handed to the output yet, and how many.
-    pending: Vec<u8>,
-    pending_events: u64,
+    aggregate: Aggregator,
+    outputs: Outputs,
+    identity: Option<SensorIdentity>,
+    kafka: Option<KafkaOutput>,
+    /// Started by `start_outputs`, not by `new`: the Kafka producer runs threads, and the live
+    /// agent must drop its capabilities while it is still single-threaded.
+    kafka_config: Option<KafkaConfig>,
+    /// One event serialised once, for NDJSON and Kafka alike.
+    line: Vec<u8>,
+    /// Events per attributed tool (`unknown` included); tool names come from the rules, so the
+    /// map stays as small as the rule set.
+    tools: HashMap<String, u64>,
     pub counters: AgentCounters,
 }
 
@@ -73,25 +90,37 @@ impl Pipeline {
     /// outputs.
     pub fn new(options: &PipelineOptions) -> Result<Self, PipelineError> {
         let engine = Engine::load(options.rules.as_deref())?;
-        let writer = match &options.output {
-            None => NdjsonWriter::stdout(),
-            Some(path) => NdjsonWriter::create(path).map_err(|source| PipelineError::Output {
-                path: path.clone(),
-                source,
-            })?,
-        };
+        let outputs = Outputs::open(&options.outputs)?;
         Ok(Self {
             engine,
             cache: ClassCache::default(),
+            evidence: options.evidence,
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
-            writer,
-            evidence: options.evidence,
-            pending: Vec::with_capacity(PENDING_BYTES + 64 * 1024),
-            pending_events: 0,
+            aggregate: Aggregator::new(options.aggregate),
+            outputs,
+            identity: options.identity.clone(),
+            kafka: None,
+            kafka_config: options.kafka.clone(),
+            line: Vec::with_capacity(4096),
+            tools: HashMap::new(),
             counters: AgentCounters::default(),
         })
+    }
+
+    /// Starts the outputs that run threads of their own (Kafka, resuming its spool). Events
+    /// handled before this go to the other outputs only.
+    pub fn start_outputs(&mut self) -> Result<(), PipelineError> {
+        if let Some(config) = self.kafka_config.take() {
+            let name = self
+                .identity
+                .as_ref()
+                .map(|i| i.name.clone())
+                .unwrap_or_else(crate::identity::hostname);
+            self.kafka = Some(KafkaOutput::start(&config, &name)?);
+        }
+        Ok(())
     }
 
     /// A ring buffer item: validated, then processed. Undecodable items are counted.
@@ -114,17 +143,28 @@ impl Pipeline {
         let source = self.sources.observe(&packet, wall_ns);
         let facts = Facts::new(&sip, Some(packet));
         let verdict = self.cache.classify(&self.engine, &facts);
-        let flags = record.raw().flags;
-        let reactive = flags
-            & (sensor_common::record_flags::SYN_ANSWERED
-                | sensor_common::record_flags::REACTIVE_SESSION)
-            != 0;
-        let syn = if reactive {
-            self.joiner.observe(&record, wall_ns)
-        } else {
-            None
-        };
-        let written = match self.evidence {
+        let fingerprint = self
+            .cache
+            .fingerprint(&self.engine, &verdict, &facts, Some(source));
+        let mut doc = EventDoc::new(&event)
+            .with_analysis(
+                SipDoc::new(&sip),
+                FingerprintDoc::from_fingerprint(fingerprint),
+            )
+            .with_sensor(self.identity.as_ref());
+        if let Some(reactive) = &mut doc.reactive {
+            reactive.syn = self.joiner.observe(&record, wall_ns);
+        }
+        if let Some(fingerprint) = &doc.fingerprint {
+            match self.tools.get_mut(fingerprint.tool) {
+                Some(n) => *n += 1,
+                None => {
+                    self.tools.insert(fingerprint.tool.to_string(), 1);
+                }
+            }
+        }
+        self.line.clear();
+        match self.evidence {
             EvidenceDetail::Compact => {
                 let analysis = Analysis {
                     engine: &self.engine,
@@ -133,58 +173,76 @@ impl Pipeline {
                     facts: &facts,
                     source: Some(source),
                 };
-                write_event(&mut self.pending, &event, &sip, &analysis, syn.as_ref());
-                self.pending.push(b'\n');
-                self.pending_events += 1;
-                if self.pending.len() >= PENDING_BYTES {
-                    self.hand_over();
+                let syn = doc.reactive.as_ref().and_then(|r| r.syn.as_ref());
+                write_event(&mut self.line, &event, &sip, &analysis, syn);
+                if let Some(identity) = self.identity.as_ref()
+                    && self.line.pop() == Some(b'}')
+                {
+                    // The `sensor` object is the document's last field, as in `EventDoc`.
+                    self.line.extend_from_slice(b",\"sensor\":");
+                    if serde_json::to_writer(&mut self.line, identity).is_err() {
+                        self.counters.output_errors += 1;
+                        return;
+                    }
+                    self.line.push(b'}');
                 }
-                Ok(())
             }
             EvidenceDetail::Full => {
-                let fingerprint =
-                    self.cache
-                        .fingerprint(&self.engine, &verdict, &facts, Some(source));
-                let mut doc = EventDoc::new(&event).with_analysis(
-                    SipDoc::new(&sip),
-                    FingerprintDoc::from_fingerprint(fingerprint),
-                );
-                if let Some(reactive) = &mut doc.reactive {
-                    reactive.syn = syn;
+                if serde_json::to_writer(&mut self.line, &doc).is_err() {
+                    // Serialising our own document cannot fail; if it did, every output lost it.
+                    self.counters.output_errors += 1;
+                    return;
                 }
-                self.writer.write(&doc)
             }
-        };
-        match (written, self.evidence) {
-            (Ok(()), EvidenceDetail::Full) => self.counters.events_written += 1,
-            (Ok(()), EvidenceDetail::Compact) => {}
-            (Err(_), _) => self.counters.output_errors += 1,
         }
+        self.outputs.event(&record, wall_ns, &doc, &self.line);
+        self.counters.events_written += 1;
+        if let Some(kafka) = &self.kafka {
+            // Keyed by source address: one source's events stay in one partition, in order.
+            // A non-blocking hand-off: a slow broker never slows the ring buffer drain.
+            let key = record.src_ip().to_string();
+            kafka.offer(
+                key.as_bytes(),
+                (wall_ns / 1_000_000) as i64,
+                self.line.clone(),
+            );
+        }
+        self.aggregate
+            .observe(&Observation::from_doc(&doc, wall_ns));
+        self.write_closed_campaigns();
         if let Some(tracker) = &mut self.rogue {
             tracker.observe(&event);
         }
     }
 
-    /// Pushes buffered output out; called after each batch.
-    /// Hands the pending events to the output; counts them written or lost.
-    fn hand_over(&mut self) {
-        if self.pending.is_empty() {
-            return;
+    /// Campaigns the aggregator closed, as `campaign` documents.
+    fn write_closed_campaigns(&mut self) {
+        for campaign in self.aggregate.take_closed() {
+            self.outputs
+                .document(&CampaignDoc::new(realtime_ns(), &campaign));
         }
-        match self.writer.write_lines(&self.pending) {
-            Ok(()) => self.counters.events_written += self.pending_events,
-            Err(_) => self.counters.output_errors += self.pending_events,
-        }
-        self.pending.clear();
-        self.pending_events = 0;
     }
 
+    /// Pushes buffered output out; called after each batch.
     pub fn flush(&mut self) {
-        self.hand_over();
         self.sync_cache_counters();
-        if self.writer.flush().is_err() {
-            self.counters.output_errors += 1;
+        self.outputs.flush();
+        self.counters.output_errors = self.outputs.dropped();
+    }
+
+    /// Periodic work, about once a second: the rogue tracker's timeouts and new findings, and
+    /// the outputs' (time rotation, moved files, retries after a failure).
+    pub fn tick(&mut self) {
+        self.aggregate.expire(realtime_ns());
+        self.write_closed_campaigns();
+        if let Some(tracker) = &mut self.rogue {
+            for report in tracker.poll(monotonic_ns()) {
+                self.outputs
+                    .document(&ServerDoc::finding(realtime_ns(), &report));
+            }
         }
+        self.outputs.tick(realtime_ns());
+        self.counters.output_errors = self.outputs.dropped();
     }
 
     fn sync_cache_counters(&mut self) {
@@ -193,63 +251,6 @@ impl Pipeline {
         self.counters.fingerprint_cache_misses = cache.misses;
         self.counters.fingerprint_cache_evictions = cache.evictions;
         self.counters.fingerprint_cache_bypassed = cache.bypassed;
-    }
-
-    /// Periodic work: the rogue tracker's timeouts and new findings.
-    pub fn tick(&mut self) {
-        if self.rogue.is_none() {
-            return;
-        }
-        // Findings go after the events already written.
-        self.hand_over();
-        let Some(tracker) = &mut self.rogue else {
-            return;
-        };
-        for report in tracker.poll(monotonic_ns()) {
-            if self
-                .writer
-                .write(&ServerDoc::finding(realtime_ns(), &report))
-                .is_err()
-            {
-                self.counters.output_errors += 1;
-            }
-        }
-        self.flush();
-    }
-
-    pub fn wants_ticks(&self) -> bool {
-        self.rogue.is_some()
-    }
-
-    /// The final documents: each tracked server's state, the tracker's counters, and the stats
-    /// (kernel counters when there is a kernel, i.e. live).
-    pub fn finish(&mut self, kernel: &KernelCounters) {
-        self.hand_over();
-        self.tick();
-        self.sync_cache_counters();
-        if let Some(tracker) = &self.rogue {
-            let now = realtime_ns();
-            for report in tracker.snapshot() {
-                if self.writer.write(&ServerDoc::state(now, &report)).is_err() {
-                    self.counters.output_errors += 1;
-                }
-            }
-            if self
-                .writer
-                .write(&RogueStatsDoc::new(now, tracker.counters()))
-                .is_err()
-            {
-                self.counters.output_errors += 1;
-            }
-        }
-        if self
-            .writer
-            .write(&StatsDoc::new(realtime_ns(), kernel, &self.counters))
-            .is_err()
-        {
-            self.counters.output_errors += 1;
-        }
-        self.flush();
     }
 
     /// Keeps per-source state for up to `capacity` sources (the least recently seen are evicted
@@ -263,7 +264,123 @@ impl Pipeline {
         self.sources.len()
     }
 
+    /// Messages for the operator since the last call: an output that failed or came back.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        self.outputs.take_notices()
+    }
+
+    /// The Kafka output's live counters, if it is on.
+    pub fn kafka_counters(&self) -> Option<Arc<KafkaCounters>> {
+        self.kafka.as_ref().map(KafkaOutput::counters)
+    }
+
+    /// The report of everything aggregated so far, `top` rows per table.
+    pub fn report(&self, top: usize) -> Summary {
+        Summary::new(&self.aggregate, top)
+    }
+
+    /// The final documents: open campaigns, each tracked server's state, the tracker's
+    /// counters, and the stats (kernel counters when there is a kernel, i.e. live); then the
+    /// outputs are closed. Stops the Kafka output first, which delivers or spools what is left
+    /// (blocking, up to its shutdown timeout).
+    pub fn finish(&mut self, kernel: &KernelCounters) -> Option<KafkaStats> {
+        let kafka = self.kafka.take().map(KafkaOutput::finish);
+        self.counters.source_evictions = self.sources.evictions();
+        self.counters.syn_join_evictions = self.joiner.evicted;
+        // No expiry by the wall clock here: a capture file's campaigns end where the file does,
+        // and are reported open, as a live run's are when it stops.
+        self.write_closed_campaigns();
+        let now = realtime_ns();
+        for campaign in self.aggregate.open_campaigns() {
+            self.outputs.document(&CampaignDoc::new(now, &campaign));
+        }
+        if let Some(tracker) = &mut self.rogue {
+            for report in tracker.poll(monotonic_ns()) {
+                self.outputs
+                    .document(&ServerDoc::finding(realtime_ns(), &report));
+            }
+        }
+        if let Some(tracker) = &self.rogue {
+            let now = realtime_ns();
+            for report in tracker.snapshot() {
+                self.outputs.document(&ServerDoc::state(now, &report));
+            }
+            self.outputs
+                .document(&RogueStatsDoc::new(now, tracker.counters()));
+        }
+        self.flush();
+        let stats = StatsDoc::new(realtime_ns(), kernel, &self.counters)
+            .with_outputs(&self.outputs)
+            .with_kafka(kafka.as_ref())
+            .with_aggregate(&self.aggregate.counters());
+        self.outputs.document(&stats);
+        self.outputs.finish();
+        self.counters.output_errors = self.outputs.dropped();
+        kafka
+    }
+
     pub fn rogue_counters(&self) -> Option<TrackerCounters> {
         self.rogue.as_ref().map(Tracker::counters)
+    }
+
+    pub fn outputs(&self) -> &Outputs {
+        &self.outputs
+    }
+
+    /// Events per tool so far.
+    pub fn tool_counts(&self) -> &HashMap<String, u64> {
+        &self.tools
+    }
+
+    /// Campaign gauges for the metrics: open campaigns, and sources the aggregator tracks.
+    pub fn campaign_gauges(&self) -> Option<CampaignGauges> {
+        let counters = self.aggregate.counters();
+        Some(CampaignGauges {
+            active: counters.campaigns_open,
+            sources: counters.sources_tracked,
+        })
+    }
+
+    /// The pipeline's metric families: agent counters, events per tool, the outputs, campaigns.
+    pub fn write_metrics(&self, out: &mut Exposition) {
+        let c = &self.counters;
+        out.counter(
+            "sensor_agent_records_read_total",
+            "Records read from the ring buffer (or made from a capture file).",
+            c.records_read,
+        );
+        out.counter(
+            "sensor_agent_records_undecodable_total",
+            "Records that failed validation.",
+            c.records_undecodable,
+        );
+        out.counter(
+            "sensor_events_total",
+            "Events handed to the outputs.",
+            c.events_written,
+        );
+        out.family(
+            "sensor_events_by_tool_total",
+            Kind::Counter,
+            "Events per attributed tool (unknown: no rule matched).",
+        );
+        let mut tools: Vec<(&String, &u64)> = self.tools.iter().collect();
+        tools.sort();
+        for (tool, n) in tools {
+            out.sample("sensor_events_by_tool_total", &[("tool", tool)], *n);
+        }
+        self.outputs.write_metrics(out);
+        if let Some(campaigns) = self.campaign_gauges() {
+            out.gauge(
+                "sensor_campaigns_active",
+                "Campaigns active now (sources sharing a fingerprint template within the window).",
+                campaigns.active,
+            );
+            out.gauge(
+                "sensor_campaign_sources",
+                "Sources the aggregator tracks (bounded by --max-sources).",
+                campaigns.sources,
+            );
+        }
     }
 }

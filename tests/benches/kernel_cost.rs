@@ -5,6 +5,10 @@
 //! Matched frames write a full record each: the ring buffer is drained every 50,000 runs so that
 //! every run takes the reserve-copy-submit path rather than the ring-full path.
 //!
+//! Time on a shared machine is noisy, so the benchmark also counts the kernel instructions each
+//! run costs (perf_event_open, where the machine has hardware counters): a ratio that does not
+//! move with the load.
+//!
 //! Run: `cargo bench -p sensor-tests --bench kernel_cost` (root), or `cargo xtask bench`.
 
 use std::time::Duration;
@@ -16,7 +20,7 @@ use sensor_tests::{
     harness::Harness,
     pin_to_cpu,
 };
-use xtask::xdp_pass::PassProgram;
+use xtask::{perf::KernelInstructions, xdp_pass::PassProgram};
 
 const RUNS: u32 = 1_000_000;
 const CHUNK: u32 = 50_000;
@@ -27,15 +31,36 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Mean ns per run over RUNS runs, in chunks with the ring drained between them.
-fn sensor_ns(h: &mut Harness, frame: &[u8]) -> f64 {
+/// Mean ns and kernel instructions per run over RUNS runs, in chunks with the ring drained
+/// between them (the drain is outside what is counted).
+fn sensor_cost(h: &mut Harness, frame: &[u8], perf: Option<&KernelInstructions>) -> (f64, f64) {
     let mut total = Duration::ZERO;
+    let mut instructions = 0u64;
     for _ in 0..RUNS / CHUNK {
-        let (_, mean) = h.program.test_run(frame, CHUNK).expect("test run");
+        let ((_, mean), counted) = match perf {
+            Some(p) => p
+                .measure(|| h.program.test_run(frame, CHUNK).expect("test run"))
+                .expect("read counter"),
+            None => (h.program.test_run(frame, CHUNK).expect("test run"), 0),
+        };
         total += mean * CHUNK;
+        instructions += counted;
         h.drain();
     }
-    total.as_nanos() as f64 / f64::from(RUNS)
+    (
+        total.as_nanos() as f64 / f64::from(RUNS),
+        instructions as f64 / f64::from(RUNS),
+    )
+}
+
+fn empty_cost(empty: &PassProgram, frame: &[u8], perf: Option<&KernelInstructions>) -> (f64, f64) {
+    let ((_, mean), counted) = match perf {
+        Some(p) => p
+            .measure(|| empty.test_run(frame, RUNS).unwrap())
+            .expect("read counter"),
+        None => (empty.test_run(frame, RUNS).unwrap(), 0),
+    };
+    (mean.as_nanos() as f64, counted as f64 / f64::from(RUNS))
 }
 
 fn main() {
@@ -105,10 +130,22 @@ fn main() {
         &PortSet::default(),
         64 << 20,
     );
+    let perf = KernelInstructions::open();
     println!("kernel cost per frame (BPF_PROG_TEST_RUN, {RUNS} runs, median of {ROUNDS})");
+    if perf.is_none() {
+        println!("(no hardware counters here: instruction columns are 0)");
+    }
     println!(
-        "{:<38} {:>10} {:>10} {:>7} {:>7} {:>5}",
-        "frame class", "sensor ns", "empty ns", "ratio", "target", "met"
+        "{:<38} {:>9} {:>8} {:>6} {:>10} {:>9} {:>6} {:>6} {:>4}",
+        "frame class",
+        "sensor ns",
+        "empty ns",
+        "ratio",
+        "sensor ins",
+        "empty ins",
+        "ratio",
+        "target",
+        "met"
     );
     for (name, frame, matched) in &classes {
         // Verdict check first: a benchmark of the wrong path would be worthless.
@@ -126,17 +163,23 @@ fn main() {
             },
             "{name}"
         );
-        let mut sensor = Vec::new();
-        let mut floor = Vec::new();
+        let (mut sensor, mut floor, mut sensor_ins, mut floor_ins) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            floor.push(empty.test_run(frame, RUNS).unwrap().1.as_nanos() as f64);
-            sensor.push(sensor_ns(&mut h, frame));
+            let (ns, ins) = empty_cost(&empty, frame, perf.as_ref());
+            floor.push(ns);
+            floor_ins.push(ins);
+            let (ns, ins) = sensor_cost(&mut h, frame, perf.as_ref());
+            sensor.push(ns);
+            sensor_ins.push(ins);
         }
         let (s, e) = (median(sensor), median(floor));
+        let (si, ei) = (median(sensor_ins), median(floor_ins));
         let ratio = s / e;
+        let ratio_ins = if ei > 0.0 { si / ei } else { 0.0 };
         let target = if *matched { 3.0 } else { 1.3 };
         println!(
-            "{name:<38} {s:>10.1} {e:>10.1} {ratio:>7.2} {target:>7.1} {:>5}",
+            "{name:<38} {s:>9.1} {e:>8.1} {ratio:>6.2} {si:>10.0} {ei:>9.0} {ratio_ins:>6.2} {target:>6.1} {:>4}",
             if ratio <= target { "yes" } else { "NO" }
         );
     }

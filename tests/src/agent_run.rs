@@ -16,7 +16,7 @@ pub fn run_agent_in(
     send: impl FnOnce() + Send,
 ) -> (RunSummary, Vec<serde_json::Value>) {
     let output = temp_path("events.ndjson");
-    options.output = Some(output.clone());
+    options.outputs = sensor::output::OutputOptions::ndjson_file(&output);
     let (attached_tx, attached_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let summary = std::thread::scope(|scope| {

@@ -1,11 +1,15 @@
 //! Helpers for the privileged end-to-end tests: crafted frames, a harness around the real XDP
-//! program under BPF_PROG_TEST_RUN, and (from `xtask::lab`) namespaces and veth pairs.
+//! program under BPF_PROG_TEST_RUN, a real Kafka broker, and (from `xtask::lab`) namespaces and
+//! veth pairs.
 
 pub mod agent_run;
 pub mod corpus;
 /// Crafted frames live in xtask, where the lab's traffic generator uses them too.
 pub use xtask::frames;
 pub mod harness;
+pub mod kafka;
+pub mod mutation;
+pub mod sensor_process;
 
 use std::{path::PathBuf, process::Command, sync::OnceLock};
 

@@ -7,7 +7,11 @@ use sensor::{
     fingerprint::{Engine, Fingerprint, SourceTracker},
     sip::{PayloadKind, SipMessage},
 };
-use sensor_tests::{corpus, harness::Harness};
+use sensor_tests::{
+    corpus,
+    frames::{Frame, TCP_ACK, TCP_PSH},
+    harness::Harness,
+};
 
 /// Whether a fingerprint names what the manifest says.
 fn matches(expected: &str, fp: &Fingerprint) -> bool {
@@ -177,4 +181,137 @@ fn the_classification_cache_changes_no_attribution() {
     }
     assert!(cache.counters.hits > 0 && compared > 0);
     println!("{compared} records compared; cache {:?}", cache.counters);
+}
+
+/// The seed payloads as the text gives them, with CRLF line ends as on the wire.
+fn seed_payload(file: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(corpus::dir().join("seeds").join(file)).expect("seed file");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Runs hand-built frames through the real XDP program and the pipeline's analysis, returning
+/// the event documents as the agent would write them.
+fn analyse_frames(frames: &[Frame]) -> Vec<serde_json::Value> {
+    let engine = Engine::builtin().expect("built-in rules");
+    let mut harness = Harness::new();
+    let mut sources = SourceTracker::new(64);
+    let mut docs = Vec::new();
+    for (i, frame) in frames.iter().enumerate() {
+        let run = harness.run(&frame.build());
+        assert_eq!(run.records.len(), 1, "frame {i} recorded");
+        let record = run.records[0].record();
+        let event = Event {
+            record,
+            wall_ns: 1_700_000_000_000_000_000 + i as u64 * 1_000_000_000,
+        };
+        let doc = sensor::output::json::EventDoc::analyzed(&event, &engine, &mut sources);
+        docs.push(serde_json::to_value(&doc).expect("event serialises"));
+    }
+    docs
+}
+
+#[test]
+fn first_seed_payloads_in_frames_lead_to_the_authors_conclusions() {
+    // Payload 1 from a Linux-looking source: source port 5060, IP-ID 0, DF.
+    let mut p1 = Frame::udp(
+        "198.51.100.20",
+        "192.0.2.1",
+        5060,
+        5060,
+        &seed_payload("seed1-payload1.txt"),
+    );
+    p1.ip_id = 0;
+    p1.ttl = 49;
+    // Payload 2 (the modified variant) from a source already running 25 scanner processes.
+    let payload2 = String::from_utf8(seed_payload("seed1-payload2.txt"))
+        .unwrap()
+        .replace("192.168.1.9:5060", "192.168.1.9:5084");
+    let mut p2 = Frame::udp(
+        "198.51.100.21",
+        "192.0.2.1",
+        5084,
+        5060,
+        payload2.as_bytes(),
+    );
+    p2.ip_id = 0x3a7c;
+    p2.ttl = 113;
+    let docs = analyse_frames(&[p1, p2]);
+
+    let fp = &docs[0]["fingerprint"];
+    assert_eq!(fp["tool"], "sipvicious", "{fp}");
+    assert_eq!(fp["variant"], "svmap");
+    assert_eq!(
+        fp["rule"], "sipvicious-svmap-py2",
+        "the Python 2 era header order"
+    );
+    let text = docs[0].to_string();
+    assert!(
+        text.contains("could not resolve its own host name"),
+        "{text}"
+    );
+    assert!(
+        text.contains("69.17.22.74:5060"),
+        "the From tag's target: {text}"
+    );
+    assert!(text.contains("one scanner process"), "{text}");
+    assert!(text.contains("Linux"), "IP-ID 0 with DF: {text}");
+
+    let fp = &docs[1]["fingerprint"];
+    assert_eq!(fp["rule"], "sipvicious-svmap-mod-sundayddr", "{fp}");
+    let text = docs[1].to_string();
+    assert!(
+        text.contains("hard-coded"),
+        "192.168.1.9 is the tool's, not NAT: {text}"
+    );
+    assert!(
+        text.contains("about 25 concurrent"),
+        "source port 5084: {text}"
+    );
+    assert!(
+        text.contains("BSD") && text.contains("NAT"),
+        "non-zero IP-ID: {text}"
+    );
+}
+
+#[test]
+fn second_seed_sipscan_requests_in_tcp_segments_are_identified() {
+    let frames: Vec<Frame> = [
+        ("seed2-sipscan-invite.txt", 3326),
+        ("seed2-sipscan-register.txt", 3327),
+        ("seed2-sipscan-options.txt", 3328),
+    ]
+    .iter()
+    .map(|(file, port)| {
+        let mut f = Frame::tcp(
+            "198.51.100.30",
+            "203.0.113.7",
+            *port,
+            5060,
+            TCP_PSH | TCP_ACK,
+            &[],
+        );
+        f.payload = seed_payload(file);
+        f
+    })
+    .collect();
+    let docs = analyse_frames(&frames);
+    for (doc, rule) in docs
+        .iter()
+        .zip(["sipscan-invite", "sipscan-register", "sipscan-options"])
+    {
+        assert_eq!(doc["proto"], "TCP");
+        assert_eq!(doc["fingerprint"]["tool"], "sipscan", "{doc}");
+        assert_eq!(doc["fingerprint"]["rule"], rule, "{doc}");
+    }
+    // The malformed headers are evidence, not errors.
+    let register = docs[1].to_string();
+    assert!(
+        register.contains("Max_forwards") && register.contains("User Agent"),
+        "{register}"
+    );
 }

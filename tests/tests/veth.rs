@@ -90,6 +90,18 @@ fn ten_thousand_datagrams_all_arrive_as_records() {
     assert_eq!(stats["event_type"], "stats");
     assert_eq!(stats["reconciled"], true);
     assert_eq!(stats["kernel"]["emitted"], u64::from(COUNT));
+    // The aggregator saw every event: one source, its campaign written at exit, the report.
+    assert_eq!(stats["aggregate"]["events"], u64::from(COUNT));
+    assert_eq!(stats["aggregate"]["sources_tracked"], 1);
+    let campaigns: Vec<_> = docs
+        .iter()
+        .filter(|d| d["event_type"] == "campaign")
+        .collect();
+    assert_eq!(campaigns.len(), 1, "one template, one campaign");
+    assert_eq!(campaigns[0]["campaign"]["packets"], u64::from(COUNT));
+    assert_eq!(campaigns[0]["campaign"]["state"], "open");
+    assert_eq!(summary.report.events, u64::from(COUNT));
+    assert_eq!(summary.report.sources, 1);
     assert!(!lab.dark_has_xdp().unwrap(), "detached after the run");
 }
 

@@ -83,7 +83,8 @@ fn device_counter(ns: &str, ifname: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn device_drops(lab: &Lab) -> u64 {
+/// Frames the veth pair dropped: the sender's tx_dropped and the darknet end's rx_dropped.
+pub fn device_drops(lab: &Lab) -> u64 {
     device_counter(&lab.scan_ns, &lab.scan_if, "tx_dropped")
         + device_counter(&lab.dark_ns, &lab.dark_if, "rx_dropped")
 }
@@ -210,6 +211,7 @@ fn sensor_counters(lines: &[String]) -> BTreeMap<String, u64> {
 pub fn sensor_step(
     lab: &Lab,
     sensor: &Path,
+    sensor_args: &[&str],
     frames: &[Vec<u8>],
     rate: u64,
     output: &Path,
@@ -220,7 +222,8 @@ pub fn sensor_step(
         .args(["netns", "exec", &lab.dark_ns, "taskset", "-c", "1"])
         .arg(sensor)
         .args(["run", "--iface", &lab.dark_if, "--output"])
-        .arg(output);
+        .arg(output)
+        .args(sensor_args);
     let consumer = start_and_wait(command, "attached to")?;
     let drops_before = device_drops(lab) + softnet_drops();
     let report = blast(lab, frames, count, rate)?;
@@ -265,7 +268,8 @@ pub fn tcpdump_step(lab: &Lab, frames: &[Vec<u8>], rate: u64, output: &Path) -> 
     let consumer = start_and_wait(command, "listening on")?;
     let drops_before = device_drops(lab) + softnet_drops();
     let report = blast(lab, frames, count, rate)?;
-    std::thread::sleep(Duration::from_millis(500));
+    // Longer than TPACKET_V3's one-second block timeout, so tcpdump has read what it got.
+    std::thread::sleep(Duration::from_millis(1500));
     let lines = interrupt_and_collect(consumer)?;
     let _ = std::fs::remove_file(output);
     let number = |suffix: &str| {
@@ -275,19 +279,26 @@ pub fn tcpdump_step(lab: &Lab, frames: &[Vec<u8>], rate: u64, output: &Path) -> 
             .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
+    let captured = number("packets captured");
+    // tcpdump's own accounting: "received by filter" counts what reached its socket, of which
+    // it wrote "captured"; "dropped by kernel" is its ring overflowing.
+    let unwritten = number("packets received by filter").saturating_sub(captured);
     Ok(StepResult {
         offered_rate: rate,
         sent: report.sent,
         achieved_rate: report.rate(),
-        received: number("packets captured"),
-        counted_losses: number("packets dropped by kernel"),
+        received: captured,
+        counted_losses: number("packets dropped by kernel") + unwritten,
         device_drops: (device_drops(lab) + softnet_drops()).saturating_sub(drops_before),
         matched: 0,
     })
 }
 
 /// Runs the ladder for both consumers; stops a consumer's ladder after two lossy steps.
-pub fn end_to_end(sensor: &Path) -> Result<(Vec<StepResult>, Vec<StepResult>)> {
+pub fn end_to_end(
+    sensor: &Path,
+    sensor_args: &[&str],
+) -> Result<(Vec<StepResult>, Vec<StepResult>)> {
     let lab = Lab::create("bench")?;
     let frames = sip_frames(&lab)?;
     let shm = Path::new("/dev/shm");
@@ -298,7 +309,7 @@ pub fn end_to_end(sensor: &Path) -> Result<(Vec<StepResult>, Vec<StepResult>)> {
     let (mut sensor_lossy, mut tcpdump_lossy) = (0, 0);
     for rate in LADDER {
         if sensor_lossy < 2 {
-            let step = sensor_step(&lab, sensor, &frames, rate, &out_sensor)?;
+            let step = sensor_step(&lab, sensor, sensor_args, &frames, rate, &out_sensor)?;
             print_step("sensor", &step);
             if !step.zero_loss() {
                 sensor_lossy += 1;

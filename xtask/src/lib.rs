@@ -4,9 +4,12 @@
 pub mod bench;
 pub mod blaster;
 pub mod frames;
+pub mod fuzz;
 pub mod lab;
 pub mod mirror;
+pub mod perf;
 pub mod setup;
+pub mod show;
 pub mod traffic;
 pub mod xdp_pass;
 

@@ -32,7 +32,22 @@ pub const APT_PACKAGES: &[&str] = &[
     // Output checks and benchmark peers.
     "prometheus",
     "sipgrep",
+    // The Kafka output: librdkafka is built from the rdkafka crate's bundled source with cmake
+    // and linked statically against Debian's OpenSSL (TLS, SCRAM), Cyrus SASL (GSSAPI) and
+    // zstd. librdkafka 2.12's cmake build includes curl/curl.h even with curl off, hence the
+    // curl headers (nothing links libcurl).
+    "cmake",
+    "pkg-config",
+    "g++",
+    "libssl-dev",
+    "libsasl2-dev",
+    "libcurl4-openssl-dev",
 ];
+
+/// A Kafka-protocol broker for the Kafka tests (Apache-2.0; none is packaged in Debian here):
+/// `cargo install tansu --features dynostore`, once per machine: about 12 minutes on an idle
+/// 2-core machine, 57 minutes here under `nice` while others were building.
+pub const TANSU_VERSION: &str = "0.6.0";
 
 /// PyPI packages: SIPVicious (svmap, svwar, svcrack).
 pub const PIP_PACKAGES: &[&str] = &["sipvicious"];
@@ -44,7 +59,53 @@ pub fn setup() -> Result<()> {
     apt()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     pip()?;
+    tansu()?;
+    Ok(())
+}
+
+fn tansu() -> Result<()> {
+    if command_ok("tansu", &["--version"]) {
+        eprintln!("setup: tansu present");
+        return Ok(());
+    }
+    eprintln!("setup: building the tansu Kafka broker for the Kafka tests (about 12 minutes)");
+    let status = Command::new("nice")
+        .args([
+            "-n",
+            "10",
+            "cargo",
+            "install",
+            "tansu",
+            "--version",
+            TANSU_VERSION,
+            "--locked",
+            "--features",
+            "dynostore",
+        ])
+        .status()
+        .context("running cargo install tansu")?;
+    if !status.success() {
+        bail!("cargo install tansu failed: {status}");
+    }
+    Ok(())
+}
+
+/// cargo-fuzz, for the fuzz targets (run with the nightly toolchain).
+fn cargo_fuzz() -> Result<()> {
+    if command_ok("cargo", &["fuzz", "--version"]) {
+        eprintln!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz");
+    let status = Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked"])
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("cargo install cargo-fuzz failed: {status}");
+    }
     Ok(())
 }
 

@@ -10,10 +10,10 @@ use aya::{
     },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink},
 };
-use sensor_common::{CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
+use sensor_common::{COUNTER_SLOTS, CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
 
 use super::{AttachMode, CaptureError, IpPrefix, PortSet};
-use crate::counters::KernelCounters;
+use crate::counters::{KernelCounters, PerCpuCounters};
 
 /// The compiled XDP object, built by `build.rs` from `sensor-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
@@ -223,24 +223,32 @@ impl SensorProgram {
 
     /// Reads and sums the per-CPU counters.
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
+        Ok(self.counters_per_cpu()?.sum())
+    }
+
+    /// Reads the counters of every CPU.
+    pub fn counters_per_cpu(&self) -> Result<PerCpuCounters, CaptureError> {
         let map = self
             .ebpf
             .map(map_names::COUNTERS)
             .ok_or(CaptureError::Missing(map_names::COUNTERS))?;
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|e| CaptureError::Map {
-                map: map_names::COUNTERS,
-                message: e.to_string(),
-            })?;
-        let mut values = [0u64; Counter::COUNT as usize];
-        for (i, value) in values.iter_mut().enumerate() {
-            let per_cpu = map.get(&(i as u32), 0).map_err(|e| CaptureError::Map {
-                map: map_names::COUNTERS,
-                message: e.to_string(),
-            })?;
-            *value = per_cpu.iter().sum();
-        }
-        Ok(KernelCounters::from_values(values))
+        let map_error = |e: aya::maps::MapError| CaptureError::Map {
+            map: map_names::COUNTERS,
+            message: e.to_string(),
+        };
+        let map: PerCpuArray<_, [u64; COUNTER_SLOTS]> =
+            PerCpuArray::try_from(map).map_err(map_error)?;
+        let per_cpu = map.get(&0, 0).map_err(map_error)?;
+        Ok(PerCpuCounters::new(
+            per_cpu
+                .iter()
+                .map(|slots| {
+                    let mut values = [0u64; Counter::COUNT as usize];
+                    values.copy_from_slice(&slots[..Counter::COUNT as usize]);
+                    KernelCounters::from_values(values)
+                })
+                .collect(),
+        ))
     }
 
     /// The ring buffer, to be drained by the caller. Can be taken once.
@@ -346,6 +354,16 @@ impl SensorProgram {
             ifindex,
             mode,
         })
+    }
+
+    /// Closes the program's own descriptor, keeping its maps and any attachment (the link holds
+    /// the program in the kernel). Once attached, the agent needs only the link and the maps,
+    /// and a program descriptor would let it attach the program to other interfaces without any
+    /// capability: creating an XDP bpf_link checks none, holding the program is the permission.
+    pub fn close_program(&mut self) -> Result<(), CaptureError> {
+        self.xdp()?
+            .unload()
+            .map_err(|e| CaptureError::Load(e.to_string()))
     }
 
     fn xdp(&mut self) -> Result<&mut Xdp, CaptureError> {

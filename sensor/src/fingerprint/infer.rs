@@ -244,6 +244,23 @@ pub enum HostClass {
 }
 
 impl HostClass {
+    /// Every class, for consumers that bin by class (the aggregator).
+    pub const ALL: [HostClass; 13] = [
+        HostClass::LoopbackUnresolved,
+        HostClass::DebianHostsFile,
+        HostClass::Loopback,
+        HostClass::DockerBridge,
+        HostClass::Private,
+        HostClass::SharedCgnat,
+        HostClass::LinkLocal,
+        HostClass::Unspecified,
+        HostClass::SameAsSource,
+        HostClass::PublicOther,
+        HostClass::ToolConstant,
+        HostClass::Hostname,
+        HostClass::Empty,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             HostClass::LoopbackUnresolved => "loopback_unresolved",

@@ -115,31 +115,9 @@ fn assert_tool(fp: &Fingerprint<'_>, tool: &str, rule: &str) {
 // First seed (000_3dea23a074adfe33.txt): the two payloads, exactly as printed there (including
 // the blog's `> tag=` without a semicolon), destination obfuscated to 192.0.2.1 as in the text.
 
-const SEED_PAYLOAD_1: &str = "OPTIONS sip:100@192.0.2.1 SIP/2.0
-Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-1047900479;rport
-Content-Length: 0
-From: \"sipvicious\"<sip:100@1.1.1.1> tag=34353131313634613133633401353835363538393133
-Accept: application/sdp
-User-Agent: friendly-scanner
-To: \"sipvicious\"<sip:100@1.1.1.1>
-Contact: sip:100@127.0.0.1:5060
-CSeq: 1 OPTIONS
-Call-ID: 965192181434457134540520
-Max-Forwards: 70
-";
+const SEED_PAYLOAD_1: &str = include_str!("../../../tests/corpus/seeds/seed1-payload1.txt");
 
-const SEED_PAYLOAD_2: &str = "OPTIONS sip:100@192.0.2.1 SIP/2.0
-Via: SIP/2.0/UDP 192.168.1.9:5060;branch=z9hG4bK-17038962;rport
-Content-Length: 0
-From: \"sipsscuser\"<sip:100@192.168.1.9> tag=77194458456158489721772408023096992174807017852
-Accept: application/sdp
-User-Agent: sundayddr
-To: \"sipscc\"<sip:100@192.168.1.9>
-Contact: sip:100@192.168.1.9:5060
-CSeq: 1 OPTIONS
-Call-ID: 124296019799750175018545983
-Max-Forwards: 70
-";
+const SEED_PAYLOAD_2: &str = include_str!("../../../tests/corpus/seeds/seed1-payload2.txt");
 
 #[test]
 fn seed_payload_1_is_stock_svmap_python2_unresolved_host() {
@@ -310,63 +288,12 @@ fn seed_ip_id_reasoning_across_packets_of_one_source() {
 // flattened onto one line; line breaks are restored at header names and the branch's wrap
 // (`...FBBC C449...`) is rejoined. Everything else is as printed, `Contact:` empty included.
 
-const SIPSCAN_INVITE: &str = "INVITE sip:thisisthecanary@example.com SIP/2.0
-Via: SIP/2.0/TCP 172.19.6.194:3326;rport;branch=z9hG4bK44FE55FBBCC449A9A4BEB71869664AEC
-From: test ;tag=325602560
-To: <172.19.6.194>
-Contact:
-Call-ID: 3326@172.19.6.194
-CSeq: 534886 INVITE
-Max-Forwards: 70
-Content-Type: application/sdp
-User-Agent: X-Lite release 1105x
-Content-Length: 305
+const SIPSCAN_INVITE: &str = include_str!("../../../tests/corpus/seeds/seed2-sipscan-invite.txt");
 
-v=0
-o=test 9785927 7605419 IN IP4 172.19.6.194
-s=X-Lite
-c=IN IP4 172.19.6.194
-t=0 0
-m=audio 8000 RTP/AVP 0 8 3 98 97 101
-a=rtpmap:0 pcmu/8000
-a=rtpmap:8 pcma/8000
-a=rtpmap:3 gsm/8000
-a=rtpmap:98 iLBC/8000
-a=rtpmap:97 speex/8000
-a=rtpmap:101 telephone-event/8000
-a=fmtp:101 0-15
-a=sendrecv
-";
+const SIPSCAN_REGISTER: &str =
+    include_str!("../../../tests/corpus/seeds/seed2-sipscan-register.txt");
 
-const SIPSCAN_REGISTER: &str = "REGISTER sip:thisisthecanary@example.com SIP/2.0
-Via: SIP/2.0/TCP 172.19.6.194:3327;branch=el7mCh5QhC6WNg
-From: test ;tag=vkffYiKFjn
-To: test
-Call-ID: 9262@172.19.6.194
-CSeq: 9262 REGISTER
-Contact:
-Max_forwards: 70
-User Agent: SIPScan 1.0
-Content-Type: application/sdp
-Subject: SIPScan Probe
-Expires: 7200
-Content-Length: 0
-
-";
-
-const SIPSCAN_OPTIONS: &str = "OPTIONS sip:thisisthecanary@example.com SIP/2.0
-Via: SIP/2.0/TCP 172.19.6.194:3328;branch=el7mCh5QhC6WNg
-From: test ;tag=vkffYiKFjn
-To: test
-Call-ID: 1057@172.19.6.194
-CSeq: 1057 OPTIONS
-Contact:
-Max_forwards: 70
-User Agent: SIPScan 1.0
-Subject: SIPScan 1.0 Probe
-Content-Length: 0
-
-";
+const SIPSCAN_OPTIONS: &str = include_str!("../../../tests/corpus/seeds/seed2-sipscan-options.txt");
 
 #[test]
 fn sipscan_requests_of_the_second_seed() {

@@ -9,8 +9,13 @@ use super::{CaptureFileError, CaptureReader, FrameContext, extract};
 use crate::{
     capture::PortSet,
     counters::{AgentCounters, KernelCounters},
+    output::{
+        InterfaceNames,
+        metrics::{Exposition, Kind, write_kernel},
+    },
     pipeline::{Pipeline, PipelineError, PipelineOptions},
     record::Record,
+    report::{DEFAULT_TOP, Summary},
 };
 
 #[derive(Clone, Debug)]
@@ -19,6 +24,8 @@ pub struct AnalyzeOptions {
     pub match_source_port: bool,
     pub prefix_len: u16,
     pub pipeline: PipelineOptions,
+    /// Write the metrics exposition here at the end.
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +37,11 @@ pub enum AnalyzeError {
     },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("cannot write metrics file {path}: {reason}")]
+    Metrics {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
 }
 
 #[derive(Debug)]
@@ -43,6 +55,10 @@ pub struct AnalyzeSummary {
     pub agent: AgentCounters,
     /// The file ended with an error after `packets` packets.
     pub read_error: Option<CaptureFileError>,
+    /// Tools, campaigns, sources and findings over the file's events.
+    pub report: Summary,
+    /// Outputs that failed or came back during the analysis.
+    pub notices: Vec<String>,
 }
 
 pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, AnalyzeError> {
@@ -50,7 +66,15 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
         path: path.to_path_buf(),
         source,
     })?;
-    let mut pipeline = Pipeline::new(&options.pipeline)?;
+    let mut pipeline_options = options.pipeline.clone();
+    // The records' interface numbers are the capture file's, not this host's.
+    let label = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "capture".into());
+    pipeline_options.outputs.interface_names = InterfaceNames::Capture(label);
+    let mut pipeline = Pipeline::new(&pipeline_options)?;
+    pipeline.start_outputs()?;
     let config = SensorConfig::new(
         MatchAction::Drop,
         options.match_source_port,
@@ -63,6 +87,8 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
         kernel: KernelCounters::default(),
         agent: AgentCounters::default(),
         read_error: None,
+        report: Summary::default(),
+        notices: Vec::new(),
     };
     // One record buffer, reused: the pipeline borrows it for the duration of a packet.
     let mut record = Box::new(CaptureRecord::zeroed());
@@ -110,8 +136,66 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
             Err(outcome) => kernel.add(outcome, 1),
         }
     }
+    summary.report = pipeline.report(DEFAULT_TOP);
     pipeline.finish(&kernel);
+    summary.notices = pipeline.take_notices();
     summary.kernel = kernel;
     summary.agent = pipeline.counters;
+    if let Some(metrics_path) = &options.metrics_file {
+        let mut out = Exposition::new();
+        out.family(
+            "sensor_info",
+            Kind::Gauge,
+            "The sensor's version and the capture file analysed (value 1).",
+        );
+        let file = path.display().to_string();
+        out.sample(
+            "sensor_info",
+            &[("version", env!("CARGO_PKG_VERSION")), ("capture", &file)],
+            1u64,
+        );
+        out.counter(
+            "sensor_capture_packets_total",
+            "Packets read from the capture file.",
+            summary.packets,
+        );
+        out.counter(
+            "sensor_capture_not_ethernet_total",
+            "Packets whose link type has no Ethernet form (not analysed).",
+            summary.not_ethernet,
+        );
+        // What the kernel program would have counted: summed only, there are no CPUs here.
+        write_kernel(&mut out, &kernel, None);
+        pipeline.write_metrics(&mut out);
+        write_metrics_file(metrics_path, &out.into_text()).map_err(|reason| {
+            AnalyzeError::Metrics {
+                path: metrics_path.clone(),
+                reason,
+            }
+        })?;
+    }
     Ok(summary)
+}
+
+/// Writes `text` to `path` (mode 0640) through a temporary file renamed into place, so that a
+/// reader (node_exporter's textfile collector) never sees half of it.
+pub fn write_metrics_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(&tmp)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

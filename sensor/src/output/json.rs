@@ -12,6 +12,8 @@ use crate::{
     escape::{escape_bytes, hex},
     event::Event,
     fingerprint::{Engine, SourceTracker},
+    identity::SensorIdentity,
+    output::kafka::KafkaStats,
     output::{fingerprint::FingerprintDoc, sip::SipDoc},
     record::{MatchedOn, tcp_flags_string},
     sip::SipMessage,
@@ -50,6 +52,10 @@ pub struct EventDoc<'a> {
     /// The attribution with its evidence (`output::fingerprint`), when the agent ran the engine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<FingerprintDoc<'a>>,
+    /// Which sensor saw it (name, interface, darknet prefixes), so that a central consumer can
+    /// merge many sensors; absent when no identity is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<&'a SensorIdentity>,
 }
 
 #[derive(Serialize)]
@@ -166,6 +172,7 @@ impl<'a> EventDoc<'a> {
             },
             sip: None,
             fingerprint: None,
+            sensor: None,
         }
     }
 
@@ -187,6 +194,12 @@ impl<'a> EventDoc<'a> {
             FingerprintDoc::from_fingerprint(fingerprint),
         )
     }
+
+    /// Adds the `sensor` object.
+    pub fn with_sensor(mut self, sensor: Option<&'a SensorIdentity>) -> Self {
+        self.sensor = sensor;
+        self
+    }
 }
 
 /// The final (or periodic) counters, as an `event_type: stats` document, like EVE's stats.
@@ -199,6 +212,16 @@ pub struct StatsDoc {
     pub agent: serde_json::Map<String, serde_json::Value>,
     /// Whether the kernel counters reconcile (`seen = outcomes`, `matched = emitted + ring_full`).
     pub reconciled: bool,
+    /// Kafka output counters (`kafka_delivered`, `kafka_spooled`, `kafka_shed`, ...), when the
+    /// Kafka output is on; `kafka_reconciled` says whether they add up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The aggregator's counters (sources tracked and evicted, campaigns), when it ran.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub aggregate: serde_json::Map<String, serde_json::Value>,
+    /// Each output's counters (`ndjson`, `pcapng`): written, dropped, errors, bytes, rotations.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub outputs: serde_json::Map<String, serde_json::Value>,
 }
 
 impl StatsDoc {
@@ -216,6 +239,36 @@ impl StatsDoc {
                 .map(|(n, v)| (n.to_string(), v.into()))
                 .collect(),
             reconciled: kernel.check().is_ok(),
+            kafka: None,
+            aggregate: serde_json::Map::new(),
+            outputs: serde_json::Map::new(),
         }
+    }
+
+    pub fn with_kafka(mut self, kafka: Option<&KafkaStats>) -> Self {
+        self.kafka = kafka.map(|k| {
+            let mut map: serde_json::Map<String, serde_json::Value> =
+                k.iter().map(|(n, v)| (n.to_string(), v.into())).collect();
+            map.insert("kafka_reconciled".into(), k.check().is_ok().into());
+            map
+        });
+        self
+    }
+
+    pub fn with_aggregate(mut self, counters: &crate::aggregate::AggregateCounters) -> Self {
+        self.aggregate = counters
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.into()))
+            .collect();
+        self
+    }
+
+    pub fn with_outputs(mut self, outputs: &crate::output::Outputs) -> Self {
+        for (name, doc) in outputs.docs() {
+            if let Ok(value) = serde_json::to_value(doc) {
+                self.outputs.insert(name.to_string(), value);
+            }
+        }
+        self
     }
 }

@@ -1,51 +1,64 @@
-//! One JSON object per line, to stdout or a file.
-
-use std::{
-    fs::{File, OpenOptions},
-    io::{self, BufWriter, Write},
-    os::unix::fs::OpenOptionsExt as _,
-    path::Path,
-};
+//! One JSON document per line, to stdout or to (rotated) files.
 
 use serde::Serialize;
 
-pub struct NdjsonWriter {
-    out: BufWriter<Box<dyn Write + Send>>,
+use super::file::{Destination, OutputError, OutputFile, Rotation, SinkCounters};
+
+pub struct NdjsonSink {
+    file: OutputFile,
+    line: Vec<u8>,
 }
 
-impl NdjsonWriter {
-    pub fn stdout() -> Self {
-        Self::new(Box::new(io::stdout()))
+impl NdjsonSink {
+    pub fn new(destination: Destination, rotation: Rotation) -> Result<Self, OutputError> {
+        Ok(Self {
+            file: OutputFile::new("ndjson", destination, rotation, Vec::new())?,
+            line: Vec::with_capacity(4096),
+        })
     }
 
-    /// Creates (or appends to) `path`, mode 0640: events carry attacker data and addresses that
-    /// not every local user should read.
-    pub fn create(path: &Path) -> io::Result<Self> {
-        let file: File = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)?;
-        Ok(Self::new(Box::new(file)))
-    }
-
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self {
-            out: BufWriter::with_capacity(256 * 1024, out),
+    /// Writes one document as a line. `at_ns` is the time of the event it describes (it decides
+    /// the file under time rotation); `None` for documents about the sensor itself.
+    pub fn write<T: Serialize>(&mut self, doc: &T, at_ns: Option<u64>) -> bool {
+        self.line.clear();
+        if serde_json::to_writer(&mut self.line, doc).is_err() {
+            // Not expected for these documents; counted with the drops all the same.
+            self.file.count_dropped();
+            return false;
         }
+        self.line.push(b'\n');
+        self.file.write_unit(&self.line, at_ns)
     }
 
-    pub fn write<T: Serialize>(&mut self, doc: &T) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, doc).map_err(io::Error::other)?;
-        self.out.write_all(b"\n")
+    /// Writes one document already serialised (no newline inside) as a line.
+    pub fn write_serialized(&mut self, json: &[u8], at_ns: Option<u64>) -> bool {
+        self.line.clear();
+        self.line.extend_from_slice(json);
+        self.line.push(b'\n');
+        self.file.write_unit(&self.line, at_ns)
     }
 
-    /// Documents already written as JSON, each line ended.
-    pub fn write_lines(&mut self, lines: &[u8]) -> io::Result<()> {
-        self.out.write_all(lines)
+    pub fn flush(&mut self) {
+        self.file.flush();
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    pub fn tick(&mut self, now_ns: u64) {
+        self.file.tick(now_ns);
+    }
+
+    pub fn finish(&mut self) {
+        self.file.finish();
+    }
+
+    pub fn counters(&self) -> SinkCounters {
+        self.file.counters()
+    }
+
+    pub fn output(&self) -> &OutputFile {
+        &self.file
+    }
+
+    pub fn take_notices(&mut self) -> Vec<String> {
+        self.file.take_notices()
     }
 }

@@ -1,0 +1,45 @@
+//! The fingerprint engine with the built-in rules on arbitrary records: the record validated as
+//! the agent validates ring buffer items, then parsed, classified (with and without packet facts
+//! and per-source IP-ID state) and turned into the event document, which must be escaped and
+//! bounded. The input is a record as the kernel writes it (see `sensor_fuzz::record_from`).
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use sensor::{
+    event::Event,
+    fingerprint::{Engine, SourceTracker},
+    output::json::EventDoc,
+    record::{OwnedRecord, Record},
+    sip::SipMessage,
+};
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::builtin().expect("the built-in rules load"))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let engine = engine();
+    // As written: whatever the validation says, it must say it without panicking.
+    let raw = sensor_fuzz::record_from(data, false);
+    let _ = OwnedRecord::new(raw);
+    let repaired = sensor_fuzz::record_from(data, true);
+    let record = Record::new(&repaired).expect("a repaired record validates");
+
+    let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+    let bare = engine.classify_packet(&sip, None, None);
+    let _ = (bare.tool(), bare.rule_id(), bare.is_scanner(), bare.confidence);
+
+    // The same source three times, so the IP-ID tracker has a behaviour to infer.
+    let mut sources = SourceTracker::new(4);
+    for i in 0..3u64 {
+        let event = Event {
+            record,
+            wall_ns: 1_700_000_000_000_000_000 + i * 1_000_000,
+        };
+        let doc = EventDoc::analyzed(&event, engine, &mut sources);
+        sensor_fuzz::assert_safe_document(&doc);
+    }
+});
