@@ -1,6 +1,6 @@
 //! Benchmark 4: resident memory per source with one million distinct sources fed through the
-//! agent's pipeline (everything it keeps per source: today the IP-ID tracker; whatever else the
-//! pipeline grows is measured the same way).
+//! agent's pipeline (everything it keeps per source: the fingerprint engine's IP-ID tracker and
+//! the aggregator's source record; whatever else the pipeline grows is measured the same way).
 //!
 //! `cargo bench -p sensor --bench memory` (optionally `-- SOURCES`, default 1,000,000).
 //!
@@ -71,9 +71,11 @@ fn main() {
     let elapsed = start.elapsed().as_secs_f64();
     let (rss, peak) = memory();
     let tracked = pipeline.tracked_sources();
+    let aggregated = pipeline.campaign_gauges().map_or(0, |g| g.sources);
     let per_source = (rss.saturating_sub(empty_rss)) as f64 / sources as f64;
     println!(
-        "{sources} distinct sources through the pipeline in {elapsed:.1} s; sources tracked: {tracked}"
+        "{sources} distinct sources through the pipeline in {elapsed:.1} s; sources tracked: \
+         {tracked} by the IP-ID tracker, {aggregated} by the aggregator"
     );
     println!(
         "VmRSS after warm-up (baseline) {:.1} MB, after the sources {:.1} MB, peak {:.1} MB",

@@ -146,11 +146,15 @@ impl Pipeline {
         let fingerprint = self
             .cache
             .fingerprint(&self.engine, &verdict, &facts, Some(source));
+        // The compact event is written by `output::event`; this document then serves the
+        // aggregator, the tool counts and pcapng's comment, which need none of the SIP fields
+        // but the method and User-Agent.
+        let sip_doc = match self.evidence {
+            EvidenceDetail::Compact => SipDoc::summary(&sip),
+            EvidenceDetail::Full => SipDoc::new(&sip),
+        };
         let mut doc = EventDoc::new(&event)
-            .with_analysis(
-                SipDoc::new(&sip),
-                FingerprintDoc::from_fingerprint(fingerprint),
-            )
+            .with_analysis(sip_doc, FingerprintDoc::from_fingerprint(fingerprint))
             .with_sensor(self.identity.as_ref());
         if let Some(reactive) = &mut doc.reactive {
             reactive.syn = self.joiner.observe(&record, wall_ns);

@@ -5,7 +5,9 @@
 //! (CVE-2002-0510) no longer holds on recent kernels; on this project's 6.18 kernel such packets
 //! carry non-zero IDs incrementing by one.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{hash::BuildHasher as _, net::IpAddr};
+
+use hashbrown::HashTable;
 
 use super::facts::Packet;
 
@@ -267,7 +269,7 @@ pub struct SourceHashing {
 }
 
 impl SourceHashing {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let mut key = [0u8; 16];
         // SAFETY: a valid buffer of the given length.
         let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
@@ -285,6 +287,12 @@ impl SourceHashing {
             k0: u64::from_le_bytes(key[..8].try_into().unwrap_or_default()),
             k1: u64::from_le_bytes(key[8..].try_into().unwrap_or_default()) | 1,
         }
+    }
+}
+
+impl Default for SourceHashing {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -341,7 +349,10 @@ struct Node {
 /// seen evicted first (and counted).
 pub struct SourceTracker {
     capacity: usize,
-    index: HashMap<IpAddr, u32, SourceHashing>,
+    /// Slots of `nodes`, found by the node's key: 4 bytes a bucket instead of a copy of the
+    /// 17-byte address beside each slot (a million sources: about 40 MB less).
+    index: HashTable<u32>,
+    hashing: SourceHashing,
     nodes: Vec<Node>,
     head: u32,
     tail: u32,
@@ -355,7 +366,8 @@ impl SourceTracker {
         let capacity = capacity.max(1);
         SourceTracker {
             capacity,
-            index: HashMap::with_capacity_and_hasher(capacity.min(4096), SourceHashing::new()),
+            index: HashTable::with_capacity(capacity.min(4096)),
+            hashing: SourceHashing::new(),
             nodes: Vec::with_capacity(capacity.min(4096)),
             head: NIL,
             tail: NIL,
@@ -408,10 +420,22 @@ impl SourceTracker {
         }
     }
 
+    fn insert_slot(&mut self, hash: u64, slot: u32) {
+        let (nodes, hashing) = (&self.nodes, &self.hashing);
+        self.index
+            .insert_unique(hash, slot, |&i| hashing.hash_one(nodes[i as usize].key));
+    }
+
     /// Records a packet and returns its source's view.
     pub fn observe(&mut self, p: &Packet, now_ns: u64) -> SourceView {
-        let i = match self.index.get(&p.src_ip) {
-            Some(&i) => {
+        let hash = self.hashing.hash_one(p.src_ip);
+        let nodes = &self.nodes;
+        let found = self
+            .index
+            .find(hash, |&i| nodes[i as usize].key == p.src_ip)
+            .copied();
+        let i = match found {
+            Some(i) => {
                 self.unlink(i);
                 i
             }
@@ -423,19 +447,21 @@ impl SourceTracker {
                     next: NIL,
                 });
                 let i = (self.nodes.len() - 1) as u32;
-                self.index.insert(p.src_ip, i);
+                self.insert_slot(hash, i);
                 i
             }
             None => {
                 let victim = self.tail;
                 self.unlink(victim);
-                let old = self.nodes[victim as usize].key;
-                self.index.remove(&old);
+                let old_hash = self.hashing.hash_one(self.nodes[victim as usize].key);
+                if let Ok(entry) = self.index.find_entry(old_hash, |&i| i == victim) {
+                    entry.remove();
+                }
                 self.evictions += 1;
                 let node = &mut self.nodes[victim as usize];
                 node.key = p.src_ip;
                 node.state = SourceState::default();
-                self.index.insert(p.src_ip, victim);
+                self.insert_slot(hash, victim);
                 victim
             }
         };

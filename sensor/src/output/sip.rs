@@ -251,9 +251,65 @@ impl SipDoc {
     }
 }
 
+impl SipDoc {
+    /// Only what the aggregator reads (kind, method, User-Agent), escaped as [`SipDoc::new`]
+    /// escapes them: for the pipeline when the event itself is written by `output::event`, so
+    /// that no one pays for a document nobody serialises.
+    pub fn summary(msg: &SipMessage<'_>) -> Self {
+        let method = match msg.start_line() {
+            StartLine::Request { method, .. } => Some(esc(method)),
+            _ => None,
+        };
+        SipDoc {
+            kind: msg.kind().as_str(),
+            method,
+            uri: None,
+            version: None,
+            status_code: None,
+            reason: None,
+            truncated: msg.truncated(),
+            headers_complete: msg.headers_complete(),
+            line_endings: msg.line_endings().as_str(),
+            header_count: msg.header_count(),
+            headers_overflow: msg.headers_overflow(),
+            header_order: Vec::new(),
+            header_names: Vec::new(),
+            quirks: Vec::new(),
+            via: None,
+            from: None,
+            to: None,
+            contact: None,
+            call_id: None,
+            cseq: None,
+            user_agent: msg.header_value(HeaderName::UserAgent).map(esc),
+            max_forwards: None,
+            content_length: None,
+            body_len: None,
+            sdp_session: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_carries_what_the_aggregator_reads_as_the_full_document_does() {
+        let msg = SipMessage::parse(
+            b"OPTIONS sip:100@192.0.2.1 SIP/2.0\r\nUser-Agent: friendly\x1b[31mscanner\r\n\r\n",
+        );
+        let (full, summary) = (SipDoc::new(&msg), SipDoc::summary(&msg));
+        assert_eq!(summary.method, full.method);
+        assert_eq!(summary.user_agent, full.user_agent);
+        assert_eq!(summary.kind, full.kind);
+        assert!(
+            summary
+                .user_agent
+                .as_deref()
+                .is_some_and(|u| !u.contains('\x1b'))
+        );
+    }
 
     #[test]
     fn document_of_a_quirky_request() {
