@@ -240,22 +240,33 @@ pub fn tcp_flags_string(flags: u8) -> String {
         .collect()
 }
 
+/// For unit tests: a UDP record from 198.51.100.7:5060 to 203.0.113.9:5060, matched on the
+/// destination port, carrying the 7 bytes `OPTIONS` whole, in a 49-byte frame.
+#[cfg(test)]
+pub(crate) fn test_record() -> Box<CaptureRecord> {
+    use sensor_common::{ip_proto, record_flags};
+    let mut r = Box::new(CaptureRecord::zeroed());
+    r.ip_version = 4;
+    r.l4_proto = ip_proto::UDP;
+    r.src_addr[..4].copy_from_slice(&[198, 51, 100, 7]);
+    r.dst_addr[..4].copy_from_slice(&[203, 0, 113, 9]);
+    r.src_port = 5060;
+    r.dst_port = 5060;
+    r.flags = record_flags::MATCHED_DST_PORT;
+    r.payload[..7].copy_from_slice(b"OPTIONS");
+    r.captured_len = 7;
+    r.payload_len = 7;
+    r.frame_len = 14 + 20 + 8 + 7;
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sample() -> Box<CaptureRecord> {
-        let mut r = Box::new(CaptureRecord::zeroed());
-        r.ip_version = 4;
-        r.l4_proto = ip_proto::UDP;
-        r.src_addr[..4].copy_from_slice(&[198, 51, 100, 7]);
-        r.dst_addr[..4].copy_from_slice(&[203, 0, 113, 9]);
-        r.src_port = 5060;
-        r.dst_port = 5060;
+        let mut r = test_record();
         r.ip_flags = ip_flags::DF;
-        r.flags = record_flags::MATCHED_DST_PORT;
-        r.payload[..7].copy_from_slice(b"OPTIONS");
-        r.captured_len = 7;
         r.payload_len = 9;
         r.vlan_count = 1;
         r.vlan_ids = [100, 0];

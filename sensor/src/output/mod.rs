@@ -261,25 +261,13 @@ impl Outputs {
 
 #[cfg(test)]
 mod tests {
-    use sensor_common::{CaptureRecord, ip_proto, record_flags};
+    use sensor_common::CaptureRecord;
 
     use super::*;
     use crate::event::Event;
 
     fn record() -> Box<CaptureRecord> {
-        let mut r = Box::new(CaptureRecord::zeroed());
-        r.ip_version = 4;
-        r.l4_proto = ip_proto::UDP;
-        r.src_addr[..4].copy_from_slice(&[198, 51, 100, 7]);
-        r.dst_addr[..4].copy_from_slice(&[203, 0, 113, 9]);
-        r.src_port = 5060;
-        r.dst_port = 5060;
-        r.flags = record_flags::MATCHED_DST_PORT;
-        r.payload[..7].copy_from_slice(b"OPTIONS");
-        r.captured_len = 7;
-        r.payload_len = 7;
-        r.frame_len = 14 + 20 + 8 + 7;
-        r
+        crate::record::test_record()
     }
 
     #[test]

@@ -407,13 +407,7 @@ mod tests {
     use super::*;
 
     fn udp_record() -> Box<CaptureRecord> {
-        let mut r = Box::new(CaptureRecord::zeroed());
-        r.ip_version = 4;
-        r.l4_proto = ip_proto::UDP;
-        r.src_addr[..4].copy_from_slice(&[198, 51, 100, 7]);
-        r.dst_addr[..4].copy_from_slice(&[203, 0, 113, 9]);
-        r.src_port = 5060;
-        r.dst_port = 5060;
+        let mut r = crate::record::test_record();
         r.ttl = 51;
         r.ip_id = 0x1234;
         r.tos = 0x10;
