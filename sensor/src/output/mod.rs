@@ -123,32 +123,24 @@ impl Outputs {
         }
     }
 
+    /// The enabled outputs' files.
+    fn files_mut(&mut self) -> impl Iterator<Item = &mut file::OutputFile> {
+        let ndjson = self.ndjson.as_mut().map(NdjsonSink::output_mut);
+        let pcapng = self.pcapng.as_mut().map(PcapngSink::output_mut);
+        ndjson.into_iter().chain(pcapng)
+    }
+
     pub fn flush(&mut self) {
-        if let Some(s) = &mut self.ndjson {
-            s.flush();
-        }
-        if let Some(s) = &mut self.pcapng {
-            s.flush();
-        }
+        self.files_mut().for_each(file::OutputFile::flush);
     }
 
     /// Periodic work of the file outputs (time rotation, moved files, retries).
     pub fn tick(&mut self, now_ns: u64) {
-        if let Some(s) = &mut self.ndjson {
-            s.tick(now_ns);
-        }
-        if let Some(s) = &mut self.pcapng {
-            s.tick(now_ns);
-        }
+        self.files_mut().for_each(|f| f.tick(now_ns));
     }
 
     pub fn finish(&mut self) {
-        if let Some(s) = &mut self.ndjson {
-            s.finish();
-        }
-        if let Some(s) = &mut self.pcapng {
-            s.finish();
-        }
+        self.files_mut().for_each(file::OutputFile::finish);
     }
 
     /// Each enabled output: its name, whether it is up, and its counters.
@@ -173,14 +165,7 @@ impl Outputs {
 
     /// Messages for the operator since the last call (failures, recoveries).
     pub fn take_notices(&mut self) -> Vec<String> {
-        let mut notices = Vec::new();
-        if let Some(s) = &mut self.ndjson {
-            notices.extend(s.take_notices());
-        }
-        if let Some(s) = &mut self.pcapng {
-            notices.extend(s.take_notices());
-        }
-        notices
+        self.files_mut().flat_map(|f| f.take_notices()).collect()
     }
 
     /// The `outputs` object of the stats document.

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::file::{Destination, OutputError, OutputFile, Rotation, SinkCounters};
+use super::file::{Destination, OutputError, OutputFile, Rotation};
 
 pub struct NdjsonSink {
     file: OutputFile,
@@ -38,27 +38,12 @@ impl NdjsonSink {
         self.file.write_unit(&self.line, at_ns)
     }
 
-    pub fn flush(&mut self) {
-        self.file.flush();
-    }
-
-    pub fn tick(&mut self, now_ns: u64) {
-        self.file.tick(now_ns);
-    }
-
-    pub fn finish(&mut self) {
-        self.file.finish();
-    }
-
-    pub fn counters(&self) -> SinkCounters {
-        self.file.counters()
-    }
-
+    /// The file (rotation, failures, counters) this sink writes.
     pub fn output(&self) -> &OutputFile {
         &self.file
     }
 
-    pub fn take_notices(&mut self) -> Vec<String> {
-        self.file.take_notices()
+    pub fn output_mut(&mut self) -> &mut OutputFile {
+        &mut self.file
     }
 }

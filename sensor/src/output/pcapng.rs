@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use sensor_common::PAYLOAD_CAPACITY;
 
 use super::{
-    file::{Destination, OutputError, OutputFile, Rotation, SinkCounters},
+    file::{Destination, OutputError, OutputFile, Rotation},
     fingerprint::FingerprintDoc,
 };
 use crate::{
@@ -138,28 +138,13 @@ impl PcapngSink {
             .clone()
     }
 
-    pub fn flush(&mut self) {
-        self.file.flush();
-    }
-
-    pub fn tick(&mut self, now_ns: u64) {
-        self.file.tick(now_ns);
-    }
-
-    pub fn finish(&mut self) {
-        self.file.finish();
-    }
-
-    pub fn counters(&self) -> SinkCounters {
-        self.file.counters()
-    }
-
+    /// The file (rotation, failures, counters) this sink writes.
     pub fn output(&self) -> &OutputFile {
         &self.file
     }
 
-    pub fn take_notices(&mut self) -> Vec<String> {
-        self.file.take_notices()
+    pub fn output_mut(&mut self) -> &mut OutputFile {
+        &mut self.file
     }
 }
 
@@ -534,7 +519,7 @@ mod tests {
             raw.ip_id = i as u16;
             sink.record(&Record::new(&raw).unwrap(), 1_000 + u64::from(i), None);
         }
-        sink.finish();
+        sink.output_mut().finish();
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -556,7 +541,7 @@ mod tests {
         for (i, (_, ip_id)) in ids.iter().enumerate() {
             assert_eq!(usize::from(*ip_id), i);
         }
-        assert_eq!(sink.counters().written, 12);
+        assert_eq!(sink.output().counters().written, 12);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
