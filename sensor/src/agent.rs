@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     aggregate::AggregateConfig,
-    capture::{AttachMode, CaptureError, IpPrefix, PortSet, RingReader, SensorProgram},
+    capture::{AttachMode, CaptureError, PortSet, Prefix, RingReader, SensorProgram},
     clock::WallClock,
     config::{ConfigError, ConfigFile},
     control::{ControlCommand, ControlError, ControlRequest, ControlSocket},
@@ -66,7 +66,7 @@ pub struct RunOptions {
     pub source_burst: u32,
     /// Answer TCP SYNs to `reactive_prefixes` with SYN-cookie SYN-ACKs (off by default).
     pub reactive: ReactivePolicy,
-    pub reactive_prefixes: Vec<IpPrefix>,
+    pub reactive_prefixes: Vec<Prefix>,
     /// SYN-ACKs per second per source, and the burst: the reflector limit.
     pub synack_rate: u32,
     pub synack_burst: u32,

@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer, de};
 
 use crate::{
     agent::RunOptions,
-    capture::{AttachMode, IpPrefix, PortSet},
+    capture::{AttachMode, PortSet},
     identity::{Prefix, SensorIdentity, hostname},
     output::kafka::KafkaConfig,
     output::{Destination, OutputOptions, Rotation, pcapng::InterfaceNames},
@@ -145,7 +145,7 @@ pub struct ReactiveSection {
     pub mode: Option<ReactiveMode>,
     /// `["203.0.113.0/24", "2001:db8:dead::/48"]` (or one comma-separated string).
     #[serde(default, deserialize_with = "prefixes_value")]
-    pub prefixes: Option<Vec<IpPrefix>>,
+    pub prefixes: Option<Vec<Prefix>>,
     pub synack_rate: Option<u32>,
     pub synack_burst: Option<u32>,
 }
@@ -689,7 +689,7 @@ fn ports_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PortSet>, D::Er
 }
 
 /// A list of prefixes, or one comma-separated string.
-fn prefixes_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpPrefix>>, D::Error> {
+fn prefixes_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Prefix>>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Prefixes {
@@ -706,7 +706,7 @@ fn prefixes_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpPrefix
         .iter()
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<IpPrefix>().map_err(de::Error::custom))
+        .map(|s| s.parse::<Prefix>().map_err(de::Error::custom))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }

@@ -1,90 +1,9 @@
 //! Who wrote an event: the sensor's name, interface and darknet prefixes, carried in every event
 //! (the `sensor` object) so that a central consumer can merge many sensors.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use serde::{Deserialize, Serialize};
 
-use serde::{Deserialize, Serialize, Serializer};
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PrefixError {
-    #[error("darknet prefix {0:?}: expected ADDRESS/LENGTH, e.g. 203.0.113.0/24")]
-    Syntax(String),
-    #[error("darknet prefix {0:?}: prefix length too long for the address family")]
-    Length(String),
-    #[error("darknet prefix {0:?}: host bits set (did you mean {1}?)")]
-    HostBits(String, Prefix),
-}
-
-/// An address prefix in CIDR notation, host bits clear.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Prefix {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Prefix {
-    fn masked(addr: IpAddr, len: u8) -> IpAddr {
-        match addr {
-            IpAddr::V4(a) => {
-                let bits = u32::from(a);
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                IpAddr::V4((bits & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let bits = u128::from(a);
-                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                IpAddr::V6((bits & mask).into())
-            }
-        }
-    }
-
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        addr.is_ipv4() == self.addr.is_ipv4() && Self::masked(addr, self.len) == self.addr
-    }
-}
-
-impl FromStr for Prefix {
-    type Err = PrefixError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = s
-            .split_once('/')
-            .ok_or_else(|| PrefixError::Syntax(s.into()))?;
-        let addr: IpAddr = addr.parse().map_err(|_| PrefixError::Syntax(s.into()))?;
-        let len: u8 = len.parse().map_err(|_| PrefixError::Syntax(s.into()))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if len > max {
-            return Err(PrefixError::Length(s.into()));
-        }
-        let masked = Self::masked(addr, len);
-        if masked != addr {
-            return Err(PrefixError::HostBits(
-                s.into(),
-                Prefix { addr: masked, len },
-            ));
-        }
-        Ok(Prefix { addr, len })
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-impl Serialize for Prefix {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Prefix {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::prefix::{Prefix, PrefixError};
 
 /// The `sensor` object of an event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

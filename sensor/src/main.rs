@@ -383,7 +383,7 @@ impl RunArgs {
 }
 
 #[derive(Clone, Debug)]
-struct PrefixList(Vec<sensor::capture::IpPrefix>);
+struct PrefixList(Vec<Prefix>);
 
 fn parse_prefix_list(s: &str) -> Result<PrefixList, String> {
     sensor::capture::parse_prefixes(s)

@@ -1,14 +1,13 @@
 //! The kernel side of the agent: the XDP program, its maps, its attachment and its ring buffer.
 
 mod ports;
-mod prefix;
 mod program;
 mod ring;
 
 use std::{fmt, str::FromStr};
 
+pub use crate::prefix::{Prefix, PrefixError, parse_prefixes};
 pub use ports::{DEFAULT_PORTS, PortSet, PortSetError};
-pub use prefix::{IpPrefix, PrefixError, parse_prefixes};
 pub use program::{Attachment, RING_RECORD_BYTES, SensorProgram, XdpVerdict, ifindex};
 pub use ring::RingReader;
 

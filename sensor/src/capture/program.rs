@@ -12,7 +12,7 @@ use aya::{
 };
 use sensor_common::{COUNTER_SLOTS, CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
 
-use super::{AttachMode, CaptureError, IpPrefix, PortSet};
+use super::{AttachMode, CaptureError, PortSet, Prefix};
 use crate::counters::{KernelCounters, PerCpuCounters};
 
 /// The compiled XDP object, built by `build.rs` from `sensor-ebpf`.
@@ -176,7 +176,7 @@ impl SensorProgram {
     }
 
     /// Replaces the reactive responder's prefixes (the addresses it may answer for).
-    pub fn set_reactive_prefixes(&mut self, prefixes: &[IpPrefix]) -> Result<(), CaptureError> {
+    pub fn set_reactive_prefixes(&mut self, prefixes: &[Prefix]) -> Result<(), CaptureError> {
         let map = self
             .ebpf
             .map_mut(map_names::REACTIVE_PREFIXES)
