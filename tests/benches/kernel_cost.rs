@@ -9,22 +9,34 @@
 //! run costs (perf_event_open, where the machine has hardware counters): a ratio that does not
 //! move with the load.
 //!
+//! Matched classes are followed by two reference lines, measured interleaved in the same rounds:
+//! the floor of the ring buffer itself on this machine, from minimal XDP programs with a ring of
+//! the same size: `bpf_ringbuf_reserve` of a record-sized entry + `bpf_ringbuf_submit` and
+//! nothing else, and the same with the frame's first bytes (up to a record) copied in with one
+//! `bpf_xdp_load_bytes`. No program that writes such a record can cost less.
+//!
 //! Run: `cargo bench -p sensor-tests --bench kernel_cost` (root), or `cargo xtask bench`.
 
 use std::time::Duration;
 
 use sensor::capture::{PortSet, XdpVerdict};
-use sensor_common::{Counter, MatchAction, SensorConfig};
+use sensor_common::{CaptureRecord, Counter, MatchAction, SensorConfig};
 use sensor_tests::{
     frames::{Frame, LINUX_SYN_OPTIONS, TCP_SYN},
     harness::Harness,
     pin_to_cpu,
 };
-use xtask::{perf::KernelInstructions, xdp_pass::PassProgram};
+use xtask::{
+    perf::KernelInstructions,
+    xdp_pass::{PassProgram, RingFloor},
+};
 
 const RUNS: u32 = 1_000_000;
 const CHUNK: u32 = 50_000;
 const ROUNDS: usize = 5;
+/// The sensor's ring buffer size in this benchmark (the agent's default), also used by the floor
+/// programs.
+const RING_BYTES: u32 = 64 << 20;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -46,6 +58,27 @@ fn sensor_cost(h: &mut Harness, frame: &[u8], perf: Option<&KernelInstructions>)
         total += mean * CHUNK;
         instructions += counted;
         h.drain();
+    }
+    (
+        total.as_nanos() as f64 / f64::from(RUNS),
+        instructions as f64 / f64::from(RUNS),
+    )
+}
+
+/// As `sensor_cost`, for a ring buffer floor program.
+fn floor_cost(floor: &RingFloor, frame: &[u8], perf: Option<&KernelInstructions>) -> (f64, f64) {
+    let mut total = Duration::ZERO;
+    let mut instructions = 0u64;
+    for _ in 0..RUNS / CHUNK {
+        let ((_, mean), counted) = match perf {
+            Some(p) => p
+                .measure(|| floor.test_run(frame, CHUNK).expect("test run"))
+                .expect("read counter"),
+            None => (floor.test_run(frame, CHUNK).expect("test run"), 0),
+        };
+        total += mean * CHUNK;
+        instructions += counted;
+        floor.drain();
     }
     (
         total.as_nanos() as f64 / f64::from(RUNS),
@@ -128,8 +161,11 @@ fn main() {
     let mut h = Harness::with(
         SensorConfig::new(MatchAction::Drop, false, 1024),
         &PortSet::default(),
-        64 << 20,
+        RING_BYTES,
     );
+    let record = CaptureRecord::SIZE as u32;
+    let reserve_floor =
+        RingFloor::load(RING_BYTES, record, 0).expect("load the ring buffer floor program");
     let perf = KernelInstructions::open();
     println!("kernel cost per frame (BPF_PROG_TEST_RUN, {RUNS} runs, median of {ROUNDS})");
     if perf.is_none() {
@@ -163,7 +199,17 @@ fn main() {
             },
             "{name}"
         );
+        // The floor programs of a matched class: reserve + submit, and reserve + copy + submit.
+        let copy_floor = matched.then(|| {
+            let copy = (frame.len() as u32).min(record);
+            (
+                copy,
+                RingFloor::load(RING_BYTES, record, copy).expect("load the copy floor program"),
+            )
+        });
         let (mut sensor, mut floor, mut sensor_ins, mut floor_ins) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut rf, mut rf_ins, mut cf, mut cf_ins) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let (ns, ins) = empty_cost(&empty, frame, perf.as_ref());
@@ -172,6 +218,14 @@ fn main() {
             let (ns, ins) = sensor_cost(&mut h, frame, perf.as_ref());
             sensor.push(ns);
             sensor_ins.push(ins);
+            if let Some((_, copy_floor)) = &copy_floor {
+                let (ns, ins) = floor_cost(&reserve_floor, frame, perf.as_ref());
+                rf.push(ns);
+                rf_ins.push(ins);
+                let (ns, ins) = floor_cost(copy_floor, frame, perf.as_ref());
+                cf.push(ns);
+                cf_ins.push(ins);
+            }
         }
         let (s, e) = (median(sensor), median(floor));
         let (si, ei) = (median(sensor_ins), median(floor_ins));
@@ -182,6 +236,19 @@ fn main() {
             "{name:<38} {s:>9.1} {e:>8.1} {ratio:>6.2} {si:>10.0} {ei:>9.0} {ratio_ins:>6.2} {target:>6.1} {:>4}",
             if ratio <= target { "yes" } else { "NO" }
         );
+        if let Some((copy, _)) = copy_floor {
+            for (label, ns, ins) in [
+                (format!("  floor: reserve {record} B + submit"), rf, rf_ins),
+                (format!("  floor: + copy {copy} B of frame"), cf, cf_ins),
+            ] {
+                let (f, fi) = (median(ns), median(ins));
+                let ratio_ins = if ei > 0.0 { fi / ei } else { 0.0 };
+                println!(
+                    "{label:<38} {f:>9.1} {e:>8.1} {:>6.2} {fi:>10.0} {ei:>9.0} {ratio_ins:>6.2}",
+                    f / e
+                );
+            }
+        }
     }
     h.counters()
         .check()
