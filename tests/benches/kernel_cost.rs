@@ -2,8 +2,9 @@
 //! empty XDP program (returns XDP_PASS) measured in the same run. BPF_PROG_TEST_RUN, one million
 //! runs per measurement, the calling thread pinned to one CPU; median of five measurements.
 //!
-//! Matched frames write a full record each: the ring buffer is drained every 50,000 runs so that
-//! every run takes the reserve-copy-submit path rather than the ring-full path.
+//! Matched frames write a full record each: the ring buffer is drained every 50,000 runs (fewer
+//! with a smaller ring) so that every run takes the reserve-copy-submit path rather than the
+//! ring-full path.
 //!
 //! Time on a shared machine is noisy, so the benchmark also counts the kernel instructions each
 //! run costs (perf_event_open, where the machine has hardware counters): a ratio that does not
@@ -32,11 +33,27 @@ use xtask::{
 };
 
 const RUNS: u32 = 1_000_000;
-const CHUNK: u32 = 50_000;
 const ROUNDS: usize = 5;
 /// The sensor's ring buffer size in this benchmark (the agent's default), also used by the floor
-/// programs.
+/// programs; `KERNEL_COST_RING_BYTES` overrides it (a ring that fits in the cache shows how much
+/// of a record's cost is cache misses on ring memory).
 const RING_BYTES: u32 = 64 << 20;
+
+/// Runs between drains: as many as the ring holds records, so every run writes one.
+fn chunk() -> u32 {
+    let records = ring_bytes() as usize / (CaptureRecord::SIZE + 8);
+    [50_000, 25_000, 10_000, 5_000, 1_000, 500, 100]
+        .into_iter()
+        .find(|&c| c as usize <= records)
+        .unwrap_or(10)
+}
+
+fn ring_bytes() -> u32 {
+    std::env::var("KERNEL_COST_RING_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RING_BYTES)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -48,14 +65,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn sensor_cost(h: &mut Harness, frame: &[u8], perf: Option<&KernelInstructions>) -> (f64, f64) {
     let mut total = Duration::ZERO;
     let mut instructions = 0u64;
-    for _ in 0..RUNS / CHUNK {
+    let chunk = chunk();
+    for _ in 0..RUNS / chunk {
         let ((_, mean), counted) = match perf {
             Some(p) => p
-                .measure(|| h.program.test_run(frame, CHUNK).expect("test run"))
+                .measure(|| h.program.test_run(frame, chunk).expect("test run"))
                 .expect("read counter"),
-            None => (h.program.test_run(frame, CHUNK).expect("test run"), 0),
+            None => (h.program.test_run(frame, chunk).expect("test run"), 0),
         };
-        total += mean * CHUNK;
+        total += mean * chunk;
         instructions += counted;
         h.drain();
     }
@@ -69,14 +87,15 @@ fn sensor_cost(h: &mut Harness, frame: &[u8], perf: Option<&KernelInstructions>)
 fn floor_cost(floor: &RingFloor, frame: &[u8], perf: Option<&KernelInstructions>) -> (f64, f64) {
     let mut total = Duration::ZERO;
     let mut instructions = 0u64;
-    for _ in 0..RUNS / CHUNK {
+    let chunk = chunk();
+    for _ in 0..RUNS / chunk {
         let ((_, mean), counted) = match perf {
             Some(p) => p
-                .measure(|| floor.test_run(frame, CHUNK).expect("test run"))
+                .measure(|| floor.test_run(frame, chunk).expect("test run"))
                 .expect("read counter"),
-            None => (floor.test_run(frame, CHUNK).expect("test run"), 0),
+            None => (floor.test_run(frame, chunk).expect("test run"), 0),
         };
-        total += mean * CHUNK;
+        total += mean * chunk;
         instructions += counted;
         floor.drain();
     }
@@ -161,13 +180,16 @@ fn main() {
     let mut h = Harness::with(
         SensorConfig::new(MatchAction::Drop, false, 1024),
         &PortSet::default(),
-        RING_BYTES,
+        ring_bytes(),
     );
     let record = CaptureRecord::SIZE as u32;
     let reserve_floor =
-        RingFloor::load(RING_BYTES, record, 0).expect("load the ring buffer floor program");
+        RingFloor::load(ring_bytes(), record, 0).expect("load the ring buffer floor program");
     let perf = KernelInstructions::open();
-    println!("kernel cost per frame (BPF_PROG_TEST_RUN, {RUNS} runs, median of {ROUNDS})");
+    println!(
+        "kernel cost per frame (BPF_PROG_TEST_RUN, {RUNS} runs, median of {ROUNDS}, ring {} MiB)",
+        ring_bytes() >> 20
+    );
     if perf.is_none() {
         println!("(no hardware counters here: instruction columns are 0)");
     }
@@ -204,7 +226,7 @@ fn main() {
             let copy = (frame.len() as u32).min(record);
             (
                 copy,
-                RingFloor::load(RING_BYTES, record, copy).expect("load the copy floor program"),
+                RingFloor::load(ring_bytes(), record, copy).expect("load the copy floor program"),
             )
         });
         let (mut sensor, mut floor, mut sensor_ins, mut floor_ins) =
