@@ -60,8 +60,64 @@ fn port_in_set(port: u16) -> bool {
     }
 }
 
+/// Counts a frame that ends here: `FramesSeen` and its one outcome, in one lookup.
+#[inline(always)]
+fn outcome(counter: Counter) {
+    if let Some(block) = COUNTERS.get_ptr_mut(0) {
+        // Per-CPU slot: no other writer, plain increments are enough.
+        unsafe {
+            (*block)[Counter::FramesSeen as usize] += 1;
+            (*block)[counter as usize & (COUNTER_SLOTS - 1)] += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn match_source_port() -> bool {
+    match CONFIG.get(0) {
+        Some(config) => config.match_source_port != 0,
+        None => false,
+    }
+}
+
 #[xdp]
 pub fn sip_sensor(ctx: XdpContext) -> u32 {
+    // The common frame that does not match ends here, before any other work.
+    match parse::quick(&ctx) {
+        parse::Quick::Ports(src_port, dst_port)
+            if !port_in_set(dst_port) && !(match_source_port() && port_in_set(src_port)) =>
+        {
+            outcome(Counter::PortMiss);
+            return xdp_action::XDP_PASS;
+        }
+        parse::Quick::NonIp => {
+            outcome(Counter::NonIp);
+            return xdp_action::XDP_PASS;
+        }
+        _ => {}
+    }
+    // Everything else, matched frames included: the full parse, with no call before it, so
+    // that what matching needs stays in registers.
+    let parsed = match parse::parse(&ctx) {
+        Ok(parsed) => parsed,
+        Err(counter) => {
+            outcome(counter);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    // Array maps always hold their slots; the default (all zero) means drop, dst only.
+    let config = match CONFIG.get(0) {
+        Some(config) => *config,
+        None => SensorConfig::new(MatchAction::Drop, false, 0),
+    };
+    let flags = if port_in_set(parsed.dst_port) {
+        record_flags::MATCHED_DST_PORT
+    } else if config.match_source_port != 0 && port_in_set(parsed.src_port) {
+        record_flags::MATCHED_SRC_PORT
+    } else {
+        outcome(Counter::PortMiss);
+        return xdp_action::XDP_PASS;
+    };
     // Array maps always hold their slots: the lookup cannot fail.
     let Some(block) = COUNTERS.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
@@ -69,29 +125,12 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
     let counters = unsafe { &mut *block };
     counters[Counter::FramesSeen as usize] += 1;
     let mut storage = core::mem::MaybeUninit::<Headers>::uninit();
-    let headers = Headers::zero_in_place(&mut storage);
-    if let Err(counter) = parse::parse(&ctx, headers) {
-        counters[counter as usize & (COUNTER_SLOTS - 1)] += 1;
-        return xdp_action::XDP_PASS;
-    }
-    // Array maps always hold their slots; the default (all zero) means drop, dst only.
-    let config = match CONFIG.get(0) {
-        Some(config) => *config,
-        None => SensorConfig::new(MatchAction::Drop, false, 0),
-    };
-    let flags = if port_in_set(headers.dst_port) {
-        record_flags::MATCHED_DST_PORT
-    } else if config.match_source_port != 0 && port_in_set(headers.src_port) {
-        record_flags::MATCHED_SRC_PORT
-    } else {
-        counters[Counter::PortMiss as usize] += 1;
-        return xdp_action::XDP_PASS;
-    };
-    if !parse::complete(&ctx, headers) {
+    if !parse::fill(&ctx, &parsed, &mut storage) {
         // Unreachable: `parse` checked the same bounds. Counted rather than assumed.
         counters[Counter::Truncated as usize] += 1;
         return xdp_action::XDP_PASS;
     }
+    let headers = unsafe { storage.assume_init_ref() };
     counters[Counter::Matched as usize] += 1;
     let now = unsafe { bpf_ktime_get_ns() };
     let reply = if headers.l4_proto == ip_proto::TCP && flags == record_flags::MATCHED_DST_PORT {
@@ -239,42 +278,19 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, config: &SensorConfig, now
                 );
             }
         }
+        // The header has the record's layout: copy it as words (volatile, or LLVM makes it a
+        // byte-by-byte memcpy), then set what only emit knows.
+        let from = (h as *const Headers).cast::<u64>();
+        let to = r.cast::<u64>();
+        for i in 0..parse::RECORD_HEAD_WORDS {
+            to.add(i).write_volatile(from.add(i).read());
+        }
         (*r).timestamp_ns = now;
         (*r).ifindex = (*ctx.ctx).ingress_ifindex;
         (*r).rx_queue = (*ctx.ctx).rx_queue_index;
-        (*r).src_addr
-            .as_mut_ptr()
-            .cast::<[u32; 4]>()
-            .write(h.src_addr);
-        (*r).dst_addr
-            .as_mut_ptr()
-            .cast::<[u32; 4]>()
-            .write(h.dst_addr);
-        (*r).tcp_seq = h.tcp_seq;
-        (*r).tcp_ack = h.tcp_ack;
-        (*r).flow_label = h.flow_label;
         (*r).frame_len = frame_len;
-        (*r).ip_id = h.ip_id;
-        (*r).ip_total_len = h.ip_total_len;
-        (*r).frag_offset = h.frag_offset;
-        (*r).src_port = h.src_port;
-        (*r).dst_port = h.dst_port;
-        (*r).tcp_window = h.tcp_window;
-        (*r).payload_len = h.payload_len;
         (*r).captured_len = captured as u16;
-        (*r).payload_offset = h.payload_offset;
-        (*r).vlan_ids = h.vlan_ids;
-        (*r).ip_version = h.ip_version;
-        (*r).ttl = h.ttl;
-        (*r).tos = h.tos;
-        (*r).l4_proto = h.l4_proto;
-        (*r).ip_flags = h.ip_flags;
         (*r).flags = flags;
-        (*r).vlan_count = h.vlan_count;
-        (*r).tcp_flags = h.tcp_flags;
-        (*r).tcp_data_offset = h.tcp_data_offset;
-        (*r).tcp_options_len = h.tcp_options_len;
-        (*r).reserved = [0; 8];
     }
     // Batch wakeups: the reader also drains on a timer, so a record never waits long.
     let wakeup = if config.wakeup_bytes == 0 {
