@@ -82,10 +82,11 @@ fn match_source_port() -> bool {
 
 #[xdp]
 pub fn sip_sensor(ctx: XdpContext) -> u32 {
-    // The common frame that does not match ends here, before any other work.
+    // The common frame that does not match ends here, before any other work: its ports (all
+    // that is kept of `quick` here, so nothing else is held across the map lookups).
     match parse::quick(&ctx) {
-        parse::Quick::Ports(src_port, dst_port)
-            if !port_in_set(dst_port) && !(match_source_port() && port_in_set(src_port)) =>
+        parse::Quick::Parsed(p)
+            if !port_in_set(p.dst_port) && !(match_source_port() && port_in_set(p.src_port)) =>
         {
             outcome(Counter::PortMiss);
             return xdp_action::XDP_PASS;
@@ -96,27 +97,30 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
         }
         _ => {}
     }
-    // Everything else, matched frames included: the full parse, with no call before it, so
-    // that what matching needs stays in registers.
-    let parsed = match parse::parse(&ctx) {
-        Ok(parsed) => parsed,
-        Err(counter) => {
-            outcome(counter);
-            return xdp_action::XDP_PASS;
-        }
+    // A matched common frame is parsed by `quick` again (cheaper than the full parse, and cheaper
+    // than keeping what it found across the lookups); anything else takes the full parse.
+    let parsed = match parse::quick(&ctx) {
+        parse::Quick::Parsed(parsed) => parsed,
+        _ => match parse::parse(&ctx) {
+            Ok(parsed) => parsed,
+            Err(counter) => {
+                outcome(counter);
+                return xdp_action::XDP_PASS;
+            }
+        },
+    };
+    let flags = if port_in_set(parsed.dst_port) {
+        record_flags::MATCHED_DST_PORT
+    } else if match_source_port() && port_in_set(parsed.src_port) {
+        record_flags::MATCHED_SRC_PORT
+    } else {
+        outcome(Counter::PortMiss);
+        return xdp_action::XDP_PASS;
     };
     // Array maps always hold their slots; the default (all zero) means drop, dst only.
     let config = match CONFIG.get(0) {
         Some(config) => *config,
         None => SensorConfig::new(MatchAction::Drop, false, 0),
-    };
-    let flags = if port_in_set(parsed.dst_port) {
-        record_flags::MATCHED_DST_PORT
-    } else if config.match_source_port != 0 && port_in_set(parsed.src_port) {
-        record_flags::MATCHED_SRC_PORT
-    } else {
-        outcome(Counter::PortMiss);
-        return xdp_action::XDP_PASS;
     };
     // Array maps always hold their slots: the lookup cannot fail.
     let Some(block) = COUNTERS.get_ptr_mut(0) else {

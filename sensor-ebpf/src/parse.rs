@@ -176,8 +176,8 @@ unsafe fn word(p: *const u8, i: usize) -> u32 {
 /// What `quick` found.
 pub enum Quick {
     /// Untagged IPv4 (any IHL) or IPv6 without extension headers, carrying UDP or TCP, every check
-    /// `parse` makes passed: `parse` would return `Ok` with these (source, destination) ports.
-    Ports(u16, u16),
+    /// `parse` makes passed: what `parse` would return.
+    Parsed(Parsed),
     /// An untagged frame of another ethertype: `parse` would return `NonIp`.
     NonIp,
     /// Anything else: `parse` decides.
@@ -204,7 +204,7 @@ fn quick_inner(ctx: &XdpContext) -> Option<Quick> {
     }
     let eth = start as *const u8;
     let ethertype = unsafe { be16(eth, 12) };
-    let (l4, ip_payload, proto) = if ethertype == ETHERTYPE_IPV4 {
+    let (l4, ip_payload, proto, ip_version) = if ethertype == ETHERTYPE_IPV4 {
         let ip = unsafe { eth.add(ETH_HEADER_LEN) };
         let b0 = unsafe { u8_at(ip, 0) };
         let ihl = usize::from(b0 & 0x0f) * 4;
@@ -216,7 +216,12 @@ fn quick_inner(ctx: &XdpContext) -> Option<Quick> {
         if unsafe { be16(ip, 6) } & 0x1fff != 0 || total < ihl {
             return None;
         }
-        (ETH_HEADER_LEN + ihl, total - ihl, unsafe { u8_at(ip, 9) })
+        (
+            ETH_HEADER_LEN + ihl,
+            total - ihl,
+            unsafe { u8_at(ip, 9) },
+            4,
+        )
     } else if ethertype == ETHERTYPE_IPV6 {
         if start + ETH_HEADER_LEN + 40 > end {
             return None;
@@ -229,6 +234,7 @@ fn quick_inner(ctx: &XdpContext) -> Option<Quick> {
             ETH_HEADER_LEN + 40,
             usize::from(unsafe { be16(ip, 4) }),
             unsafe { u8_at(ip, 6) },
+            6,
         )
     } else if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
         return None;
@@ -244,7 +250,22 @@ fn quick_inner(ctx: &XdpContext) -> Option<Quick> {
         if udp_len < 8 || ip_payload < 8 {
             return None;
         }
-        Some(unsafe { Quick::Ports(be16(udp, 0), be16(udp, 2)) })
+        let carried = if udp_len < ip_payload {
+            udp_len
+        } else {
+            ip_payload
+        };
+        Some(Quick::Parsed(Parsed {
+            l3_offset: ETH_HEADER_LEN,
+            l4_offset: l4,
+            payload_offset: l4 + 8,
+            payload_len: carried - 8,
+            src_port: unsafe { be16(udp, 0) },
+            dst_port: unsafe { be16(udp, 2) },
+            ip_version,
+            l4_proto: proto,
+            ip6_flags: 0,
+        }))
     } else if proto == ip_proto::TCP {
         if start + l4 + 20 > end {
             return None;
@@ -254,7 +275,17 @@ fn quick_inner(ctx: &XdpContext) -> Option<Quick> {
         if data_offset < 20 || ip_payload < data_offset || start + l4 + data_offset > end {
             return None;
         }
-        Some(unsafe { Quick::Ports(be16(tcp, 0), be16(tcp, 2)) })
+        Some(Quick::Parsed(Parsed {
+            l3_offset: ETH_HEADER_LEN,
+            l4_offset: l4,
+            payload_offset: l4 + data_offset,
+            payload_len: ip_payload - data_offset,
+            src_port: unsafe { be16(tcp, 0) },
+            dst_port: unsafe { be16(tcp, 2) },
+            ip_version,
+            l4_proto: proto,
+            ip6_flags: 0,
+        }))
     } else {
         None
     }
