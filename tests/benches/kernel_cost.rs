@@ -16,6 +16,10 @@
 //! nothing else, and the same with the frame's first bytes (up to a record) copied in with one
 //! `bpf_xdp_load_bytes`. No program that writes such a record can cost less.
 //!
+//! `KERNEL_COST_BASELINE=<object>` also loads another build of the program (say, the previous
+//! commit's `sensor-ebpf` object) and measures it interleaved in the same rounds, for before/after
+//! comparisons that the machine's load does not skew.
+//!
 //! Run: `cargo bench -p sensor-tests --bench kernel_cost` (root), or `cargo xtask bench`.
 
 use std::time::Duration;
@@ -182,6 +186,17 @@ fn main() {
         &PortSet::default(),
         ring_bytes(),
     );
+    let mut baseline = std::env::var_os("KERNEL_COST_BASELINE").map(|path| {
+        let object = std::fs::read(&path).expect("read the baseline object");
+        let program = sensor::capture::SensorProgram::load_object(&object, ring_bytes())
+            .expect("load the baseline object");
+        println!("baseline object: {}", path.to_string_lossy());
+        Harness::with_program(
+            program,
+            SensorConfig::new(MatchAction::Drop, false, 1024),
+            &PortSet::default(),
+        )
+    });
     let record = CaptureRecord::SIZE as u32;
     let reserve_floor =
         RingFloor::load(ring_bytes(), record, 0).expect("load the ring buffer floor program");
@@ -233,6 +248,16 @@ fn main() {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut rf, mut rf_ins, mut cf, mut cf_ins) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut base, mut base_ins) = (Vec::new(), Vec::new());
+        if let Some(b) = baseline.as_mut() {
+            let (verdict, _) = b.program.test_run(frame, 1).unwrap();
+            b.drain();
+            assert_eq!(
+                verdict == XdpVerdict::Drop,
+                *matched,
+                "baseline verdict, {name}"
+            );
+        }
         for _ in 0..ROUNDS {
             let (ns, ins) = empty_cost(&empty, frame, perf.as_ref());
             floor.push(ns);
@@ -240,6 +265,11 @@ fn main() {
             let (ns, ins) = sensor_cost(&mut h, frame, perf.as_ref());
             sensor.push(ns);
             sensor_ins.push(ins);
+            if let Some(b) = baseline.as_mut() {
+                let (ns, ins) = sensor_cost(b, frame, perf.as_ref());
+                base.push(ns);
+                base_ins.push(ins);
+            }
             if let Some((_, copy_floor)) = &copy_floor {
                 let (ns, ins) = floor_cost(&reserve_floor, frame, perf.as_ref());
                 rf.push(ns);
@@ -258,6 +288,15 @@ fn main() {
             "{name:<38} {s:>9.1} {e:>8.1} {ratio:>6.2} {si:>10.0} {ei:>9.0} {ratio_ins:>6.2} {target:>6.1} {:>4}",
             if ratio <= target { "yes" } else { "NO" }
         );
+        if !base.is_empty() {
+            let (b, bi) = (median(base), median(base_ins));
+            let ratio_ins = if ei > 0.0 { bi / ei } else { 0.0 };
+            println!(
+                "{:<38} {b:>9.1} {e:>8.1} {:>6.2} {bi:>10.0} {ei:>9.0} {ratio_ins:>6.2}",
+                "  baseline object",
+                b / e
+            );
+        }
         if let Some((copy, _)) = copy_floor {
             for (label, ns, ins) in [
                 (format!("  floor: reserve {record} B + submit"), rf, rf_ins),

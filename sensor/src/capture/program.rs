@@ -107,13 +107,19 @@ impl SensorProgram {
     /// Loads the program and creates its maps. `ring_bytes` must be a power of two multiple of
     /// the page size.
     pub fn load(ring_bytes: u32) -> Result<Self, CaptureError> {
+        Self::load_object(OBJECT, ring_bytes)
+    }
+
+    /// As `load`, from another build of the program (an ELF object with the same maps and
+    /// program name): for comparing builds, as the kernel cost benchmark does.
+    pub fn load_object(object: &[u8], ring_bytes: u32) -> Result<Self, CaptureError> {
         let page = page_size();
         if !ring_bytes.is_power_of_two() || ring_bytes < page || !ring_bytes.is_multiple_of(page) {
             return Err(CaptureError::RingSize { ring_bytes, page });
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::EVENTS, ring_bytes)
-            .load(OBJECT)
+            .load(object)
             .map_err(|e| {
                 if root_io_error(&e).is_some_and(is_permission_error) {
                     CaptureError::Privilege(chain_text(&e))
