@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     COUNTER_SLOTS, CaptureRecord, Counter, DEFAULT_RING_BYTES, MatchAction, PAYLOAD_CAPACITY,
-    PORT_BITMAP_WORDS, SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY, ip_proto,
+    PortMatch, SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY, ip_proto,
     record_flags,
 };
 
@@ -34,8 +34,12 @@ static COUNTERS: PerCpuArray<[u64; COUNTER_SLOTS]> = PerCpuArray::with_max_entri
 #[map(name = "CONFIG")]
 static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
 
-#[map(name = "PORTS")]
-static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+/// The port set, as global data: the agent writes it through the section's map (`.data.ports`);
+/// the program reads it with plain loads, where a map lookup costs a dozen instructions more per
+/// frame.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.ports")]
+static mut PORT_MATCH: PortMatch = PortMatch::empty();
 
 /// Per-source token buckets, per CPU so that no lock or atomic is needed: RSS keeps a source on
 /// one queue, so a per-CPU bucket is in practice a per-source bucket.
@@ -54,10 +58,15 @@ fn count(counter: Counter) {
 
 #[inline(always)]
 fn port_in_set(port: u16) -> bool {
-    match PORTS.get(u32::from(port >> 6)) {
-        Some(word) => (*word >> (port & 63)) & 1 == 1,
-        None => false,
-    }
+    // Volatile: the agent changes it at run time, the compiler must not assume its initial value.
+    let word = unsafe {
+        core::ptr::read_volatile(
+            (&raw const PORT_MATCH.words)
+                .cast::<u64>()
+                .add(usize::from(port >> 6)),
+        )
+    };
+    (word >> (port & 63)) & 1 == 1
 }
 
 /// Counts a frame that ends here: `FramesSeen` and its one outcome, in one lookup.
@@ -74,10 +83,7 @@ fn outcome(counter: Counter) {
 
 #[inline(always)]
 fn match_source_port() -> bool {
-    match CONFIG.get(0) {
-        Some(config) => config.match_source_port != 0,
-        None => false,
-    }
+    unsafe { core::ptr::read_volatile(&raw const PORT_MATCH.match_source_port) != 0 }
 }
 
 #[xdp]
