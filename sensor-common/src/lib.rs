@@ -23,6 +23,29 @@ pub const TCP_OPTIONS_CAPACITY: usize = 40;
 /// Ports are held as a bitmap of 65536 bits in 1024 array slots of 64 bits.
 pub const PORT_BITMAP_WORDS: u32 = 1024;
 
+/// The port set as the XDP program reads it: global data of the object (section `.data.ports`,
+/// which the loader makes a one-slot array map of that name), so that the per-frame check is a
+/// plain load, with no map lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortMatch {
+    /// Bit `port & 63` of word `port >> 6` is set for a port in the set.
+    pub words: [u64; PORT_BITMAP_WORDS as usize],
+    /// Non-zero: a frame also matches when its source port is in the set; the agent keeps it
+    /// equal to `SensorConfig::match_source_port` (here so that a frame that does not match reads
+    /// no other map).
+    pub match_source_port: u64,
+}
+
+impl PortMatch {
+    pub const fn empty() -> Self {
+        Self {
+            words: [0; PORT_BITMAP_WORDS as usize],
+            match_source_port: 0,
+        }
+    }
+}
+
 /// Default ring buffer size: 64 MiB holds about 57,000 records, over a second of a 50 kpps scan
 /// burst with the agent stalled.
 pub const DEFAULT_RING_BYTES: u32 = 64 * 1024 * 1024;
@@ -36,7 +59,8 @@ pub mod map_names {
     pub const COOKIE_SECRETS: &str = "COOKIE_SECRETS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONFIG: &str = "CONFIG";
-    pub const PORTS: &str = "PORTS";
+    /// The `PortMatch` global (section `.data.ports`).
+    pub const PORT_MATCH: &str = ".data.ports";
 }
 
 /// Name of the XDP program in the object.
@@ -412,6 +436,7 @@ const _: () = {
 mod pod {
     // SAFETY: plain-old-data, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::SensorConfig {}
+    unsafe impl aya::Pod for super::PortMatch {}
     unsafe impl aya::Pod for super::SourceBucket {}
     unsafe impl aya::Pod for super::CaptureRecord {}
 }

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     COUNTER_SLOTS, CaptureRecord, Counter, DEFAULT_RING_BYTES, MatchAction, PAYLOAD_CAPACITY,
-    PORT_BITMAP_WORDS, SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY, ip_proto,
+    PortMatch, SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY, ip_proto,
     record_flags,
 };
 
@@ -34,8 +34,12 @@ static COUNTERS: PerCpuArray<[u64; COUNTER_SLOTS]> = PerCpuArray::with_max_entri
 #[map(name = "CONFIG")]
 static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
 
-#[map(name = "PORTS")]
-static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+/// The port set, as global data: the agent writes it through the section's map (`.data.ports`);
+/// the program reads it with plain loads, where a map lookup costs a dozen instructions more per
+/// frame.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.ports")]
+static mut PORT_MATCH: PortMatch = PortMatch::empty();
 
 /// Per-source token buckets, per CPU so that no lock or atomic is needed: RSS keeps a source on
 /// one queue, so a per-CPU bucket is in practice a per-source bucket.
@@ -54,14 +58,76 @@ fn count(counter: Counter) {
 
 #[inline(always)]
 fn port_in_set(port: u16) -> bool {
-    match PORTS.get(u32::from(port >> 6)) {
-        Some(word) => (*word >> (port & 63)) & 1 == 1,
-        None => false,
+    // Volatile: the agent changes it at run time, the compiler must not assume its initial value.
+    let word = unsafe {
+        core::ptr::read_volatile(
+            (&raw const PORT_MATCH.words)
+                .cast::<u64>()
+                .add(usize::from(port >> 6)),
+        )
+    };
+    (word >> (port & 63)) & 1 == 1
+}
+
+/// Counts a frame that ends here: `FramesSeen` and its one outcome, in one lookup.
+#[inline(always)]
+fn outcome(counter: Counter) {
+    if let Some(block) = COUNTERS.get_ptr_mut(0) {
+        // Per-CPU slot: no other writer, plain increments are enough.
+        unsafe {
+            (*block)[Counter::FramesSeen as usize] += 1;
+            (*block)[counter as usize & (COUNTER_SLOTS - 1)] += 1;
+        }
     }
+}
+
+#[inline(always)]
+fn match_source_port() -> bool {
+    unsafe { core::ptr::read_volatile(&raw const PORT_MATCH.match_source_port) != 0 }
 }
 
 #[xdp]
 pub fn sip_sensor(ctx: XdpContext) -> u32 {
+    // The common frame that does not match ends here, before any other work: its ports (all
+    // that is kept of `quick` here, so nothing else is held across the map lookups).
+    match parse::quick(&ctx) {
+        parse::Quick::Parsed(p)
+            if !port_in_set(p.dst_port) && !(match_source_port() && port_in_set(p.src_port)) =>
+        {
+            outcome(Counter::PortMiss);
+            return xdp_action::XDP_PASS;
+        }
+        parse::Quick::NonIp => {
+            outcome(Counter::NonIp);
+            return xdp_action::XDP_PASS;
+        }
+        _ => {}
+    }
+    // A matched common frame is parsed by `quick` again (cheaper than the full parse, and cheaper
+    // than keeping what it found across the lookups); anything else takes the full parse.
+    let parsed = match parse::quick(&ctx) {
+        parse::Quick::Parsed(parsed) => parsed,
+        _ => match parse::parse(&ctx) {
+            Ok(parsed) => parsed,
+            Err(counter) => {
+                outcome(counter);
+                return xdp_action::XDP_PASS;
+            }
+        },
+    };
+    let flags = if port_in_set(parsed.dst_port) {
+        record_flags::MATCHED_DST_PORT
+    } else if match_source_port() && port_in_set(parsed.src_port) {
+        record_flags::MATCHED_SRC_PORT
+    } else {
+        outcome(Counter::PortMiss);
+        return xdp_action::XDP_PASS;
+    };
+    // Array maps always hold their slots; the default (all zero) means drop, dst only.
+    let config = match CONFIG.get(0) {
+        Some(config) => *config,
+        None => SensorConfig::new(MatchAction::Drop, false, 0),
+    };
     // Array maps always hold their slots: the lookup cannot fail.
     let Some(block) = COUNTERS.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
@@ -69,29 +135,12 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
     let counters = unsafe { &mut *block };
     counters[Counter::FramesSeen as usize] += 1;
     let mut storage = core::mem::MaybeUninit::<Headers>::uninit();
-    let headers = Headers::zero_in_place(&mut storage);
-    if let Err(counter) = parse::parse(&ctx, headers) {
-        counters[counter as usize & (COUNTER_SLOTS - 1)] += 1;
-        return xdp_action::XDP_PASS;
-    }
-    // Array maps always hold their slots; the default (all zero) means drop, dst only.
-    let config = match CONFIG.get(0) {
-        Some(config) => *config,
-        None => SensorConfig::new(MatchAction::Drop, false, 0),
-    };
-    let flags = if port_in_set(headers.dst_port) {
-        record_flags::MATCHED_DST_PORT
-    } else if config.match_source_port != 0 && port_in_set(headers.src_port) {
-        record_flags::MATCHED_SRC_PORT
-    } else {
-        counters[Counter::PortMiss as usize] += 1;
-        return xdp_action::XDP_PASS;
-    };
-    if !parse::complete(&ctx, headers) {
+    if !parse::fill(&ctx, &parsed, &mut storage) {
         // Unreachable: `parse` checked the same bounds. Counted rather than assumed.
         counters[Counter::Truncated as usize] += 1;
         return xdp_action::XDP_PASS;
     }
+    let headers = unsafe { storage.assume_init_ref() };
     counters[Counter::Matched as usize] += 1;
     let now = unsafe { bpf_ktime_get_ns() };
     let reply = if headers.l4_proto == ip_proto::TCP && flags == record_flags::MATCHED_DST_PORT {
@@ -239,42 +288,19 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, config: &SensorConfig, now
                 );
             }
         }
+        // The header has the record's layout: copy it as words (volatile, or LLVM makes it a
+        // byte-by-byte memcpy), then set what only emit knows.
+        let from = (h as *const Headers).cast::<u64>();
+        let to = r.cast::<u64>();
+        for i in 0..parse::RECORD_HEAD_WORDS {
+            to.add(i).write_volatile(from.add(i).read());
+        }
         (*r).timestamp_ns = now;
         (*r).ifindex = (*ctx.ctx).ingress_ifindex;
         (*r).rx_queue = (*ctx.ctx).rx_queue_index;
-        (*r).src_addr
-            .as_mut_ptr()
-            .cast::<[u32; 4]>()
-            .write(h.src_addr);
-        (*r).dst_addr
-            .as_mut_ptr()
-            .cast::<[u32; 4]>()
-            .write(h.dst_addr);
-        (*r).tcp_seq = h.tcp_seq;
-        (*r).tcp_ack = h.tcp_ack;
-        (*r).flow_label = h.flow_label;
         (*r).frame_len = frame_len;
-        (*r).ip_id = h.ip_id;
-        (*r).ip_total_len = h.ip_total_len;
-        (*r).frag_offset = h.frag_offset;
-        (*r).src_port = h.src_port;
-        (*r).dst_port = h.dst_port;
-        (*r).tcp_window = h.tcp_window;
-        (*r).payload_len = h.payload_len;
         (*r).captured_len = captured as u16;
-        (*r).payload_offset = h.payload_offset;
-        (*r).vlan_ids = h.vlan_ids;
-        (*r).ip_version = h.ip_version;
-        (*r).ttl = h.ttl;
-        (*r).tos = h.tos;
-        (*r).l4_proto = h.l4_proto;
-        (*r).ip_flags = h.ip_flags;
         (*r).flags = flags;
-        (*r).vlan_count = h.vlan_count;
-        (*r).tcp_flags = h.tcp_flags;
-        (*r).tcp_data_offset = h.tcp_data_offset;
-        (*r).tcp_options_len = h.tcp_options_len;
-        (*r).reserved = [0; 8];
     }
     // Batch wakeups: the reader also drains on a timer, so a record never waits long.
     let wakeup = if config.wakeup_bytes == 0 {

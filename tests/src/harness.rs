@@ -33,8 +33,13 @@ impl Harness {
     }
 
     pub fn with(config: SensorConfig, ports: &PortSet, ring_bytes: u32) -> Self {
-        let mut program =
+        let program =
             SensorProgram::load(ring_bytes).expect("load the XDP program (are you root?)");
+        Self::with_program(program, config, ports)
+    }
+
+    /// As `with`, for a program loaded some other way (another build, `SensorProgram::load_object`).
+    pub fn with_program(mut program: SensorProgram, config: SensorConfig, ports: &PortSet) -> Self {
         program.set_config(config).expect("config");
         program.set_ports(ports).expect("ports");
         let ring = program.take_ring().expect("ring");

@@ -90,3 +90,144 @@ impl PassProgram {
         Ok((retval, Duration::from_nanos(u64::from(duration))))
     }
 }
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+const BPF_FUNC_RINGBUF_RESERVE: i32 = 131;
+const BPF_FUNC_RINGBUF_SUBMIT: i32 = 132;
+const BPF_FUNC_XDP_LOAD_BYTES: i32 = 189;
+
+/// One BPF instruction: opcode, dst and src registers, offset, immediate.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0] = code;
+    b[1] = (src << 4) | dst;
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    b
+}
+
+/// The floor of writing a record into a ring buffer from XDP: `bpf_ringbuf_reserve` of a
+/// constant size, optionally `bpf_xdp_load_bytes` of the first `copy` bytes of the frame into it,
+/// `bpf_ringbuf_submit`, XDP_PASS. Nothing else: no parsing, no maps besides the ring. Measured
+/// next to the sensor, it shows what the ring buffer alone costs per record on this machine.
+pub struct RingFloor {
+    prog: PassProgram,
+    map: OwnedFd,
+    /// Consumer position page (read-write) and producer position page (read-only), mmapped.
+    consumer: *mut u64,
+    producer: *const u64,
+    page: usize,
+}
+
+impl RingFloor {
+    /// A ring of `ring_bytes` (a power-of-two number of pages) and records of `record` bytes
+    /// (`copy` <= `record` bytes of each frame copied in; 0: none).
+    pub fn load(ring_bytes: u32, record: u32, copy: u32) -> io::Result<Self> {
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, BPF_MAP_TYPE_RINGBUF);
+        put_u32(&mut attr, 12, ring_bytes);
+        let map = bpf(BPF_MAP_CREATE, &mut attr)?;
+        // SAFETY: the kernel returned a new descriptor that we now own.
+        let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
+        let fd = map.as_raw_fd();
+        let mut code: Vec<[u8; 8]> = vec![
+            insn(0xbf, 6, 1, 0, 0),  // r6 = r1 (ctx)
+            insn(0x18, 1, 1, 0, fd), // r1 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
+            insn(0, 0, 0, 0, 0),
+            insn(0xb7, 2, 0, 0, record as i32), // r2 = size
+            insn(0xb7, 3, 0, 0, 0),             // r3 = 0
+            insn(0x85, 0, 0, 0, BPF_FUNC_RINGBUF_RESERVE),
+        ];
+        let mut body: Vec<[u8; 8]> = Vec::new();
+        body.push(insn(0xbf, 7, 0, 0, 0)); // r7 = r0
+        if copy > 0 {
+            body.extend([
+                insn(0xbf, 1, 6, 0, 0),           // r1 = ctx
+                insn(0xb7, 2, 0, 0, 0),           // r2 = offset 0
+                insn(0xbf, 3, 7, 0, 0),           // r3 = record
+                insn(0xb7, 4, 0, 0, copy as i32), // r4 = len
+                insn(0x85, 0, 0, 0, BPF_FUNC_XDP_LOAD_BYTES),
+            ]);
+        }
+        body.extend([
+            insn(0xbf, 1, 7, 0, 0), // r1 = record
+            insn(0xb7, 2, 0, 0, 0), // r2 = flags 0
+            insn(0x85, 0, 0, 0, BPF_FUNC_RINGBUF_SUBMIT),
+        ]);
+        code.push(insn(0x15, 0, 0, body.len() as i16, 0)); // if r0 == 0 skip the body
+        code.extend(body);
+        code.push(insn(0xb7, 0, 0, 0, 2)); // r0 = XDP_PASS
+        code.push(insn(0x95, 0, 0, 0, 0)); // exit
+        let bytes: Vec<u8> = code.concat();
+        let license = b"GPL\0";
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
+        put_u32(&mut attr, 4, code.len() as u32);
+        put_u64(&mut attr, 8, bytes.as_ptr() as u64);
+        put_u64(&mut attr, 16, license.as_ptr() as u64);
+        attr[48..58].copy_from_slice(b"ring_floor");
+        let prog = bpf(BPF_PROG_LOAD, &mut attr)?;
+        // SAFETY: the kernel returned a new descriptor that we now own.
+        let prog = PassProgram {
+            fd: unsafe { OwnedFd::from_raw_fd(prog as i32) },
+        };
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // SAFETY: mapping the ring buffer's position pages as the kernel documents: the consumer
+        // page read-write at offset 0, the producer page read-only at one page.
+        let (consumer, producer) = unsafe {
+            let c = libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                page as libc::off_t,
+            );
+            if c == libc::MAP_FAILED || p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            (c.cast::<u64>(), p.cast::<u64>())
+        };
+        Ok(Self {
+            prog,
+            map,
+            consumer,
+            producer,
+            page,
+        })
+    }
+
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> io::Result<(u32, Duration)> {
+        self.prog.test_run(frame, repeat)
+    }
+
+    /// Marks every record consumed, without reading them.
+    pub fn drain(&self) {
+        // SAFETY: both pages stay mapped for the life of self.
+        unsafe {
+            let produced = std::ptr::read_volatile(self.producer);
+            std::ptr::write_volatile(self.consumer, produced);
+        }
+    }
+}
+
+impl Drop for RingFloor {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what load mapped.
+        unsafe {
+            libc::munmap(self.consumer.cast(), self.page);
+            libc::munmap(self.producer.cast_mut().cast(), self.page);
+        }
+        let _ = self.map.as_raw_fd();
+    }
+}

@@ -10,10 +10,16 @@ use aya::{
     },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink},
 };
-use sensor_common::{COUNTER_SLOTS, CaptureRecord, Counter, PROGRAM_NAME, SensorConfig, map_names};
+use sensor_common::{
+    COUNTER_SLOTS, CaptureRecord, Counter, PROGRAM_NAME, PortMatch, SensorConfig, map_names,
+};
 
 use super::{AttachMode, CaptureError, PortSet, Prefix};
 use crate::counters::{KernelCounters, PerCpuCounters};
+
+/// The port bitmap map of builds of the program from before `PortMatch`, which `load_object` can
+/// load for comparisons.
+const LEGACY_PORTS: &str = "PORTS";
 
 /// The compiled XDP object, built by `build.rs` from `sensor-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
@@ -107,13 +113,19 @@ impl SensorProgram {
     /// Loads the program and creates its maps. `ring_bytes` must be a power of two multiple of
     /// the page size.
     pub fn load(ring_bytes: u32) -> Result<Self, CaptureError> {
+        Self::load_object(OBJECT, ring_bytes)
+    }
+
+    /// As `load`, from another build of the program (an ELF object with the same maps and
+    /// program name): for comparing builds, as the kernel cost benchmark does.
+    pub fn load_object(object: &[u8], ring_bytes: u32) -> Result<Self, CaptureError> {
         let page = page_size();
         if !ring_bytes.is_power_of_two() || ring_bytes < page || !ring_bytes.is_multiple_of(page) {
             return Err(CaptureError::RingSize { ring_bytes, page });
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::EVENTS, ring_bytes)
-            .load(OBJECT)
+            .load(object)
             .map_err(|e| {
                 if root_io_error(&e).is_some_and(is_permission_error) {
                     CaptureError::Privilege(chain_text(&e))
@@ -152,25 +164,50 @@ impl SensorProgram {
         map.set(0, config, 0).map_err(|e| CaptureError::Map {
             map: map_names::CONFIG,
             message: e.to_string(),
-        })
+        })?;
+        if self.ebpf.map(map_names::PORT_MATCH).is_none() && self.ebpf.map(LEGACY_PORTS).is_some() {
+            // A build of the program from before `PortMatch` reads the switch from CONFIG.
+            return Ok(());
+        }
+        // The per-frame check reads the source-port switch next to the port bitmap.
+        let match_source_port = u64::from(config.match_source_port != 0);
+        self.update_port_match(|ports| ports.match_source_port = match_source_port)
     }
 
-    /// Writes the port bitmap. Only words that change are written, each in one update, so a
-    /// port that stays in the set matches throughout.
+    /// Writes the port bitmap. The whole `PortMatch` is written in one update; words that do not
+    /// change are rewritten with the same bytes, so a port that stays in the set matches
+    /// throughout.
     pub fn set_ports(&mut self, ports: &PortSet) -> Result<(), CaptureError> {
-        let mut map: Array<_, u64> = self.map(map_names::PORTS)?;
-        for (index, word) in ports.words().iter().enumerate() {
-            let index = index as u32;
-            let current = map.get(&index, 0).map_err(|e| CaptureError::Map {
-                map: map_names::PORTS,
-                message: e.to_string(),
-            })?;
-            if current != *word {
-                map.set(index, *word, 0).map_err(|e| CaptureError::Map {
-                    map: map_names::PORTS,
-                    message: e.to_string(),
-                })?;
+        if self.ebpf.map(map_names::PORT_MATCH).is_none() && self.ebpf.map(LEGACY_PORTS).is_some() {
+            // A build of the program from before `PortMatch` (see `load_object`).
+            let mut map: Array<_, u64> = self.map(LEGACY_PORTS)?;
+            for (index, word) in ports.words().iter().enumerate() {
+                map.set(index as u32, *word, 0)
+                    .map_err(|e| CaptureError::Map {
+                        map: LEGACY_PORTS,
+                        message: e.to_string(),
+                    })?;
             }
+            return Ok(());
+        }
+        self.update_port_match(|current| current.words = *ports.words())
+    }
+
+    /// Reads the program's `PortMatch` global, changes it, writes it back if it changed.
+    fn update_port_match(
+        &mut self,
+        change: impl FnOnce(&mut PortMatch),
+    ) -> Result<(), CaptureError> {
+        let error = |e: aya::maps::MapError| CaptureError::Map {
+            map: map_names::PORT_MATCH,
+            message: e.to_string(),
+        };
+        let mut map: Array<_, PortMatch> = self.map(map_names::PORT_MATCH)?;
+        let current = map.get(&0, 0).map_err(error)?;
+        let mut next = current;
+        change(&mut next);
+        if next != current {
+            map.set(0, next, 0).map_err(error)?;
         }
         Ok(())
     }
