@@ -537,16 +537,10 @@ fn evaluate_all(engine: &Engine, facts: &Facts<'_>) -> Verdict {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use sensor_common::{MatchAction, SensorConfig};
-
     use super::*;
     use crate::{
-        capture::PortSet,
         event::Event,
         fingerprint::{Packet, SourceTracker},
-        offline::{CaptureReader, FrameContext, extract},
         record::Record,
         sip::SipMessage,
     };
@@ -592,37 +586,18 @@ mod tests {
 
     /// Every record of every corpus capture, as the userspace extractor makes them.
     fn corpus() -> Vec<(Vec<u8>, Packet, bool)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
-        let mut ports = PortSet::empty();
-        ports.insert(5060);
-        ports.insert(5061);
-        let config = SensorConfig::new(MatchAction::Drop, true, 1024);
-        let mut out = Vec::new();
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .expect("corpus directory")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
-            .collect();
-        files.sort();
-        for file in files {
-            for packet in CaptureReader::open(&file).expect("corpus file") {
-                let packet = packet.expect("corpus packet");
-                let Ok((frame, wire_len)) = packet.ethernet_frame() else {
-                    continue;
-                };
-                let Ok(raw) = extract(&frame, wire_len, &config, &ports, &FrameContext::default())
-                else {
-                    continue;
-                };
-                let record = Record::new(&raw).expect("valid record");
+        let out: Vec<_> = crate::offline::corpus_records()
+            .iter()
+            .map(|raw| {
+                let record = Record::new(raw).expect("valid record");
                 let event = Event { record, wall_ns: 0 };
-                out.push((
+                (
                     record.payload().to_vec(),
                     Packet::from_event(&event),
                     record.payload_truncated(),
-                ));
-            }
-        }
+                )
+            })
+            .collect();
         assert!(out.len() > 200, "corpus records: {}", out.len());
         out
     }

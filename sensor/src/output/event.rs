@@ -992,15 +992,11 @@ fn write_inferences(out: &mut Vec<u8>, a: &Analysis<'_>, rule: Option<&Rule>) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use sensor_common::{CaptureRecord, MatchAction, SensorConfig, ip_flags, record_flags};
+    use sensor_common::{CaptureRecord, ip_flags, record_flags};
 
     use super::*;
     use crate::{
-        capture::PortSet,
         fingerprint::{Packet, SourceTracker},
-        offline::{CaptureReader, FrameContext, extract},
         output::{fingerprint::FingerprintDoc, json::EventDoc, sip::SipDoc},
         record::Record,
     };
@@ -1038,34 +1034,7 @@ mod tests {
     }
 
     fn records() -> Vec<CaptureRecord> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
-        let mut ports = PortSet::empty();
-        ports.insert(5060);
-        ports.insert(5061);
-        let config = SensorConfig::new(MatchAction::Drop, true, 1024);
-        let mut out = Vec::new();
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .expect("corpus directory")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
-            .collect();
-        files.sort();
-        for file in files {
-            for packet in CaptureReader::open(&file).expect("corpus file") {
-                let packet = packet.expect("corpus packet");
-                let Ok((frame, wire_len)) = packet.ethernet_frame() else {
-                    continue;
-                };
-                let ctx = FrameContext {
-                    timestamp_ns: packet.timestamp_ns.unwrap_or(0),
-                    ifindex: 3,
-                    rx_queue: 1,
-                };
-                if let Ok(raw) = extract(&frame, wire_len, &config, &ports, &ctx) {
-                    out.push(raw);
-                }
-            }
-        }
+        let mut out = crate::offline::corpus_records();
         // What the corpus lacks: VLAN tags, the evil bit, a short frame, a cut payload, the
         // reactive flags, hostile bytes.
         let mut extra = Vec::new();
