@@ -10,17 +10,29 @@ use std::fmt::Write as _;
 /// Escapes `bytes` into `out`.
 pub fn escape_bytes_into(bytes: &[u8], out: &mut String) {
     out.reserve(bytes.len());
-    for &b in bytes {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // Runs of printable ASCII (most of a SIP message) are copied whole.
+        let plain = rest
+            .iter()
+            .position(|&b| !(0x20..=0x7e).contains(&b) || b == b'\\')
+            .unwrap_or(rest.len());
+        if let Ok(run) = std::str::from_utf8(&rest[..plain]) {
+            out.push_str(run);
+        }
+        let Some((&b, tail)) = rest[plain..].split_first() else {
+            break;
+        };
         match b {
             b'\\' => out.push_str("\\\\"),
             b'\r' => out.push_str("\\r"),
             b'\n' => out.push_str("\\n"),
             b'\t' => out.push_str("\\t"),
-            0x20..=0x7e => out.push(b as char),
             _ => {
                 let _ = write!(out, "\\x{b:02x}");
             }
         }
+        rest = tail;
     }
 }
 
@@ -30,14 +42,19 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
     out
 }
 
-/// Escapes and bounds: at most `max` input bytes, with `…[+N]` appended when cut.
+/// Escapes and bounds: at most `max` input bytes, with `...[+N]` appended when cut.
 pub fn escape_bounded(bytes: &[u8], max: usize) -> String {
-    if bytes.len() <= max {
-        return escape_bytes(bytes);
-    }
-    let mut out = escape_bytes(&bytes[..max]);
-    let _ = write!(out, "...[+{}]", bytes.len() - max);
+    let mut out = String::with_capacity(bytes.len().min(max) + 16);
+    escape_bounded_into(bytes, max, &mut out);
     out
+}
+
+/// [`escape_bounded`], appended to `out`.
+pub fn escape_bounded_into(bytes: &[u8], max: usize, out: &mut String) {
+    escape_bytes_into(&bytes[..bytes.len().min(max)], out);
+    if bytes.len() > max {
+        let _ = write!(out, "...[+{}]", bytes.len() - max);
+    }
 }
 
 /// Text for a terminal table, from strings that are usually escaped already (the sensor's own

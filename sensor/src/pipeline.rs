@@ -5,17 +5,21 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
+use sensor_common::record_flags;
+
 use crate::{
-    aggregate::{AggregateConfig, Aggregator, Observation, doc::CampaignDoc},
+    aggregate::{AggregateConfig, Aggregator, Observation, ObservationText, doc::CampaignDoc},
     clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
-    fingerprint::{ClassCache, Engine, Packet, RuleError, SourceTracker, facts::Facts},
+    fingerprint::{
+        ClassCache, Engine, Packet, RuleError, SourceTracker, SourceView, Verdict, facts::Facts,
+    },
     identity::SensorIdentity,
     output::{
-        OutputError, OutputOptions, Outputs,
+        Label, OutputError, OutputOptions, Outputs,
         event::{Analysis, EvidenceDetail, write_event},
-        fingerprint::FingerprintDoc,
+        fingerprint::{FingerprintDoc, round2},
         json::{EventDoc, StatsDoc},
         kafka::{KafkaConfig, KafkaCounters, KafkaOutput, KafkaOutputError, KafkaStats},
         metrics::{CampaignGauges, Exposition, Kind},
@@ -79,6 +83,8 @@ pub struct Pipeline {
     kafka_config: Option<KafkaConfig>,
     /// One event serialised once, for NDJSON and Kafka alike.
     line: Vec<u8>,
+    /// The escaped text of the compact path's observations, reused.
+    observation_text: ObservationText,
     /// Events per attributed tool (`unknown` included); tool names come from the rules, so the
     /// map stays as small as the rule set.
     tools: HashMap<String, u64>,
@@ -104,6 +110,7 @@ impl Pipeline {
             kafka: None,
             kafka_config: options.kafka.clone(),
             line: Vec::with_capacity(4096),
+            observation_text: ObservationText::default(),
             tools: HashMap::new(),
             counters: AgentCounters::default(),
         })
@@ -143,80 +150,114 @@ impl Pipeline {
         let source = self.sources.observe(&packet, wall_ns);
         let facts = Facts::new(&sip, Some(packet));
         let verdict = self.cache.classify(&self.engine, &facts);
-        let fingerprint = self
-            .cache
-            .fingerprint(&self.engine, &verdict, &facts, Some(source));
-        // The compact event is written by `output::event`; this document then serves the
-        // aggregator, the tool counts and pcapng's comment, which need none of the SIP fields
-        // but the method and User-Agent.
-        let sip_doc = match self.evidence {
-            EvidenceDetail::Compact => SipDoc::summary(&sip),
-            EvidenceDetail::Full => SipDoc::new(&sip),
-        };
-        let mut doc = EventDoc::new(&event)
-            .with_analysis(sip_doc, FingerprintDoc::from_fingerprint(fingerprint))
-            .with_sensor(self.identity.as_ref());
-        if let Some(reactive) = &mut doc.reactive {
-            reactive.syn = self.joiner.observe(&record, wall_ns);
-        }
-        if let Some(fingerprint) = &doc.fingerprint {
-            match self.tools.get_mut(fingerprint.tool) {
-                Some(n) => *n += 1,
-                None => {
-                    self.tools.insert(fingerprint.tool.to_string(), 1);
-                }
-            }
-        }
-        self.line.clear();
         match self.evidence {
-            EvidenceDetail::Compact => {
-                let analysis = Analysis {
-                    engine: &self.engine,
-                    cache: &self.cache,
-                    verdict: &verdict,
-                    facts: &facts,
-                    source: Some(source),
-                };
-                let syn = doc.reactive.as_ref().and_then(|r| r.syn.as_ref());
-                write_event(&mut self.line, &event, &sip, &analysis, syn);
-                if let Some(identity) = self.identity.as_ref()
-                    && self.line.pop() == Some(b'}')
-                {
-                    // The `sensor` object is the document's last field, as in `EventDoc`.
-                    self.line.extend_from_slice(b",\"sensor\":");
-                    if serde_json::to_writer(&mut self.line, identity).is_err() {
-                        self.counters.output_errors += 1;
-                        return;
-                    }
-                    self.line.push(b'}');
-                }
-            }
-            EvidenceDetail::Full => {
-                if serde_json::to_writer(&mut self.line, &doc).is_err() {
-                    // Serialising our own document cannot fail; if it did, every output lost it.
-                    self.counters.output_errors += 1;
-                    return;
-                }
-            }
+            EvidenceDetail::Compact => self.compact_event(&event, &sip, &facts, &verdict, source),
+            EvidenceDetail::Full => self.full_event(&event, &sip, &facts, &verdict, source),
         }
-        self.outputs.event(&record, wall_ns, &doc, &self.line);
-        self.counters.events_written += 1;
-        if let Some(kafka) = &self.kafka {
-            // Keyed by source address: one source's events stay in one partition, in order.
-            // A non-blocking hand-off: a slow broker never slows the ring buffer drain.
-            let key = record.src_ip().to_string();
-            kafka.offer(
-                key.as_bytes(),
-                (wall_ns / 1_000_000) as i64,
-                self.line.clone(),
-            );
-        }
-        self.aggregate
-            .observe(&Observation::from_doc(&doc, wall_ns));
-        self.write_closed_campaigns();
         if let Some(tracker) = &mut self.rogue {
             tracker.observe(&event);
         }
+    }
+
+    /// The default: the event written straight into the line by `output::event`, and the
+    /// aggregator's observation made from the verdict. No event document is built.
+    fn compact_event(
+        &mut self,
+        event: &Event<'_>,
+        sip: &SipMessage<'_>,
+        facts: &Facts<'_>,
+        verdict: &Verdict,
+        source: SourceView,
+    ) {
+        let record = event.record;
+        let raw = record.raw();
+        let answered = raw.flags & record_flags::SYN_ANSWERED != 0;
+        let session = raw.flags & record_flags::REACTIVE_SESSION != 0;
+        let syn = if answered || session {
+            self.joiner.observe(&record, event.wall_ns)
+        } else {
+            None
+        };
+        let analysis = Analysis {
+            engine: &self.engine,
+            cache: &self.cache,
+            verdict,
+            facts,
+            source: Some(source),
+        };
+        self.line.clear();
+        write_event(&mut self.line, event, sip, &analysis, syn.as_ref());
+        if let Some(identity) = self.identity.as_ref()
+            && self.line.pop() == Some(b'}')
+        {
+            // The `sensor` object is the document's last field, as in `EventDoc`.
+            self.line.extend_from_slice(b",\"sensor\":");
+            if serde_json::to_writer(&mut self.line, identity).is_err() {
+                self.counters.output_errors += 1;
+                return;
+            }
+            self.line.push(b'}');
+        }
+        let observation = Observation::from_analysis(
+            event,
+            sip,
+            &analysis,
+            self.identity.as_ref().map(|i| i.name.as_str()),
+            &mut self.observation_text,
+        );
+        let label = Label {
+            tool: observation.tool,
+            variant: observation.variant,
+            rule: observation.rule,
+            category: observation.category,
+            confidence: round2(verdict.confidence()),
+        };
+        self.outputs
+            .event(&record, event.wall_ns, Some(&label), &self.line);
+        count_tool(&mut self.tools, observation.tool);
+        self.counters.events_written += 1;
+        offer_kafka(self.kafka.as_ref(), &record, event.wall_ns, &self.line);
+        self.aggregate.observe(&observation);
+        self.write_closed_campaigns();
+    }
+
+    /// `--verbose-evidence`: the whole event document, serialised.
+    fn full_event(
+        &mut self,
+        event: &Event<'_>,
+        sip: &SipMessage<'_>,
+        facts: &Facts<'_>,
+        verdict: &Verdict,
+        source: SourceView,
+    ) {
+        let record = event.record;
+        let fingerprint = self
+            .cache
+            .fingerprint(&self.engine, verdict, facts, Some(source));
+        let mut doc = EventDoc::new(event)
+            .with_analysis(
+                SipDoc::new(sip),
+                FingerprintDoc::from_fingerprint(fingerprint),
+            )
+            .with_sensor(self.identity.as_ref());
+        if let Some(reactive) = &mut doc.reactive {
+            reactive.syn = self.joiner.observe(&record, event.wall_ns);
+        }
+        self.line.clear();
+        if serde_json::to_writer(&mut self.line, &doc).is_err() {
+            // Serialising our own document cannot fail; if it did, every output lost it.
+            self.counters.output_errors += 1;
+            return;
+        }
+        let label = doc.fingerprint.as_ref().map(Label::of);
+        self.outputs
+            .event(&record, event.wall_ns, label.as_ref(), &self.line);
+        let observation = Observation::from_doc(&doc, event.wall_ns);
+        count_tool(&mut self.tools, observation.tool);
+        self.counters.events_written += 1;
+        offer_kafka(self.kafka.as_ref(), &record, event.wall_ns, &self.line);
+        self.aggregate.observe(&observation);
+        self.write_closed_campaigns();
     }
 
     /// Campaigns the aggregator closed, as `campaign` documents.
@@ -386,5 +427,23 @@ impl Pipeline {
                 campaigns.sources,
             );
         }
+    }
+}
+
+fn count_tool(tools: &mut HashMap<String, u64>, tool: &str) {
+    match tools.get_mut(tool) {
+        Some(n) => *n += 1,
+        None => {
+            tools.insert(tool.to_string(), 1);
+        }
+    }
+}
+
+/// Keyed by source address: one source's events stay in one partition, in order. A
+/// non-blocking hand-off: a slow broker never slows the ring buffer drain.
+fn offer_kafka(kafka: Option<&KafkaOutput>, record: &Record<'_>, wall_ns: u64, line: &[u8]) {
+    if let Some(kafka) = kafka {
+        let key = record.src_ip().to_string();
+        kafka.offer(key.as_bytes(), (wall_ns / 1_000_000) as i64, line.to_vec());
     }
 }

@@ -1,8 +1,9 @@
 //! Aggregation of events into sources, campaigns, tools and a timeseries, in bounded memory.
 //!
 //! The aggregator takes [`Observation`]s: the few fields of an event document it needs, borrowed.
-//! The live pipeline and `sensor analyze` make them from the [`EventDoc`] they just wrote
-//! ([`Observation::from_doc`]); `sensor report` and any other consumer of event documents (an
+//! The live pipeline and `sensor analyze` make them from the engine's verdict
+//! ([`Observation::from_analysis`]) or, with `--verbose-evidence`, from the [`EventDoc`] they
+//! just wrote ([`Observation::from_doc`]); `sensor report` and any other consumer of event documents (an
 //! NDJSON file, stdin, a Kafka topic) make them from JSON (`report::input`). Both paths land
 //! in the same bins, so a report over a file says what the live run said on exit.
 //!
@@ -18,6 +19,7 @@
 //! the same offline and live. Expiry is driven by the latest time seen, which makes out-of-order
 //! input (merged files) safe.
 
+mod analysis;
 pub mod campaign;
 pub mod classes;
 pub mod distinct;
@@ -37,6 +39,7 @@ use serde::Serialize;
 
 use crate::{clock::rfc3339_micros, output::json::EventDoc};
 
+pub use analysis::ObservationText;
 use campaign::{CampaignKey, CampaignSummary, CampaignTable, CloseReason};
 use classes::{
     METHODS, PacketIdClass, SourceIdClass, TTL_FAMILIES, behaviour_code, host_class_index,

@@ -47,3 +47,42 @@ pub(crate) fn corpus_records() -> Vec<sensor_common::CaptureRecord> {
     }
     out
 }
+
+/// For unit tests: [`corpus_records`] and, from every seventh of them, what the corpus lacks.
+#[cfg(test)]
+pub(crate) fn corpus_records_varied() -> Vec<sensor_common::CaptureRecord> {
+    use sensor_common::{ip_flags, record_flags};
+    let mut out = corpus_records();
+    // What the corpus lacks: VLAN tags, the evil bit, a short frame, a cut payload, the
+    // reactive flags, hostile bytes.
+    let mut extra = Vec::new();
+    for (i, r) in out.iter().enumerate().step_by(7) {
+        let mut r = *r;
+        match i % 5 {
+            0 => {
+                r.vlan_count = 2;
+                r.vlan_ids = [10, 20];
+            }
+            1 => {
+                r.ip_flags |= ip_flags::RESERVED;
+                r.flags |= record_flags::FRAME_SHORT;
+            }
+            2 => {
+                r.payload_len = r.captured_len.saturating_add(100);
+                r.captured_len /= 2;
+            }
+            3 => r.flags |= record_flags::SYN_ANSWERED | record_flags::REACTIVE_SESSION,
+            _ => {
+                let n = usize::from(r.captured_len).min(40);
+                for (j, b) in r.payload[..n].iter_mut().enumerate() {
+                    if j % 3 == 0 {
+                        *b = [0x1b, b'"', b'\\', 0xff, 0, b'\t'][j % 6];
+                    }
+                }
+            }
+        }
+        extra.push(r);
+    }
+    out.extend(extra);
+    out
+}

@@ -55,11 +55,11 @@ pub enum EvidenceDetail {
 }
 
 /// What the engine concluded about one event, for writing it.
-pub struct Analysis<'a> {
+pub struct Analysis<'a, 'f> {
     pub engine: &'a Engine,
     pub cache: &'a ClassCache,
     pub verdict: &'a Verdict,
-    pub facts: &'a Facts<'a>,
+    pub facts: &'a Facts<'f>,
     pub source: Option<SourceView>,
 }
 
@@ -332,7 +332,7 @@ pub fn write_event(
     out: &mut Vec<u8>,
     event: &Event<'_>,
     msg: &SipMessage<'_>,
-    analysis: &Analysis<'_>,
+    analysis: &Analysis<'_, '_>,
     syn: Option<&crate::session::SynFields>,
 ) {
     let r = event.record;
@@ -487,14 +487,6 @@ fn addr(out: &mut Vec<u8>, a: &NameAddr<'_>) {
     out.push(b'}');
 }
 
-/// Attacker text as `escape_bounded` renders it, appended to a quirk being built.
-fn escaped_into(s: &mut String, bytes: &[u8], max: usize) {
-    crate::escape::escape_bytes_into(&bytes[..bytes.len().min(max)], s);
-    if bytes.len() > max {
-        s.push_str(&format!("...[+{}]", bytes.len() - max));
-    }
-}
-
 /// `output::sip::SipDoc`, written in place.
 pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
     out.push(b'{');
@@ -573,7 +565,7 @@ pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
             continue;
         }
         let mut name = String::new();
-        escaped_into(&mut name, h.raw_name, NAME_MAX);
+        crate::escape::escape_bounded_into(h.raw_name, NAME_MAX, &mut name);
         let mut say = |out: &mut Vec<u8>, what: &str, rest: &str| {
             s.clear();
             s.push_str(what);
@@ -583,7 +575,7 @@ pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
         };
         if h.has(header_flags::NO_COLON) {
             let mut value = String::new();
-            escaped_into(&mut value, h.value, NAME_MAX);
+            crate::escape::escape_bounded_into(h.value, NAME_MAX, &mut value);
             say(out, "no_colon", &value);
             continue;
         }
@@ -601,7 +593,7 @@ pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
         }
         if h.separator != b" " {
             let mut sep = String::new();
-            escaped_into(&mut sep, h.separator, 8);
+            crate::escape::escape_bounded_into(h.separator, 8, &mut sep);
             say(out, "sep", &format!("{name}=\"{sep}\""));
         }
         if h.has(header_flags::FOLDED) {
@@ -718,7 +710,7 @@ fn evidence_value(out: &mut Vec<u8>, facts: &Facts<'_>, cond: &Condition) {
 }
 
 /// `output::fingerprint::FingerprintDoc` (compact: see the module documentation).
-fn write_fingerprint(out: &mut Vec<u8>, a: &Analysis<'_>) {
+fn write_fingerprint(out: &mut Vec<u8>, a: &Analysis<'_, '_>) {
     let rules = a.engine.rules();
     let rule = a.verdict.winner.map(|(r, _)| &rules[usize::from(r)]);
     out.extend_from_slice(match rule {
@@ -888,7 +880,7 @@ fn tag_inference(out: &mut Vec<u8>, tag: &SvTag, dst: Option<(IpAddr, u16)>) {
 }
 
 /// `engine::infer` as codes and numbers (see the module documentation).
-fn write_inferences(out: &mut Vec<u8>, a: &Analysis<'_>, rule: Option<&Rule>) {
+fn write_inferences(out: &mut Vec<u8>, a: &Analysis<'_, '_>, rule: Option<&Rule>) {
     let facts = a.facts;
     let packet = facts.packet;
     let constants: &[IpAddr] = rule.map_or(&[], |r| &r.tool_constants);
@@ -992,8 +984,6 @@ fn write_inferences(out: &mut Vec<u8>, a: &Analysis<'_>, rule: Option<&Rule>) {
 
 #[cfg(test)]
 mod tests {
-    use sensor_common::{CaptureRecord, ip_flags, record_flags};
-
     use super::*;
     use crate::{
         fingerprint::{Packet, SourceTracker},
@@ -1033,42 +1023,6 @@ mod tests {
         full
     }
 
-    fn records() -> Vec<CaptureRecord> {
-        let mut out = crate::offline::corpus_records();
-        // What the corpus lacks: VLAN tags, the evil bit, a short frame, a cut payload, the
-        // reactive flags, hostile bytes.
-        let mut extra = Vec::new();
-        for (i, r) in out.iter().enumerate().step_by(7) {
-            let mut r = *r;
-            match i % 5 {
-                0 => {
-                    r.vlan_count = 2;
-                    r.vlan_ids = [10, 20];
-                }
-                1 => {
-                    r.ip_flags |= ip_flags::RESERVED;
-                    r.flags |= record_flags::FRAME_SHORT;
-                }
-                2 => {
-                    r.payload_len = r.captured_len.saturating_add(100);
-                    r.captured_len /= 2;
-                }
-                3 => r.flags |= record_flags::SYN_ANSWERED | record_flags::REACTIVE_SESSION,
-                _ => {
-                    let n = usize::from(r.captured_len).min(40);
-                    for (j, b) in r.payload[..n].iter_mut().enumerate() {
-                        if j % 3 == 0 {
-                            *b = [0x1b, b'"', b'\\', 0xff, 0, b'\t'][j % 6];
-                        }
-                    }
-                }
-            }
-            extra.push(r);
-        }
-        out.extend(extra);
-        out
-    }
-
     #[test]
     fn compact_document_is_the_full_one_without_the_prose() {
         let engine = Engine::builtin().expect("built-in rules");
@@ -1076,7 +1030,7 @@ mod tests {
         let mut sources = SourceTracker::new(256);
         let mut line = Vec::new();
         let mut checked = 0;
-        for raw in records() {
+        for raw in crate::offline::corpus_records_varied() {
             let record = Record::new(&raw).expect("valid record");
             let event = Event {
                 record,

@@ -24,13 +24,10 @@ use serde::Serialize;
 
 pub use file::{Destination, OutputError, Rotation, SinkCounters};
 pub use ndjson::NdjsonSink;
-pub use pcapng::{InterfaceNames, PcapngSink};
+pub use pcapng::{InterfaceNames, Label, PcapngSink};
 
 use crate::{
-    output::{
-        json::EventDoc,
-        metrics::{Exposition, Kind},
-    },
+    output::metrics::{Exposition, Kind},
     record::Record,
 };
 
@@ -107,12 +104,18 @@ impl Outputs {
 
     /// One event: its document (already serialised as `json`, once for every output) to
     /// NDJSON, its record (with the fingerprint) to pcapng.
-    pub fn event(&mut self, record: &Record<'_>, wall_ns: u64, doc: &EventDoc<'_>, json: &[u8]) {
+    pub fn event(
+        &mut self,
+        record: &Record<'_>,
+        wall_ns: u64,
+        label: Option<&Label<'_>>,
+        json: &[u8],
+    ) {
         if let Some(ndjson) = &mut self.ndjson {
             ndjson.write_serialized(json, Some(wall_ns));
         }
         if let Some(pcapng) = &mut self.pcapng {
-            pcapng.record(record, wall_ns, doc.fingerprint.as_ref());
+            pcapng.record(record, wall_ns, label);
         }
     }
 
@@ -273,14 +276,14 @@ mod tests {
             record: rec,
             wall_ns: 1,
         };
-        let doc = EventDoc::new(&event);
+        let doc = crate::output::json::EventDoc::new(&event);
         let json = serde_json::to_vec(&doc).unwrap();
-        outputs.event(&rec, 1, &doc, &json);
+        outputs.event(&rec, 1, None, &json);
         outputs.flush();
         std::fs::remove_dir_all(&gone).unwrap();
         outputs.tick(2);
         for _ in 0..4 {
-            outputs.event(&rec, 3, &doc, &json);
+            outputs.event(&rec, 3, None, &json);
         }
         outputs.finish();
         let docs = outputs.docs();

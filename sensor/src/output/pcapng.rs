@@ -82,15 +82,10 @@ impl PcapngSink {
     }
 
     /// One record as a packet (with its interface's block first if the section lacks it).
-    pub fn record(
-        &mut self,
-        record: &Record<'_>,
-        wall_ns: u64,
-        fingerprint: Option<&FingerprintDoc<'_>>,
-    ) {
+    pub fn record(&mut self, record: &Record<'_>, wall_ns: u64, label: Option<&Label<'_>>) {
         self.frame.clear();
         frame_from_record(record, &mut self.frame);
-        let comment = fingerprint.map(comment);
+        let comment = label.map(comment);
         // An interface block is at most a few dozen bytes: room for one is asked for always.
         let estimate = 32 + self.frame.len() + comment.as_ref().map_or(0, String::len) + 64;
         let Some(generation) = self.file.prepare(estimate, Some(wall_ns)) else {
@@ -160,17 +155,39 @@ fn system_interface_name(ifindex: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// What a packet's comment says of its attribution.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Label<'a> {
+    pub tool: &'a str,
+    pub variant: Option<&'a str>,
+    pub rule: &'a str,
+    pub category: &'a str,
+    pub confidence: f64,
+}
+
+impl<'a> Label<'a> {
+    pub fn of(fp: &FingerprintDoc<'a>) -> Self {
+        Label {
+            tool: fp.tool,
+            variant: fp.variant,
+            rule: fp.rule,
+            category: fp.category,
+            confidence: fp.confidence,
+        }
+    }
+}
+
 /// The fingerprint as one line: `fingerprint: tool=... variant=... rule=... category=...
 /// confidence=0.95`, every value escaped to printable ASCII and bounded.
-pub fn comment(fp: &FingerprintDoc<'_>) -> String {
+pub fn comment(label: &Label<'_>) -> String {
     let esc = |s: &str| escape_bounded(s.as_bytes(), COMMENT_FIELD_MAX);
     format!(
         "fingerprint: tool={} variant={} rule={} category={} confidence={:.2}",
-        esc(fp.tool),
-        esc(fp.variant.unwrap_or("-")),
-        esc(fp.rule),
-        fp.category,
-        fp.confidence
+        esc(label.tool),
+        esc(label.variant.unwrap_or("-")),
+        esc(label.rule),
+        label.category,
+        label.confidence
     )
 }
 
