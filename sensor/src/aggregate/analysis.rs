@@ -131,46 +131,22 @@ fn escaped<'t>(bytes: &[u8], max: usize, out: &'t mut String) -> &'t str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        fingerprint::{ClassCache, Engine, Packet, SourceTracker, facts::Facts},
-        output::{fingerprint::FingerprintDoc, json::EventDoc, sip::SipDoc},
-        record::Record,
+    use crate::output::{
+        event::for_each_corpus_analysis, fingerprint::FingerprintDoc, json::EventDoc, sip::SipDoc,
     };
 
     #[test]
     fn from_analysis_equals_from_doc() {
-        let engine = Engine::builtin().expect("built-in rules");
-        let mut cache = ClassCache::default();
-        let mut sources = SourceTracker::new(256);
         let mut text = ObservationText::default();
-        let mut checked = 0;
         let mut with_hosts = 0;
-        for raw in crate::offline::corpus_records_varied() {
-            let record = Record::new(&raw).expect("valid record");
-            let event = Event {
-                record,
-                wall_ns: 1_795_313_043_123_456_789 + checked,
-            };
-            let msg = SipMessage::parse_captured(record.payload(), record.payload_truncated());
-            let packet = Packet::from_event(&event);
-            let source = sources.observe(&packet, event.wall_ns);
-            let facts = Facts::new(&msg, Some(packet));
-            let verdict = cache.classify(&engine, &facts);
-            let fp = cache.fingerprint(&engine, &verdict, &facts, Some(source));
-            let doc = EventDoc::new(&event)
-                .with_analysis(SipDoc::new(&msg), FingerprintDoc::from_fingerprint(fp));
-            let analysis = Analysis {
-                engine: &engine,
-                cache: &cache,
-                verdict: &verdict,
-                facts: &facts,
-                source: Some(source),
-            };
-            let direct = Observation::from_analysis(&event, &msg, &analysis, None, &mut text);
+        let checked = for_each_corpus_analysis(|event, msg, a| {
+            let fp = a.cache.fingerprint(a.engine, a.verdict, a.facts, a.source);
+            let doc = EventDoc::new(event)
+                .with_analysis(SipDoc::new(msg), FingerprintDoc::from_fingerprint(fp));
+            let direct = Observation::from_analysis(event, msg, a, None, &mut text);
             assert_eq!(direct, Observation::from_doc(&doc, event.wall_ns));
             with_hosts += usize::from(direct.via.is_some() && direct.processes.is_some());
-            checked += 1;
-        }
+        });
         assert!(checked > 250 && with_hosts > 30, "{checked} {with_hosts}");
     }
 }

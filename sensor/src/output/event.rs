@@ -982,14 +982,49 @@ fn write_inferences(out: &mut Vec<u8>, a: &Analysis<'_, '_>, rule: Option<&Rule>
     out.push(b'}');
 }
 
+/// For unit tests: every record of `offline::corpus_records_varied` analysed as the pipeline
+/// analyses it (one engine, cache and source tracker across them, times a nanosecond apart),
+/// handed to `check`; returns how many there were.
+#[cfg(test)]
+pub(crate) fn for_each_corpus_analysis(
+    mut check: impl FnMut(&Event<'_>, &SipMessage<'_>, &Analysis<'_, '_>),
+) -> u64 {
+    use crate::{
+        fingerprint::{Packet, SourceTracker},
+        record::Record,
+    };
+    let engine = Engine::builtin().expect("built-in rules");
+    let mut cache = ClassCache::default();
+    let mut sources = SourceTracker::new(256);
+    let mut count = 0;
+    for raw in crate::offline::corpus_records_varied() {
+        let record = Record::new(&raw).expect("valid record");
+        let event = Event {
+            record,
+            wall_ns: 1_795_313_043_123_456_789 + count,
+        };
+        let msg = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+        let packet = Packet::from_event(&event);
+        let source = sources.observe(&packet, event.wall_ns);
+        let facts = Facts::new(&msg, Some(packet));
+        let verdict = cache.classify(&engine, &facts);
+        let analysis = Analysis {
+            engine: &engine,
+            cache: &cache,
+            verdict: &verdict,
+            facts: &facts,
+            source: Some(source),
+        };
+        check(&event, &msg, &analysis);
+        count += 1;
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        fingerprint::{Packet, SourceTracker},
-        output::{fingerprint::FingerprintDoc, json::EventDoc, sip::SipDoc},
-        record::Record,
-    };
+    use crate::output::{fingerprint::FingerprintDoc, json::EventDoc, sip::SipDoc};
 
     /// The full document minus what the compact form leaves out.
     fn without_prose(mut full: serde_json::Value) -> serde_json::Value {
@@ -1025,36 +1060,15 @@ mod tests {
 
     #[test]
     fn compact_document_is_the_full_one_without_the_prose() {
-        let engine = Engine::builtin().expect("built-in rules");
-        let mut cache = ClassCache::default();
-        let mut sources = SourceTracker::new(256);
         let mut line = Vec::new();
-        let mut checked = 0;
-        for raw in crate::offline::corpus_records_varied() {
-            let record = Record::new(&raw).expect("valid record");
-            let event = Event {
-                record,
-                wall_ns: 1_795_313_043_123_456_789 + checked,
-            };
-            let msg = SipMessage::parse_captured(record.payload(), record.payload_truncated());
-            let packet = Packet::from_event(&event);
-            let source = sources.observe(&packet, event.wall_ns);
-            let facts = Facts::new(&msg, Some(packet));
-            let verdict = cache.classify(&engine, &facts);
+        let checked = for_each_corpus_analysis(|event, msg, a| {
             line.clear();
-            let analysis = Analysis {
-                engine: &engine,
-                cache: &cache,
-                verdict: &verdict,
-                facts: &facts,
-                source: Some(source),
-            };
-            write_event(&mut line, &event, &msg, &analysis, None);
+            write_event(&mut line, event, msg, a, None);
             let compact: serde_json::Value = serde_json::from_slice(&line)
                 .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&line)));
-            let fp = cache.fingerprint(&engine, &verdict, &facts, Some(source));
-            let full = EventDoc::new(&event)
-                .with_analysis(SipDoc::new(&msg), FingerprintDoc::from_fingerprint(fp));
+            let fp = a.cache.fingerprint(a.engine, a.verdict, a.facts, a.source);
+            let full = EventDoc::new(event)
+                .with_analysis(SipDoc::new(msg), FingerprintDoc::from_fingerprint(fp));
             let full = without_prose(serde_json::to_value(&full).unwrap());
             assert_eq!(
                 compact,
@@ -1064,8 +1078,7 @@ mod tests {
                 full
             );
             assert!(line.iter().all(|&b| (0x20..0x7f).contains(&b)));
-            checked += 1;
-        }
+        });
         assert!(checked > 250, "{checked}");
     }
 
