@@ -17,6 +17,8 @@
 //! - reference engine: parse + every rule evaluated (`Engine::classify_packet`, no cache),
 //! - agent, no output: decode the ring item, parse, fingerprint, IP-ID tracker,
 //! - agent, NDJSON file: the pipeline's per-record work with events written to a file.
+//! - agent, NDJSON, sampled: the same with `--events-per-template 8` (not the issue's
+//!   target figure: most events are counted and aggregated, not written).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -196,6 +198,34 @@ fn main() {
     });
     let events = pipeline.counters.events_written - events_before;
     drop(pipeline);
+    // The same with `--events-per-template 8`: every pass after the first repeats each
+    // source's templates, as a long scan does, so nearly every event is counted, not written.
+    let _ = std::fs::remove_file(&out_path);
+    let mut sampled_pipeline = Pipeline::new(&PipelineOptions {
+        outputs: sensor::output::OutputOptions::ndjson_file(out_path.clone()),
+        sampling: Some(sensor::sampling::SamplingConfig {
+            per_template: 8,
+            window_s: 86_400,
+        }),
+        ..PipelineOptions::default()
+    })
+    .expect("pipeline");
+    let sampled = measure("agent, NDJSON, 8 events per template", budget, || {
+        for r in &records {
+            sampled_pipeline.ring_item(black_box(support::record_bytes(r)), &clock);
+        }
+        sampled_pipeline.flush();
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&out_path)
+            .and_then(|f| f.set_len(0));
+        PACKETS
+    });
+    println!(
+        "  events written {}, sampled out {}",
+        sampled_pipeline.counters.events_written, sampled_pipeline.counters.events_sampled_out
+    );
+    drop(sampled_pipeline);
     // The size of an event as written, measured on one pass into a fresh file.
     let _ = std::fs::remove_file(&out_path);
     let mut sizing = Pipeline::new(&PipelineOptions {
@@ -220,6 +250,7 @@ fn main() {
         ("reference engine", &reference),
         ("agent, no output", &agent),
         ("agent, NDJSON to a file", &ndjson),
+        ("agent, NDJSON, sampled", &sampled),
     ] {
         if let Some(rate) = rate {
             let instr = rate

@@ -18,6 +18,7 @@ use sensor_common::{
 
 use tokio::sync::mpsc;
 
+use crate::sampling::SamplingConfig;
 use crate::{
     aggregate::AggregateConfig,
     capture::{AttachMode, CaptureError, PortSet, Prefix, RingReader, SensorProgram},
@@ -98,6 +99,8 @@ pub struct RunOptions {
     pub aggregate: AggregateConfig,
     /// How much explanation events carry (compact by default).
     pub evidence: EvidenceDetail,
+    /// Write only the first events of each source and template per window.
+    pub sampling: Option<SamplingConfig>,
 }
 
 /// The configuration file and the command line's keys, laid over the file again at each reload
@@ -148,6 +151,7 @@ impl RunOptions {
             privileges: None,
             aggregate: AggregateConfig::default(),
             evidence: EvidenceDetail::Compact,
+            sampling: None,
         }
     }
 
@@ -316,6 +320,7 @@ pub async fn run_with(
         kafka: options.kafka.clone(),
         aggregate: options.aggregate,
         evidence: options.evidence,
+        sampling: options.sampling,
     })?;
     if options.reactive != ReactivePolicy::Off && options.reactive_prefixes.is_empty() {
         return Err(AgentError::ReactiveWithoutPrefixes);

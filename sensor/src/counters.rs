@@ -136,6 +136,9 @@ pub struct AgentCounters {
     pub records_undecodable: u64,
     /// Events handed to the outputs.
     pub events_written: u64,
+    /// Events not written because their source had sent its quota of that template in the
+    /// window (`--events-per-template`); aggregated and in pcapng all the same.
+    pub events_sampled_out: u64,
     /// Documents and records the outputs dropped because they could not be written (summed over
     /// the outputs; the stats document's `outputs` says which).
     pub output_errors: u64,
@@ -158,6 +161,7 @@ impl AgentCounters {
             ("records_read", self.records_read),
             ("records_undecodable", self.records_undecodable),
             ("events_written", self.events_written),
+            ("events_sampled_out", self.events_sampled_out),
             ("output_errors", self.output_errors),
             ("source_evictions", self.source_evictions),
             ("syn_join_evictions", self.syn_join_evictions),

@@ -39,5 +39,6 @@ pub mod probe;
 pub mod record;
 pub mod report;
 pub mod rogue;
+pub mod sampling;
 pub mod session;
 pub mod sip;

@@ -288,6 +288,11 @@ struct RunArgs {
     /// explanations (by default: rule, field, section, value, and codes).
     #[arg(long)]
     verbose_evidence: bool,
+    /// Write only the first N events of each source address and fingerprint template in
+    /// every --campaign-window; the rest are counted (agent.events_sampled_out), aggregated and
+    /// kept in pcapng, not written to NDJSON or Kafka. Default: every event.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    events_per_template: Option<u32>,
 }
 
 /// Output flags shared by `run` and `analyze`.
@@ -423,6 +428,21 @@ struct AnalyzeArgs {
     /// explanations (by default: rule, field, section, value, and codes).
     #[arg(long)]
     verbose_evidence: bool,
+    /// Write only the first N events of each source address and fingerprint template in
+    /// every --campaign-window; the rest are counted (agent.events_sampled_out), aggregated and
+    /// kept in pcapng, not written to NDJSON or Kafka. Default: every event.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    events_per_template: Option<u32>,
+}
+
+fn sampling(
+    events_per_template: Option<u32>,
+    aggregate: &AggregateArgs,
+) -> Option<sensor::sampling::SamplingConfig> {
+    events_per_template.map(|per_template| sensor::sampling::SamplingConfig {
+        per_template,
+        window_s: aggregate.campaign_window,
+    })
 }
 
 fn evidence_detail(verbose: bool) -> sensor::output::event::EvidenceDetail {
@@ -450,6 +470,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
     let mut pipeline = settings.pipeline;
     pipeline.aggregate = args.aggregate.config();
     pipeline.evidence = evidence_detail(args.verbose_evidence);
+    pipeline.sampling = sampling(args.events_per_template, &args.aggregate);
     let options = sensor::offline::analyze::AnalyzeOptions {
         ports: settings.ports,
         match_source_port: settings.match_source_port,
@@ -530,6 +551,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     options.reload_on_sighup = true;
     options.aggregate = args.aggregate.config();
     options.evidence = evidence_detail(args.verbose_evidence);
+    options.sampling = sampling(args.events_per_template, &args.aggregate);
     // Resolved before anything is attached: a wrong name is a configuration error.
     let user = args
         .user

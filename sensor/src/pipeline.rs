@@ -31,6 +31,7 @@ use crate::{
         Tracker, TrackerConfig, TrackerCounters,
         doc::{RogueStatsDoc, ServerDoc},
     },
+    sampling::{EventSampler, SamplingConfig},
     session::SynJoiner,
     sip::SipMessage,
 };
@@ -54,6 +55,8 @@ pub struct PipelineOptions {
     pub aggregate: AggregateConfig,
     /// How much explanation events carry.
     pub evidence: EvidenceDetail,
+    /// Write only the first events of each source and template per window (`sampling`).
+    pub sampling: Option<SamplingConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,7 @@ pub struct Pipeline {
     /// Rules evaluated once per message template (`fingerprint::cache`).
     cache: ClassCache,
     evidence: EvidenceDetail,
+    sampler: Option<EventSampler>,
     sources: SourceTracker,
     joiner: SynJoiner,
     rogue: Option<Tracker>,
@@ -101,6 +105,7 @@ impl Pipeline {
             engine,
             cache: ClassCache::default(),
             evidence: options.evidence,
+            sampler: options.sampling.map(EventSampler::new),
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
@@ -150,9 +155,16 @@ impl Pipeline {
         let source = self.sources.observe(&packet, wall_ns);
         let facts = Facts::new(&sip, Some(packet));
         let verdict = self.cache.classify(&self.engine, &facts);
-        match self.evidence {
-            EvidenceDetail::Compact => self.compact_event(&event, &sip, &facts, &verdict, source),
-            EvidenceDetail::Full => self.full_event(&event, &sip, &facts, &verdict, source),
+        let written = self
+            .sampler
+            .as_mut()
+            .is_none_or(|s| s.admit(record.src_ip(), verdict.template.0, wall_ns));
+        match (written, self.evidence) {
+            (false, _) => self.sampled_out(&event, &sip, &facts, &verdict, source),
+            (true, EvidenceDetail::Compact) => {
+                self.compact_event(&event, &sip, &facts, &verdict, source)
+            }
+            (true, EvidenceDetail::Full) => self.full_event(&event, &sip, &facts, &verdict, source),
         }
         if let Some(tracker) = &mut self.rogue {
             tracker.observe(&event);
@@ -205,18 +217,50 @@ impl Pipeline {
             self.identity.as_ref().map(|i| i.name.as_str()),
             &mut self.observation_text,
         );
-        let label = Label {
-            tool: observation.tool,
-            variant: observation.variant,
-            rule: observation.rule,
-            category: observation.category,
-            confidence: round2(verdict.confidence()),
-        };
+        let label = label(&observation, verdict);
         self.outputs
             .event(&record, event.wall_ns, Some(&label), &self.line);
         count_tool(&mut self.tools, observation.tool);
         self.counters.events_written += 1;
         offer_kafka(self.kafka.as_ref(), &record, event.wall_ns, &self.line);
+        self.aggregate.observe(&observation);
+        self.write_closed_campaigns();
+    }
+
+    /// An event the sampler leaves out: no NDJSON or Kafka document, but pcapng still gets the
+    /// record and the aggregator and the tool counts the observation.
+    fn sampled_out(
+        &mut self,
+        event: &Event<'_>,
+        sip: &SipMessage<'_>,
+        facts: &Facts<'_>,
+        verdict: &Verdict,
+        source: SourceView,
+    ) {
+        let record = event.record;
+        if record.raw().flags & (record_flags::SYN_ANSWERED | record_flags::REACTIVE_SESSION) != 0 {
+            // The join table forgets the SYN once its request arrives, written or not.
+            self.joiner.observe(&record, event.wall_ns);
+        }
+        let analysis = Analysis {
+            engine: &self.engine,
+            cache: &self.cache,
+            verdict,
+            facts,
+            source: Some(source),
+        };
+        let observation = Observation::from_analysis(
+            event,
+            sip,
+            &analysis,
+            self.identity.as_ref().map(|i| i.name.as_str()),
+            &mut self.observation_text,
+        );
+        let label = label(&observation, verdict);
+        self.outputs
+            .record_only(&record, event.wall_ns, Some(&label));
+        count_tool(&mut self.tools, observation.tool);
+        self.counters.events_sampled_out += 1;
         self.aggregate.observe(&observation);
         self.write_closed_campaigns();
     }
@@ -404,6 +448,11 @@ impl Pipeline {
             "Events handed to the outputs.",
             c.events_written,
         );
+        out.counter(
+            "sensor_events_sampled_out_total",
+            "Events not written: their source had sent its --events-per-template quota of that template in the window.",
+            c.events_sampled_out,
+        );
         out.family(
             "sensor_events_by_tool_total",
             Kind::Counter,
@@ -430,6 +479,17 @@ impl Pipeline {
     }
 }
 
+/// pcapng's comment for an observation made from a verdict.
+fn label<'a>(observation: &Observation<'a>, verdict: &Verdict) -> Label<'a> {
+    Label {
+        tool: observation.tool,
+        variant: observation.variant,
+        rule: observation.rule,
+        category: observation.category,
+        confidence: round2(verdict.confidence()),
+    }
+}
+
 fn count_tool(tools: &mut HashMap<String, u64>, tool: &str) {
     match tools.get_mut(tool) {
         Some(n) => *n += 1,
@@ -445,5 +505,69 @@ fn offer_kafka(kafka: Option<&KafkaOutput>, record: &Record<'_>, wall_ns: u64, l
     if let Some(kafka) = kafka {
         let key = record.src_ip().to_string();
         kafka.offer(key.as_bytes(), (wall_ns / 1_000_000) as i64, line.to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        output::{Destination, InterfaceNames, Rotation},
+        sampling::SamplingConfig,
+    };
+
+    /// Every corpus record through a pipeline writing NDJSON and pcapng; returns the counters,
+    /// the events the aggregator saw, the `sip_probe` lines written, and the pcapng's size.
+    fn run(sampling: Option<SamplingConfig>, name: &str) -> (AgentCounters, u64, usize, u64) {
+        let dir =
+            std::env::temp_dir().join(format!("sensor-pipeline-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut pipeline = Pipeline::new(&PipelineOptions {
+            outputs: OutputOptions {
+                ndjson: Some(Destination::File(dir.join("events.ndjson"))),
+                pcapng: Some(Destination::File(dir.join("records.pcapng"))),
+                rotation: Rotation::default(),
+                interface_names: InterfaceNames::Capture("t".into()),
+            },
+            sampling,
+            ..PipelineOptions::default()
+        })
+        .unwrap();
+        for (i, raw) in crate::offline::corpus_records().iter().enumerate() {
+            let record = Record::new(raw).unwrap();
+            pipeline.counters.records_read += 1;
+            pipeline.record(record, 1_795_313_043_000_000_000 + i as u64);
+        }
+        let aggregated = pipeline.aggregate.counters().events;
+        pipeline.finish(&KernelCounters::default());
+        let text = std::fs::read_to_string(dir.join("events.ndjson")).unwrap();
+        let probes = text.lines().filter(|l| l.contains("\"sip_probe\"")).count();
+        let pcapng = std::fs::metadata(dir.join("records.pcapng")).unwrap().len();
+        std::fs::remove_dir_all(&dir).unwrap();
+        (pipeline.counters, aggregated, probes, pcapng)
+    }
+
+    #[test]
+    fn sampled_out_events_are_counted_aggregated_and_kept_in_pcapng() {
+        let (all, all_aggregated, all_probes, all_pcapng) = run(None, "all");
+        let sampling = SamplingConfig {
+            per_template: 1,
+            window_s: 86_400,
+        };
+        let (sampled, aggregated, probes, pcapng) = run(Some(sampling), "one");
+        let records = all.records_read;
+        assert!(records > 200, "{records}");
+        assert_eq!(all.events_written, records);
+        assert_eq!(all.events_sampled_out, 0);
+        assert_eq!(all_probes as u64, records);
+        // Fewer written, none lost: written + sampled out = read, and the aggregator and
+        // pcapng saw every record either way.
+        assert!(sampled.events_written < records / 2, "{sampled:?}");
+        assert_eq!(sampled.events_written + sampled.events_sampled_out, records);
+        assert_eq!(probes as u64, sampled.events_written);
+        assert_eq!(aggregated, records);
+        assert_eq!(all_aggregated, records);
+        assert_eq!(pcapng, all_pcapng);
     }
 }

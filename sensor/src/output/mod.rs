@@ -119,6 +119,13 @@ impl Outputs {
         }
     }
 
+    /// A record whose event is not written (sampled out): pcapng only.
+    pub fn record_only(&mut self, record: &Record<'_>, wall_ns: u64, label: Option<&Label<'_>>) {
+        if let Some(pcapng) = &mut self.pcapng {
+            pcapng.record(record, wall_ns, label);
+        }
+    }
+
     /// A document about the sensor or its findings (stats, rogue servers): NDJSON only.
     pub fn document<T: Serialize>(&mut self, doc: &T) {
         if let Some(ndjson) = &mut self.ndjson {
