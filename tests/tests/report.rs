@@ -283,6 +283,65 @@ fn seed_situation_comes_out_of_the_tool() {
     assert_eq!(sv["max_processes"], 5);
 }
 
+#[test]
+fn sampled_events_are_counted_and_the_report_says_so() {
+    let dir = TempDir::new("sampled-report");
+    let pcap = corpus::dir().join("svwar.pcap");
+    let all = dir.0.join("all.ndjson");
+    let sampled = dir.0.join("sampled.ndjson");
+    for (out, extra) in [
+        (&all, &[][..]),
+        (&sampled, &["--events-per-template", "1"][..]),
+    ] {
+        let mut args = vec![
+            "analyze",
+            pcap.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args, None);
+    }
+    let agent = |path: &Path| {
+        let docs = read_docs(path);
+        let stats = docs
+            .iter()
+            .find(|d| d["event_type"] == "stats")
+            .expect("a stats document");
+        let n = |k: &str| stats["agent"][k].as_u64().unwrap_or(0);
+        let probes = docs
+            .iter()
+            .filter(|d| d["event_type"] == "sip_probe")
+            .count() as u64;
+        (
+            n("records_read"),
+            n("events_written"),
+            n("events_sampled_out"),
+            probes,
+        )
+    };
+    let (read, written, sampled_out, probes) = agent(&all);
+    assert_eq!((written, sampled_out, probes), (read, 0, read));
+    let (read_s, written_s, sampled_out_s, probes_s) = agent(&sampled);
+    assert_eq!(read_s, read);
+    assert!(
+        written_s < read && sampled_out_s > 0,
+        "{written_s} {sampled_out_s}"
+    );
+    assert_eq!(written_s + sampled_out_s, read);
+    assert_eq!(probes_s, written_s);
+    let text =
+        flat(&String::from_utf8(run(&["report", sampled.to_str().unwrap()], None).stdout).unwrap());
+    let expected =
+        format!("({sampled_out_s} more events were counted by the sensor but not written");
+    assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
+    let json: Value =
+        serde_json::from_slice(&run(&["report", sampled.to_str().unwrap(), "--json"], None).stdout)
+            .expect("JSON");
+    assert_eq!(json["sampled_out"], sampled_out_s);
+    assert_eq!(json["events"], written_s);
+}
+
 // ---- The schema document ----
 
 /// Map-valued fields whose keys are data, with the placeholder the document uses.

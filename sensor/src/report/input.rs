@@ -45,6 +45,15 @@ pub struct ProbeInput<'a> {
     fingerprint: Option<FingerprintInput<'a>>,
     #[serde(borrow, default)]
     sensor: Option<SensorInput<'a>>,
+    /// The counters of a `stats` document.
+    #[serde(default)]
+    agent: Option<AgentInput>,
+}
+
+#[derive(Deserialize, Default)]
+struct AgentInput {
+    #[serde(default)]
+    events_sampled_out: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -151,6 +160,15 @@ fn host_seen<'a>(h: Option<&'a HostInput<'_>>) -> Option<HostSeen<'a>> {
 impl ProbeInput<'_> {
     pub fn is_probe(&self) -> bool {
         self.event_type.as_deref() == Some("sip_probe")
+    }
+
+    /// A `stats` document's `agent.events_sampled_out`: events the sensor counted and did not
+    /// write (`--events-per-template`).
+    pub fn sampled_out(&self) -> Option<u64> {
+        if self.event_type.as_deref() != Some("stats") {
+            return None;
+        }
+        self.agent.as_ref().and_then(|a| a.events_sampled_out)
     }
 
     /// The observation, or `None` when the time or an address is missing or unreadable.

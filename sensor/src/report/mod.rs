@@ -51,6 +51,8 @@ pub struct Report {
     /// Inputs that are not JSON objects, or `sip_probe` documents without a readable time or
     /// addresses, or NDJSON lines longer than `input::MAX_LINE`.
     unreadable: u64,
+    /// `agent.events_sampled_out` summed over the `stats` documents read.
+    sampled_out: u64,
 }
 
 impl Report {
@@ -87,6 +89,9 @@ impl Report {
         }
         if doc["event_type"] != "sip_probe" {
             self.other_documents += 1;
+            if doc["event_type"] == "stats" {
+                self.sampled_out += doc["agent"]["events_sampled_out"].as_u64().unwrap_or(0);
+            }
             return;
         }
         match serde::Deserialize::deserialize(doc) {
@@ -98,6 +103,7 @@ impl Report {
     fn add_input(&mut self, input: &ProbeInput<'_>) {
         if !input.is_probe() {
             self.other_documents += 1;
+            self.sampled_out += input.sampled_out().unwrap_or(0);
             return;
         }
         match input.observation() {
@@ -130,6 +136,7 @@ impl Report {
         let mut s = Summary::new(&self.aggregate, top);
         s.other_documents = self.other_documents;
         s.unreadable = self.unreadable;
+        s.sampled_out = self.sampled_out;
         s
     }
 }
@@ -151,6 +158,9 @@ pub struct Summary {
     pub destinations: u64,
     pub other_documents: u64,
     pub unreadable: u64,
+    /// Events the sensor counted but did not write (`--events-per-template`), from the input's
+    /// `stats` documents: the events above cover only those written.
+    pub sampled_out: u64,
     pub first_seen: String,
     pub last_seen: String,
     pub hours: f64,
@@ -183,6 +193,7 @@ impl Summary {
             destinations: totals.destinations,
             other_documents: 0,
             unreadable: 0,
+            sampled_out: 0,
             first_seen: if totals.events > 0 {
                 rfc3339_micros(totals.first_ns)
             } else {

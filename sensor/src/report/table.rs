@@ -122,6 +122,15 @@ impl fmt::Display for Summary {
                 if self.destinations == 1 { "" } else { "s" },
             )?;
         }
+        if self.sampled_out > 0 {
+            writeln!(
+                f,
+                "({} more events were counted by the sensor but not written (--events-per-template): \
+                 the counts here cover the events written; the sensor's campaign documents and \
+                 its own report cover every packet)",
+                self.sampled_out
+            )?;
+        }
         if self.other_documents + self.unreadable > 0 {
             writeln!(
                 f,
