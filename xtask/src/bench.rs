@@ -236,7 +236,8 @@ pub fn sensor_step(
         offered_rate: rate,
         sent: report.sent,
         achieved_rate: report.rate(),
-        received: get("agent.events_written"),
+        // Every record the agent took: written, or counted out by `--events-per-template`.
+        received: get("agent.events_written") + get("agent.events_sampled_out"),
         counted_losses: get("kernel.ring_full")
             + get("kernel.rate_limited")
             + get("agent.output_errors")

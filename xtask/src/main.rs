@@ -42,6 +42,10 @@ enum Task {
         /// Only these benchmarks: kernel, e2e, userspace, memory (default: all).
         #[arg(value_delimiter = ',')]
         only: Vec<String>,
+        /// More flags for `sensor run` in the end-to-end benchmark, one per use, e.g.
+        /// `--sensor-arg=--events-per-template --sensor-arg=8`.
+        #[arg(long = "sensor-arg", value_name = "FLAG", allow_hyphen_values = true)]
+        sensor_args: Vec<String>,
     },
     /// Fuzz every cargo-fuzz target (fuzz/) for a while each; new inputs join fuzz/corpus.
     Fuzz {
@@ -80,10 +84,10 @@ fn main() -> Result<()> {
                 run_lab(&sensor_args)
             }
         }
-        Task::Bench { only } => {
+        Task::Bench { only, sensor_args } => {
             setup::setup()?;
             build_release()?;
-            bench(&only)
+            bench(&only, &sensor_args)
         }
         Task::Fuzz { seconds, targets } => {
             setup::setup()?;
@@ -230,7 +234,7 @@ fn show_events(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn bench(only: &[String]) -> Result<()> {
+fn bench(only: &[String], extra_sensor_args: &[String]) -> Result<()> {
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     lab::sweep_stale()?;
     if wanted("kernel") {
@@ -247,8 +251,10 @@ fn bench(only: &[String]) -> Result<()> {
         println!("== 2. end to end on veth: sensor vs tcpdump -w 'udp port 5060' ==");
         // Wakeups batched by the kernel (the agent also drains every 10 ms): on a virtual
         // machine each wakeup is an inter-processor interrupt, a VM exit.
-        let (sensor, tcpdump) =
-            xtask::bench::end_to_end(&sensor_binary(), &["--wakeup-bytes", "262144"])?;
+        let mut sensor_args = vec!["--wakeup-bytes", "262144"];
+        sensor_args.extend(extra_sensor_args.iter().map(String::as_str));
+        println!("sensor run ... {}", sensor_args.join(" "));
+        let (sensor, tcpdump) = xtask::bench::end_to_end(&sensor_binary(), &sensor_args)?;
         let s = xtask::bench::best_zero_loss(&sensor);
         let t = xtask::bench::best_zero_loss(&tcpdump);
         let unaccounted = sensor.iter().filter(|step| !step.accounted()).count();
