@@ -31,6 +31,7 @@ use std::{
 
 use sensor::{
     clock::WallClock,
+    counters::AgentCounters,
     event::Event,
     fingerprint::{ClassCache, Engine, Packet, SourceTracker, facts::Facts},
     pipeline::{Pipeline, PipelineOptions},
@@ -96,6 +97,38 @@ fn measure(name: &str, budget: Duration, mut pass: impl FnMut() -> usize) -> Opt
         per_second,
         instructions,
     })
+}
+
+/// The pipeline's whole per-record work with NDJSON written to `out_path`, one flush per pass
+/// of ring items as the agent does; returns the rate and the pipeline's counters.
+fn pipeline_stage(
+    name: &str,
+    budget: Duration,
+    records: &[CaptureRecord],
+    clock: &WallClock,
+    out_path: &std::path::Path,
+    sampling: Option<sensor::sampling::SamplingConfig>,
+) -> (Option<Rate>, AgentCounters) {
+    let _ = std::fs::remove_file(out_path);
+    let mut pipeline = Pipeline::new(&PipelineOptions {
+        outputs: sensor::output::OutputOptions::ndjson_file(out_path.to_path_buf()),
+        sampling,
+        ..PipelineOptions::default()
+    })
+    .expect("pipeline");
+    let rate = measure(name, budget, || {
+        for r in records {
+            pipeline.ring_item(black_box(support::record_bytes(r)), clock);
+        }
+        pipeline.flush();
+        // Keep the file small: the writes happened, the disk need not keep them.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(out_path)
+            .and_then(|f| f.set_len(0));
+        PACKETS
+    });
+    (rate, pipeline.counters)
 }
 
 fn main() {
@@ -175,57 +208,33 @@ fn main() {
         cache.len()
     );
     let out_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fingerprint-bench.ndjson");
-    let _ = std::fs::remove_file(&out_path);
-    let mut pipeline = Pipeline::new(&PipelineOptions {
-        outputs: sensor::output::OutputOptions::ndjson_file(out_path.clone()),
-        ..PipelineOptions::default()
-    })
-    .expect("pipeline");
     let clock = WallClock::now();
-    let events_before = pipeline.counters.events_written;
-    let ndjson = measure("agent, NDJSON to a file", budget, || {
-        for r in &records {
-            pipeline.ring_item(black_box(support::record_bytes(r)), &clock);
-        }
-        // One flush per batch of ring items, as the agent does.
-        pipeline.flush();
-        // Keep the file small: the writes happened, the disk need not keep them.
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&out_path)
-            .and_then(|f| f.set_len(0));
-        PACKETS
-    });
-    let events = pipeline.counters.events_written - events_before;
-    drop(pipeline);
+    let (ndjson, counters) = pipeline_stage(
+        "agent, NDJSON to a file",
+        budget,
+        &records,
+        &clock,
+        &out_path,
+        None,
+    );
+    let events = counters.events_written;
     // The same with `--events-per-template 8`: every pass after the first repeats each
     // source's templates, as a long scan does, so nearly every event is counted, not written.
-    let _ = std::fs::remove_file(&out_path);
-    let mut sampled_pipeline = Pipeline::new(&PipelineOptions {
-        outputs: sensor::output::OutputOptions::ndjson_file(out_path.clone()),
-        sampling: Some(sensor::sampling::SamplingConfig {
+    let (sampled, counters) = pipeline_stage(
+        "agent, NDJSON, 8 events per template",
+        budget,
+        &records,
+        &clock,
+        &out_path,
+        Some(sensor::sampling::SamplingConfig {
             per_template: 8,
             window_s: 86_400,
         }),
-        ..PipelineOptions::default()
-    })
-    .expect("pipeline");
-    let sampled = measure("agent, NDJSON, 8 events per template", budget, || {
-        for r in &records {
-            sampled_pipeline.ring_item(black_box(support::record_bytes(r)), &clock);
-        }
-        sampled_pipeline.flush();
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&out_path)
-            .and_then(|f| f.set_len(0));
-        PACKETS
-    });
+    );
     println!(
         "  events written {}, sampled out {}",
-        sampled_pipeline.counters.events_written, sampled_pipeline.counters.events_sampled_out
+        counters.events_written, counters.events_sampled_out
     );
-    drop(sampled_pipeline);
     // The size of an event as written, measured on one pass into a fresh file.
     let _ = std::fs::remove_file(&out_path);
     let mut sizing = Pipeline::new(&PipelineOptions {

@@ -12,9 +12,7 @@ use crate::{
     clock::{WallClock, monotonic_ns, realtime_ns},
     counters::{AgentCounters, KernelCounters},
     event::Event,
-    fingerprint::{
-        ClassCache, Engine, Packet, RuleError, SourceTracker, SourceView, Verdict, facts::Facts,
-    },
+    fingerprint::{ClassCache, Engine, Packet, RuleError, SourceTracker, facts::Facts},
     identity::SensorIdentity,
     output::{
         Label, OutputError, OutputOptions, Outputs,
@@ -32,7 +30,7 @@ use crate::{
         doc::{RogueStatsDoc, ServerDoc},
     },
     sampling::{EventSampler, SamplingConfig},
-    session::SynJoiner,
+    session::{SynFields, SynJoiner},
     sip::SipMessage,
 };
 
@@ -155,153 +153,87 @@ impl Pipeline {
         let source = self.sources.observe(&packet, wall_ns);
         let facts = Facts::new(&sip, Some(packet));
         let verdict = self.cache.classify(&self.engine, &facts);
+        // The join table forgets the SYN once its request arrives, written or not.
+        let syn = if record.raw().flags
+            & (record_flags::SYN_ANSWERED | record_flags::REACTIVE_SESSION)
+            != 0
+        {
+            self.joiner.observe(&record, wall_ns)
+        } else {
+            None
+        };
         let written = self
             .sampler
             .as_mut()
             .is_none_or(|s| s.admit(record.src_ip(), verdict.template.0, wall_ns));
-        match (written, self.evidence) {
-            (false, _) => self.sampled_out(&event, &sip, &facts, &verdict, source),
-            (true, EvidenceDetail::Compact) => {
-                self.compact_event(&event, &sip, &facts, &verdict, source)
-            }
-            (true, EvidenceDetail::Full) => self.full_event(&event, &sip, &facts, &verdict, source),
-        }
-        if let Some(tracker) = &mut self.rogue {
-            tracker.observe(&event);
-        }
-    }
-
-    /// The default: the event written straight into the line by `output::event`, and the
-    /// aggregator's observation made from the verdict. No event document is built.
-    fn compact_event(
-        &mut self,
-        event: &Event<'_>,
-        sip: &SipMessage<'_>,
-        facts: &Facts<'_>,
-        verdict: &Verdict,
-        source: SourceView,
-    ) {
-        let record = event.record;
-        let raw = record.raw();
-        let answered = raw.flags & record_flags::SYN_ANSWERED != 0;
-        let session = raw.flags & record_flags::REACTIVE_SESSION != 0;
-        let syn = if answered || session {
-            self.joiner.observe(&record, event.wall_ns)
-        } else {
-            None
-        };
         let analysis = Analysis {
             engine: &self.engine,
             cache: &self.cache,
-            verdict,
-            facts,
+            verdict: &verdict,
+            facts: &facts,
             source: Some(source),
         };
-        self.line.clear();
-        write_event(&mut self.line, event, sip, &analysis, syn.as_ref());
-        if let Some(identity) = self.identity.as_ref()
-            && self.line.pop() == Some(b'}')
-        {
-            // The `sensor` object is the document's last field, as in `EventDoc`.
-            self.line.extend_from_slice(b",\"sensor\":");
-            if serde_json::to_writer(&mut self.line, identity).is_err() {
+        if written {
+            self.line.clear();
+            let identity = self.identity.as_ref();
+            let serialised = match self.evidence {
+                EvidenceDetail::Compact => {
+                    compact_line(&mut self.line, &event, &sip, &analysis, syn, identity)
+                }
+                EvidenceDetail::Full => {
+                    full_line(&mut self.line, &event, &sip, &analysis, syn, identity)
+                }
+            };
+            if !serialised {
+                // Serialising our own document cannot fail; if it did, every output lost it.
                 self.counters.output_errors += 1;
                 return;
             }
-            self.line.push(b'}');
         }
         let observation = Observation::from_analysis(
-            event,
-            sip,
+            &event,
+            &sip,
             &analysis,
             self.identity.as_ref().map(|i| i.name.as_str()),
             &mut self.observation_text,
         );
-        let label = label(&observation, verdict);
-        self.outputs
-            .event(&record, event.wall_ns, Some(&label), &self.line);
-        count_tool(&mut self.tools, observation.tool);
-        self.counters.events_written += 1;
-        offer_kafka(self.kafka.as_ref(), &record, event.wall_ns, &self.line);
-        self.aggregate.observe(&observation);
-        self.write_closed_campaigns();
-    }
-
-    /// An event the sampler leaves out: no NDJSON or Kafka document, but pcapng still gets the
-    /// record and the aggregator and the tool counts the observation.
-    fn sampled_out(
-        &mut self,
-        event: &Event<'_>,
-        sip: &SipMessage<'_>,
-        facts: &Facts<'_>,
-        verdict: &Verdict,
-        source: SourceView,
-    ) {
-        let record = event.record;
-        if record.raw().flags & (record_flags::SYN_ANSWERED | record_flags::REACTIVE_SESSION) != 0 {
-            // The join table forgets the SYN once its request arrives, written or not.
-            self.joiner.observe(&record, event.wall_ns);
-        }
-        let analysis = Analysis {
-            engine: &self.engine,
-            cache: &self.cache,
-            verdict,
-            facts,
-            source: Some(source),
+        let label = Label {
+            tool: observation.tool,
+            variant: observation.variant,
+            rule: observation.rule,
+            category: observation.category,
+            confidence: round2(verdict.confidence()),
         };
-        let observation = Observation::from_analysis(
-            event,
-            sip,
-            &analysis,
-            self.identity.as_ref().map(|i| i.name.as_str()),
-            &mut self.observation_text,
-        );
-        let label = label(&observation, verdict);
-        self.outputs
-            .record_only(&record, event.wall_ns, Some(&label));
-        count_tool(&mut self.tools, observation.tool);
-        self.counters.events_sampled_out += 1;
+        if written {
+            self.outputs
+                .event(&record, wall_ns, Some(&label), &self.line);
+            self.counters.events_written += 1;
+            if let Some(kafka) = &self.kafka {
+                // Keyed by source address: one source's events stay in one partition, in
+                // order. A non-blocking hand-off: a slow broker never slows the ring drain.
+                let key = record.src_ip().to_string();
+                kafka.offer(
+                    key.as_bytes(),
+                    (wall_ns / 1_000_000) as i64,
+                    self.line.clone(),
+                );
+            }
+        } else {
+            // Sampled out: no NDJSON or Kafka document, but pcapng keeps the record.
+            self.outputs.record_only(&record, wall_ns, Some(&label));
+            self.counters.events_sampled_out += 1;
+        }
+        match self.tools.get_mut(observation.tool) {
+            Some(n) => *n += 1,
+            None => {
+                self.tools.insert(observation.tool.to_string(), 1);
+            }
+        }
         self.aggregate.observe(&observation);
         self.write_closed_campaigns();
-    }
-
-    /// `--verbose-evidence`: the whole event document, serialised.
-    fn full_event(
-        &mut self,
-        event: &Event<'_>,
-        sip: &SipMessage<'_>,
-        facts: &Facts<'_>,
-        verdict: &Verdict,
-        source: SourceView,
-    ) {
-        let record = event.record;
-        let fingerprint = self
-            .cache
-            .fingerprint(&self.engine, verdict, facts, Some(source));
-        let mut doc = EventDoc::new(event)
-            .with_analysis(
-                SipDoc::new(sip),
-                FingerprintDoc::from_fingerprint(fingerprint),
-            )
-            .with_sensor(self.identity.as_ref());
-        if let Some(reactive) = &mut doc.reactive {
-            reactive.syn = self.joiner.observe(&record, event.wall_ns);
+        if let Some(tracker) = &mut self.rogue {
+            tracker.observe(&event);
         }
-        self.line.clear();
-        if serde_json::to_writer(&mut self.line, &doc).is_err() {
-            // Serialising our own document cannot fail; if it did, every output lost it.
-            self.counters.output_errors += 1;
-            return;
-        }
-        let label = doc.fingerprint.as_ref().map(Label::of);
-        self.outputs
-            .event(&record, event.wall_ns, label.as_ref(), &self.line);
-        let observation = Observation::from_doc(&doc, event.wall_ns);
-        count_tool(&mut self.tools, observation.tool);
-        self.counters.events_written += 1;
-        offer_kafka(self.kafka.as_ref(), &record, event.wall_ns, &self.line);
-        self.aggregate.observe(&observation);
-        self.write_closed_campaigns();
     }
 
     /// Campaigns the aggregator closed, as `campaign` documents.
@@ -479,33 +411,49 @@ impl Pipeline {
     }
 }
 
-/// pcapng's comment for an observation made from a verdict.
-fn label<'a>(observation: &Observation<'a>, verdict: &Verdict) -> Label<'a> {
-    Label {
-        tool: observation.tool,
-        variant: observation.variant,
-        rule: observation.rule,
-        category: observation.category,
-        confidence: round2(verdict.confidence()),
-    }
-}
-
-fn count_tool(tools: &mut HashMap<String, u64>, tool: &str) {
-    match tools.get_mut(tool) {
-        Some(n) => *n += 1,
-        None => {
-            tools.insert(tool.to_string(), 1);
+/// The default event: written straight into the line by `output::event` (no document built),
+/// the `sensor` object appended as `EventDoc` places it, last.
+fn compact_line(
+    line: &mut Vec<u8>,
+    event: &Event<'_>,
+    sip: &SipMessage<'_>,
+    analysis: &Analysis<'_, '_>,
+    syn: Option<SynFields>,
+    identity: Option<&SensorIdentity>,
+) -> bool {
+    write_event(line, event, sip, analysis, syn.as_ref());
+    if let Some(identity) = identity
+        && line.pop() == Some(b'}')
+    {
+        line.extend_from_slice(b",\"sensor\":");
+        if serde_json::to_writer(&mut *line, identity).is_err() {
+            return false;
         }
+        line.push(b'}');
     }
+    true
 }
 
-/// Keyed by source address: one source's events stay in one partition, in order. A
-/// non-blocking hand-off: a slow broker never slows the ring buffer drain.
-fn offer_kafka(kafka: Option<&KafkaOutput>, record: &Record<'_>, wall_ns: u64, line: &[u8]) {
-    if let Some(kafka) = kafka {
-        let key = record.src_ip().to_string();
-        kafka.offer(key.as_bytes(), (wall_ns / 1_000_000) as i64, line.to_vec());
+/// `--verbose-evidence`: the whole event document, serialised.
+fn full_line(
+    line: &mut Vec<u8>,
+    event: &Event<'_>,
+    sip: &SipMessage<'_>,
+    a: &Analysis<'_, '_>,
+    syn: Option<SynFields>,
+    identity: Option<&SensorIdentity>,
+) -> bool {
+    let fingerprint = a.cache.fingerprint(a.engine, a.verdict, a.facts, a.source);
+    let mut doc = EventDoc::new(event)
+        .with_analysis(
+            SipDoc::new(sip),
+            FingerprintDoc::from_fingerprint(fingerprint),
+        )
+        .with_sensor(identity);
+    if let Some(reactive) = &mut doc.reactive {
+        reactive.syn = syn;
     }
+    serde_json::to_writer(&mut *line, &doc).is_ok()
 }
 
 #[cfg(test)]

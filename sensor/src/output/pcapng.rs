@@ -14,10 +14,7 @@ use std::collections::HashMap;
 
 use sensor_common::PAYLOAD_CAPACITY;
 
-use super::{
-    file::{Destination, OutputError, OutputFile, Rotation},
-    fingerprint::FingerprintDoc,
-};
+use super::file::{Destination, OutputError, OutputFile, Rotation};
 use crate::{
     escape::escape_bounded,
     record::{Record, Transport},
@@ -163,18 +160,6 @@ pub struct Label<'a> {
     pub rule: &'a str,
     pub category: &'a str,
     pub confidence: f64,
-}
-
-impl<'a> Label<'a> {
-    pub fn of(fp: &FingerprintDoc<'a>) -> Self {
-        Label {
-            tool: fp.tool,
-            variant: fp.variant,
-            rule: fp.rule,
-            category: fp.category,
-            confidence: fp.confidence,
-        }
-    }
 }
 
 /// The fingerprint as one line: `fingerprint: tool=... variant=... rule=... category=...
