@@ -2,7 +2,10 @@
 //! fingerprinting, without output and with NDJSON written to a file.
 //!
 //! `cargo bench -p sensor --bench fingerprint` (optionally `-- SECONDS` of CPU per stage,
-//! default 2; `FP_BENCH_STAGE=parse` runs only the stages whose name starts so, for profiling).
+//! default 2; `FP_BENCH_STAGE=parse` runs only the stages whose name starts so, and
+//! `FP_BENCH_PASSES=N` runs exactly N passes per stage instead of a CPU budget, for profiling:
+//! two callgrind runs with different N, subtracted, give the instructions per message without
+//! the set-up).
 //! Rates are per CPU second of the benchmark thread, so other load on the machine does not
 //! count against them; instructions per message (perf counters, where allowed) do not depend on
 //! the load at all.
@@ -78,7 +81,13 @@ fn measure(name: &str, budget: Duration, mut pass: impl FnMut() -> usize) -> Opt
     let start = support::thread_cpu();
     let first = counter.read();
     let mut done = 0usize;
-    while support::thread_cpu() - start < budget {
+    let passes: Option<usize> = std::env::var("FP_BENCH_PASSES")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    while match passes {
+        Some(n) => done < n * PACKETS,
+        None => support::thread_cpu() - start < budget,
+    } {
         black_box(pass());
         done += PACKETS;
     }

@@ -83,67 +83,90 @@ static TEXT_CLASS: [u8; 256] = {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// The first byte at or after `from` that is not written as it is (a control byte, DEL, a
-/// byte above 0x7f, `"` or `\`), or `bytes.len()`. Sixteen bytes at a time: SIP text has a
-/// line end every few dozen bytes and nothing else to escape.
+/// Each byte as written inside a JSON string (see [`TEXT_CLASS`]): at most five bytes, padded
+/// to eight so that one unaligned store writes any of them, with the length in the last byte.
+static TEXT_ESCAPES: [[u8; 8]; 256] = {
+    let mut t = [[0u8; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let e = &mut t[b];
+        match TEXT_CLASS[b] {
+            0 => {
+                e[0] = b as u8;
+                e[7] = 1;
+            }
+            1 => {
+                (e[0], e[1]) = (b'\\', b'"');
+                e[7] = 2;
+            }
+            2 => {
+                (e[0], e[1], e[2], e[3]) = (b'\\', b'\\', b'\\', b'\\');
+                e[7] = 4;
+            }
+            3 => {
+                (e[0], e[1]) = (b'\\', b'\\');
+                e[2] = match b as u8 {
+                    b'\r' => b'r',
+                    b'\n' => b'n',
+                    _ => b't',
+                };
+                e[7] = 3;
+            }
+            _ => {
+                (e[0], e[1], e[2]) = (b'\\', b'\\', b'x');
+                e[3] = HEX_DIGITS[b >> 4];
+                e[4] = HEX_DIGITS[b & 15];
+                e[7] = 5;
+            }
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The most bytes [`TEXT_ESCAPES`] writes for one input byte.
+const MAX_ESCAPE: usize = 5;
+
+/// Bit i: byte i of `v` is not written as it is (a control byte, DEL, a byte above 0x7f, `"`
+/// or `\`). SSE2 is part of the x86-64 baseline.
+#[cfg(target_arch = "x86_64")]
+fn specials(v: std::arch::x86_64::__m128i) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: register-only SSE2 operations, always available on x86-64.
+    unsafe {
+        // Signed: bytes above 0x7f are negative, so "below 0x20" takes them too.
+        let low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+        let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        _mm_movemask_epi8(_mm_or_si128(
+            _mm_or_si128(low, del),
+            _mm_or_si128(quote, backslash),
+        )) as u32
+    }
+}
+
+/// The first byte at or after `from` that is not written as it is, or `bytes.len()`. Sixteen
+/// bytes at a time: SIP text has a line end every few dozen bytes and nothing else to escape.
 #[cfg(target_arch = "x86_64")]
 fn next_special(bytes: &[u8], from: usize) -> usize {
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
-    };
-    /// Bit i: byte i of the 16 at `p` needs escaping.
-    ///
-    /// SAFETY: `p` must point at 16 readable bytes. SSE2 is part of the x86-64 baseline.
-    unsafe fn specials(p: *const u8) -> u32 {
-        unsafe {
-            let v = _mm_loadu_si128(p.cast::<__m128i>());
-            // Signed: bytes above 0x7f are negative, so "below 0x20" takes them too.
-            let low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
-            let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
-            let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
-            let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
-            _mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(low, del),
-                _mm_or_si128(quote, backslash),
-            )) as u32
-        }
-    }
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128};
     let len = bytes.len();
     let mut at = from;
     while at + 16 <= len {
         // SAFETY: bytes[at..at + 16] is in bounds.
-        let mask = unsafe { specials(bytes.as_ptr().add(at)) };
+        let mask = specials(unsafe { _mm_loadu_si128(bytes.as_ptr().add(at).cast::<__m128i>()) });
         if mask != 0 {
             return at + mask.trailing_zeros() as usize;
         }
         at += 16;
     }
-    if at >= len {
-        return len;
-    }
-    // Fewer than 16 bytes left: the last 16 of the slice when there are that many (bits before
-    // `at` dropped), else a padded copy (bits past the end dropped).
-    let mask = if len >= 16 {
-        let base = len - 16;
-        // SAFETY: bytes[base..len] is in bounds.
-        (unsafe { specials(bytes.as_ptr().add(base)) } >> (at - base)) << (at - base)
-    } else {
-        let mut block = [0u8; 16];
-        block[..len - at].copy_from_slice(&bytes[at..]);
-        // SAFETY: `block` is 16 bytes.
-        let m = unsafe { specials(block.as_ptr()) } & ((1u32 << (len - at)) - 1);
-        return if m != 0 {
-            at + m.trailing_zeros() as usize
-        } else {
-            len
-        };
-    };
-    if mask != 0 {
-        len - 16 + mask.trailing_zeros() as usize
-    } else {
-        len
-    }
+    at + bytes[at.min(len)..]
+        .iter()
+        .position(|&b| TEXT_CLASS[usize::from(b)] != 0)
+        .unwrap_or(len.saturating_sub(at))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -155,32 +178,85 @@ fn next_special(bytes: &[u8], from: usize) -> usize {
 }
 
 /// Attacker bytes, escaped, without the quotes.
+///
+/// The hot loop of every event: runs of plain text are stored sixteen bytes at a time (the
+/// whole block is stored, then the output advances only past the plain bytes), and each byte
+/// to escape is one table store. No call per run, no capacity check per byte.
 fn text_body(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut start = 0;
-    loop {
-        let i = next_special(bytes, start);
-        out.extend_from_slice(&bytes[start..i]);
-        let Some(&b) = bytes.get(i) else {
-            return;
-        };
-        start = i + 1;
-        match TEXT_CLASS[usize::from(b)] {
-            1 => out.extend_from_slice(b"\\\""),
-            2 => out.extend_from_slice(b"\\\\\\\\"),
-            3 => out.extend_from_slice(match b {
-                b'\r' => b"\\\\r",
-                b'\n' => b"\\\\n",
-                _ => b"\\\\t",
-            }),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'\\',
-                b'x',
-                HEX_DIGITS[usize::from(b >> 4)],
-                HEX_DIGITS[usize::from(b & 15)],
-            ]),
+    let len = bytes.len();
+    // The output is at most MAX_ESCAPE bytes per input byte, and a store writes at most 16 bytes
+    // from the current end: both stay inside this reservation (see the invariant below).
+    out.reserve(len * MAX_ESCAPE + 16);
+    let src = bytes.as_ptr();
+    let mut i = 0;
+    let mut w = 0;
+    // SAFETY: invariant `w <= MAX_ESCAPE * i` (`i + j` in the tail). Every store starts at
+    // `base + w` and writes 16 (a block, only while bytes are left) or 8 (an escape, only while
+    // bytes are left) bytes, so it ends before `base + MAX_ESCAPE * len + 16`, inside the
+    // reserved spare capacity. Reads are from
+    // bytes[i..i + 16] or bytes[i], in bounds by the loop conditions. `set_len` covers exactly
+    // the `w` bytes written, all initialised.
+    unsafe {
+        let base = out.as_mut_ptr().add(out.len());
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
+            while i + 16 <= len {
+                let v = _mm_loadu_si128(src.add(i).cast::<__m128i>());
+                _mm_storeu_si128(base.add(w).cast::<__m128i>(), v);
+                let mask = specials(v);
+                if mask == 0 {
+                    i += 16;
+                    w += 16;
+                    continue;
+                }
+                let plain = mask.trailing_zeros() as usize;
+                i += plain;
+                w += plain;
+                w += put_escaped(base.add(w), *src.add(i));
+                i += 1;
+            }
+            // The last bytes (most of the short fields), through the same block step: copied
+            // into a buffer padded with plain bytes, so that a block read from any of them
+            // stays inside it and the padding never reads as a byte to escape.
+            let rest = len - i;
+            if rest > 0 {
+                let mut tail = [b'x'; 32];
+                tail[..rest].copy_from_slice(&bytes[i..]);
+                let mut j = 0;
+                while j < rest {
+                    // j < 16, so tail[j..j + 16] is inside the buffer.
+                    let v = _mm_loadu_si128(tail.as_ptr().add(j).cast::<__m128i>());
+                    _mm_storeu_si128(base.add(w).cast::<__m128i>(), v);
+                    // No bit set (32 zeros) or one past the tail: the rest is plain.
+                    let plain = (specials(v).trailing_zeros() as usize).min(rest - j);
+                    j += plain;
+                    w += plain;
+                    if j < rest {
+                        w += put_escaped(base.add(w), tail[j]);
+                        j += 1;
+                    }
+                }
+                i = len;
+            }
         }
+        while i < len {
+            w += put_escaped(base.add(w), *src.add(i));
+            i += 1;
+        }
+        out.set_len(out.len() + w);
     }
+}
+
+/// Writes byte `b` as [`TEXT_ESCAPES`] says; returns how many of the 8 bytes stored count.
+///
+/// SAFETY: `dst` must be valid for 8 bytes of writes.
+#[inline(always)]
+unsafe fn put_escaped(dst: *mut u8, b: u8) -> usize {
+    let e = TEXT_ESCAPES[usize::from(b)];
+    // SAFETY: the caller's contract.
+    unsafe { dst.cast::<[u8; 8]>().write_unaligned(e) };
+    usize::from(e[7])
 }
 
 /// Attacker bytes as a JSON string: `escape::escape_bounded(bytes, max)`, serialized.
@@ -1106,6 +1182,39 @@ mod tests {
                         .map_or(len, |p| from + p);
                     assert_eq!(next_special(&bytes, from), want, "{bytes:?} from {from}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn text_is_escape_then_json_for_any_bytes() {
+        let alphabet = [
+            b'a', b'"', b'\\', b'\r', b'\n', b'\t', 0x1f, 0x7f, 0x80, 0xff, 0,
+        ];
+        let mut state = 11u64;
+        for len in 0..90 {
+            for round in 0..40 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        match round % 3 {
+                            // Any byte at all.
+                            0 => (state >> 56) as u8,
+                            // Mostly plain text, as SIP is.
+                            _ if (state >> 33).is_multiple_of(5) => {
+                                alphabet[((state >> 40) % alphabet.len() as u64) as usize]
+                            }
+                            _ => b'x',
+                        }
+                    })
+                    .collect();
+                // Something already in the buffer, which must be kept.
+                let mut out = b"prefix".to_vec();
+                text(&mut out, &bytes, 64);
+                let want = serde_json::to_string(&crate::escape::escape_bounded(&bytes, 64))
+                    .expect("a string serializes");
+                assert_eq!(String::from_utf8_lossy(&out[6..]), want, "{bytes:?}");
+                assert_eq!(&out[..6], b"prefix");
             }
         }
     }
