@@ -20,6 +20,8 @@
 //! - reference engine: parse + every rule evaluated (`Engine::classify_packet`, no cache),
 //! - agent, no output: decode the ring item, parse, fingerprint, IP-ID tracker,
 //! - agent, NDJSON file: the pipeline's per-record work with events written to a file.
+//! - agent, NDJSON lean: the same with `--event-detail lean` (one event per packet, lean but
+//!   for each template's first),
 //! - agent, NDJSON, sampled: the same with `--events-per-template 8` (not the issue's
 //!   target figure: most events are counted and aggregated, not written).
 
@@ -37,6 +39,7 @@ use sensor::{
     counters::AgentCounters,
     event::Event,
     fingerprint::{ClassCache, Engine, Packet, SourceTracker, facts::Facts},
+    output::event::EventDetail,
     pipeline::{Pipeline, PipelineOptions},
     record::{Record, Transport},
     sip::SipMessage,
@@ -117,11 +120,13 @@ fn pipeline_stage(
     clock: &WallClock,
     out_path: &std::path::Path,
     sampling: Option<sensor::sampling::SamplingConfig>,
+    detail: EventDetail,
 ) -> (Option<Rate>, AgentCounters) {
     let _ = std::fs::remove_file(out_path);
     let mut pipeline = Pipeline::new(&PipelineOptions {
         outputs: sensor::output::OutputOptions::ndjson_file(out_path.to_path_buf()),
         sampling,
+        detail,
         ..PipelineOptions::default()
     })
     .expect("pipeline");
@@ -225,8 +230,23 @@ fn main() {
         &clock,
         &out_path,
         None,
+        EventDetail::Compact,
     );
     let events = counters.events_written;
+    // The same with `--event-detail lean`: one event per packet, each template's first compact.
+    let (lean, counters) = pipeline_stage(
+        "agent, NDJSON lean",
+        budget,
+        &records,
+        &clock,
+        &out_path,
+        None,
+        EventDetail::Lean,
+    );
+    println!(
+        "  events written {}, of them lean {}",
+        counters.events_written, counters.events_lean
+    );
     // The same with `--events-per-template 8`: every pass after the first repeats each
     // source's templates, as a long scan does, so nearly every event is counted, not written.
     let (sampled, counters) = pipeline_stage(
@@ -239,26 +259,35 @@ fn main() {
             per_template: 8,
             window_s: 86_400,
         }),
+        EventDetail::Compact,
     );
     println!(
         "  events written {}, sampled out {}",
         counters.events_written, counters.events_sampled_out
     );
-    // The size of an event as written, measured on one pass into a fresh file.
-    let _ = std::fs::remove_file(&out_path);
-    let mut sizing = Pipeline::new(&PipelineOptions {
-        outputs: sensor::output::OutputOptions::ndjson_file(out_path.clone()),
-        ..PipelineOptions::default()
-    })
-    .expect("pipeline");
-    for r in &records {
-        sizing.ring_item(support::record_bytes(r), &clock);
-    }
-    sizing.flush();
-    let event_bytes = std::fs::metadata(&out_path).map_or(0, |m| m.len()) / PACKETS as u64;
-    drop(sizing);
-    let _ = std::fs::remove_file(&out_path);
-    println!("events written in the NDJSON stage: {events}; mean event size {event_bytes} bytes");
+    // The size of an event as written, measured on one pass into a fresh file (lean: the
+    // first pass, where every template's first event is its compact example).
+    let event_bytes = |detail: EventDetail| {
+        let _ = std::fs::remove_file(&out_path);
+        let mut sizing = Pipeline::new(&PipelineOptions {
+            outputs: sensor::output::OutputOptions::ndjson_file(out_path.clone()),
+            detail,
+            ..PipelineOptions::default()
+        })
+        .expect("pipeline");
+        for r in &records {
+            sizing.ring_item(support::record_bytes(r), &clock);
+        }
+        sizing.flush();
+        let bytes = std::fs::metadata(&out_path).map_or(0, |m| m.len()) / PACKETS as u64;
+        let _ = std::fs::remove_file(&out_path);
+        bytes
+    };
+    println!(
+        "events written in the NDJSON stage: {events}; mean event size {} bytes, lean {} bytes",
+        event_bytes(EventDetail::Compact),
+        event_bytes(EventDetail::Lean)
+    );
 
     println!();
     println!("ratios to the baseline (memchr line scan of the same payloads, same run):");
@@ -268,6 +297,7 @@ fn main() {
         ("reference engine", &reference),
         ("agent, no output", &agent),
         ("agent, NDJSON to a file", &ndjson),
+        ("agent, NDJSON lean", &lean),
         ("agent, NDJSON, sampled", &sampled),
     ] {
         if let Some(rate) = rate {
@@ -287,6 +317,7 @@ fn main() {
     for (name, rate, target) in [
         ("agent, no output", &agent, 3e6),
         ("agent, NDJSON to a file", &ndjson, 1e6),
+        ("agent, NDJSON lean", &lean, 1e6),
     ] {
         if let Some(rate) = rate {
             println!(

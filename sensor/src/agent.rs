@@ -29,7 +29,7 @@ use crate::{
     identity::SensorIdentity,
     output::{
         Destination, OutputOptions, SinkCounters,
-        event::EvidenceDetail,
+        event::EventDetail,
         kafka::{KafkaConfig, KafkaStats},
         metrics::{self, Exposition, Kind, ListenError, RateWindow, ScrapeRequest},
     },
@@ -98,7 +98,7 @@ pub struct RunOptions {
     /// Bounds and windows of the per-source and campaign aggregation.
     pub aggregate: AggregateConfig,
     /// How much explanation events carry (compact by default).
-    pub evidence: EvidenceDetail,
+    pub detail: EventDetail,
     /// Write only the first events of each source and template per window.
     pub sampling: Option<SamplingConfig>,
 }
@@ -150,7 +150,7 @@ impl RunOptions {
             kafka: None,
             privileges: None,
             aggregate: AggregateConfig::default(),
-            evidence: EvidenceDetail::Compact,
+            detail: EventDetail::Compact,
             sampling: None,
         }
     }
@@ -319,7 +319,7 @@ pub async fn run_with(
         identity: options.identity.clone(),
         kafka: options.kafka.clone(),
         aggregate: options.aggregate,
-        evidence: options.evidence,
+        detail: options.detail,
         sampling: options.sampling,
     })?;
     if options.reactive != ReactivePolicy::Off && options.reactive_prefixes.is_empty() {

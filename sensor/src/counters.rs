@@ -136,6 +136,9 @@ pub struct AgentCounters {
     pub records_undecodable: u64,
     /// Events handed to the outputs.
     pub events_written: u64,
+    /// Of the events written, those in the lean form (`--event-detail lean`); the others are
+    /// each template's compact example.
+    pub events_lean: u64,
     /// Events not written because their source had sent its quota of that template in the
     /// window (`--events-per-template`); aggregated and in pcapng all the same.
     pub events_sampled_out: u64,
@@ -161,6 +164,7 @@ impl AgentCounters {
             ("records_read", self.records_read),
             ("records_undecodable", self.records_undecodable),
             ("events_written", self.events_written),
+            ("events_lean", self.events_lean),
             ("events_sampled_out", self.events_sampled_out),
             ("output_errors", self.output_errors),
             ("source_evictions", self.source_evictions),

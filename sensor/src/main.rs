@@ -284,15 +284,46 @@ struct RunArgs {
     keep_privileges: bool,
     #[command(flatten)]
     aggregate: AggregateArgs,
-    /// Events carry each evidence item's test, note and weight and the inferences'
-    /// explanations (by default: rule, field, section, value, and codes).
-    #[arg(long)]
+    #[command(flatten)]
+    events: EventArgs,
+}
+
+/// How much each event carries, and how many are written: shared by `run` and `analyze`.
+#[derive(clap::Args)]
+struct EventArgs {
+    /// lean: what the aggregator and `sensor report` read (addresses, IP fields, attribution,
+    /// per-packet inferences), with each template's first event per --campaign-window written
+    /// compact; compact: the parsed message, the escaped payload, evidence and inferences as
+    /// codes; full: also each evidence item's test, note and weight and the inferences'
+    /// explanations.
+    #[arg(long, value_enum, default_value = "compact", value_name = "DETAIL")]
+    event_detail: EventDetailArg,
+    /// The same as --event-detail full.
+    #[arg(long, conflicts_with = "event_detail")]
     verbose_evidence: bool,
     /// Write only the first N events of each source address and fingerprint template in
     /// every --campaign-window; the rest are counted (agent.events_sampled_out), aggregated and
     /// kept in pcapng, not written to NDJSON or Kafka. Default: every event.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     events_per_template: Option<u32>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EventDetailArg {
+    Lean,
+    Compact,
+    Full,
+}
+
+impl EventArgs {
+    fn detail(&self) -> sensor::output::event::EventDetail {
+        use sensor::output::event::EventDetail;
+        match (self.verbose_evidence, self.event_detail) {
+            (true, _) | (_, EventDetailArg::Full) => EventDetail::Full,
+            (_, EventDetailArg::Compact) => EventDetail::Compact,
+            (_, EventDetailArg::Lean) => EventDetail::Lean,
+        }
+    }
 }
 
 /// Output flags shared by `run` and `analyze`.
@@ -424,15 +455,8 @@ struct AnalyzeArgs {
     metrics_file: Option<PathBuf>,
     #[command(flatten)]
     aggregate: AggregateArgs,
-    /// Events carry each evidence item's test, note and weight and the inferences'
-    /// explanations (by default: rule, field, section, value, and codes).
-    #[arg(long)]
-    verbose_evidence: bool,
-    /// Write only the first N events of each source address and fingerprint template in
-    /// every --campaign-window; the rest are counted (agent.events_sampled_out), aggregated and
-    /// kept in pcapng, not written to NDJSON or Kafka. Default: every event.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    events_per_template: Option<u32>,
+    #[command(flatten)]
+    events: EventArgs,
 }
 
 fn sampling(
@@ -443,14 +467,6 @@ fn sampling(
         per_template,
         window_s: aggregate.campaign_window,
     })
-}
-
-fn evidence_detail(verbose: bool) -> sensor::output::event::EvidenceDetail {
-    if verbose {
-        sensor::output::event::EvidenceDetail::Full
-    } else {
-        sensor::output::event::EvidenceDetail::Compact
-    }
 }
 
 fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
@@ -469,8 +485,8 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
     };
     let mut pipeline = settings.pipeline;
     pipeline.aggregate = args.aggregate.config();
-    pipeline.evidence = evidence_detail(args.verbose_evidence);
-    pipeline.sampling = sampling(args.events_per_template, &args.aggregate);
+    pipeline.detail = args.events.detail();
+    pipeline.sampling = sampling(args.events.events_per_template, &args.aggregate);
     let options = sensor::offline::analyze::AnalyzeOptions {
         ports: settings.ports,
         match_source_port: settings.match_source_port,
@@ -550,8 +566,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // SIGHUP reloads the configuration (or says there is none): it never kills the sensor.
     options.reload_on_sighup = true;
     options.aggregate = args.aggregate.config();
-    options.evidence = evidence_detail(args.verbose_evidence);
-    options.sampling = sampling(args.events_per_template, &args.aggregate);
+    options.detail = args.events.detail();
+    options.sampling = sampling(args.events.events_per_template, &args.aggregate);
     // Resolved before anything is attached: a wrong name is a configuration error.
     let user = args
         .user

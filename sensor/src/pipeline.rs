@@ -16,10 +16,11 @@ use crate::{
     identity::SensorIdentity,
     output::{
         Label, OutputError, OutputOptions, Outputs,
-        event::{Analysis, EvidenceDetail, write_event},
+        event::{Analysis, EventDetail, write_event},
         fingerprint::{FingerprintDoc, round2},
         json::{EventDoc, StatsDoc},
         kafka::{KafkaConfig, KafkaCounters, KafkaOutput, KafkaOutputError, KafkaStats},
+        lean::{TemplateExamples, write_lean},
         metrics::{CampaignGauges, Exposition, Kind},
         sip::SipDoc,
     },
@@ -52,7 +53,7 @@ pub struct PipelineOptions {
     /// Bounds and windows of the per-source and campaign aggregation.
     pub aggregate: AggregateConfig,
     /// How much explanation events carry.
-    pub evidence: EvidenceDetail,
+    pub detail: EventDetail,
     /// Write only the first events of each source and template per window (`sampling`).
     pub sampling: Option<SamplingConfig>,
 }
@@ -71,8 +72,10 @@ pub struct Pipeline {
     engine: Engine,
     /// Rules evaluated once per message template (`fingerprint::cache`).
     cache: ClassCache,
-    evidence: EvidenceDetail,
+    detail: EventDetail,
     sampler: Option<EventSampler>,
+    /// Under `--event-detail lean`, which events are their template's compact example.
+    template_examples: Option<TemplateExamples>,
     sources: SourceTracker,
     joiner: SynJoiner,
     rogue: Option<Tracker>,
@@ -102,8 +105,10 @@ impl Pipeline {
         Ok(Self {
             engine,
             cache: ClassCache::default(),
-            evidence: options.evidence,
+            detail: options.detail,
             sampler: options.sampling.map(EventSampler::new),
+            template_examples: (options.detail == EventDetail::Lean)
+                .then(|| TemplateExamples::new(options.aggregate.campaign_window_s)),
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             rogue: options.detect_rogue.clone().map(Tracker::new),
@@ -173,14 +178,43 @@ impl Pipeline {
             facts: &facts,
             source: Some(source),
         };
+        let observation = Observation::from_analysis(
+            &event,
+            &sip,
+            &analysis,
+            self.identity.as_ref().map(|i| i.name.as_str()),
+            &mut self.observation_text,
+        );
+        let confidence = round2(verdict.confidence());
+        let label = Label {
+            tool: observation.tool,
+            variant: observation.variant,
+            rule: observation.rule,
+            category: observation.category,
+            confidence,
+        };
         if written {
             self.line.clear();
             let identity = self.identity.as_ref();
-            let serialised = match self.evidence {
-                EvidenceDetail::Compact => {
-                    compact_line(&mut self.line, &event, &sip, &analysis, syn, identity)
+            // Lean: each template's first event per window is written compact, as its example.
+            let example = self
+                .template_examples
+                .as_mut()
+                .is_some_and(|t| t.is_example(verdict.template.0, wall_ns));
+            let detail = match self.detail {
+                EventDetail::Lean if example => EventDetail::Compact,
+                detail => detail,
+            };
+            let serialised = match detail {
+                EventDetail::Lean => {
+                    write_lean(&mut self.line, &record, &observation, confidence);
+                    append_sensor(&mut self.line, identity)
                 }
-                EvidenceDetail::Full => {
+                EventDetail::Compact => {
+                    write_event(&mut self.line, &event, &sip, &analysis, syn.as_ref());
+                    append_sensor(&mut self.line, identity)
+                }
+                EventDetail::Full => {
                     full_line(&mut self.line, &event, &sip, &analysis, syn, identity)
                 }
             };
@@ -189,25 +223,12 @@ impl Pipeline {
                 self.counters.output_errors += 1;
                 return;
             }
-        }
-        let observation = Observation::from_analysis(
-            &event,
-            &sip,
-            &analysis,
-            self.identity.as_ref().map(|i| i.name.as_str()),
-            &mut self.observation_text,
-        );
-        let label = Label {
-            tool: observation.tool,
-            variant: observation.variant,
-            rule: observation.rule,
-            category: observation.category,
-            confidence: round2(verdict.confidence()),
-        };
-        if written {
             self.outputs
                 .event(&record, wall_ns, Some(&label), &self.line);
             self.counters.events_written += 1;
+            if detail == EventDetail::Lean {
+                self.counters.events_lean += 1;
+            }
             if let Some(kafka) = &self.kafka {
                 // Keyed by source address: one source's events stay in one partition, in
                 // order. A non-blocking hand-off: a slow broker never slows the ring drain.
@@ -381,6 +402,11 @@ impl Pipeline {
             c.events_written,
         );
         out.counter(
+            "sensor_events_lean_total",
+            "Events written in the lean form (--event-detail lean): all but each template's first per window.",
+            c.events_lean,
+        );
+        out.counter(
             "sensor_events_sampled_out_total",
             "Events not written: their source had sent its --events-per-template quota of that template in the window.",
             c.events_sampled_out,
@@ -411,17 +437,8 @@ impl Pipeline {
     }
 }
 
-/// The default event: written straight into the line by `output::event` (no document built),
-/// the `sensor` object appended as `EventDoc` places it, last.
-fn compact_line(
-    line: &mut Vec<u8>,
-    event: &Event<'_>,
-    sip: &SipMessage<'_>,
-    analysis: &Analysis<'_, '_>,
-    syn: Option<SynFields>,
-    identity: Option<&SensorIdentity>,
-) -> bool {
-    write_event(line, event, sip, analysis, syn.as_ref());
+/// Appends the `sensor` object to the event in `line`, last, as `EventDoc` places it.
+fn append_sensor(line: &mut Vec<u8>, identity: Option<&SensorIdentity>) -> bool {
     if let Some(identity) = identity
         && line.pop() == Some(b'}')
     {

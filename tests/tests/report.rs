@@ -11,7 +11,7 @@ use std::{
 
 use sensor::{
     offline::analyze::{AnalyzeOptions, analyze},
-    output::event::EvidenceDetail,
+    output::event::EventDetail,
     pipeline::PipelineOptions,
     report::{self, Report},
     rogue::TrackerConfig,
@@ -342,6 +342,66 @@ fn sampled_events_are_counted_and_the_report_says_so() {
     assert_eq!(json["events"], written_s);
 }
 
+/// `--event-detail lean` writes every template's first event compact and the rest lean, and
+/// `sensor report` reads the same from either file: the lean event carries all it reads.
+#[test]
+fn lean_events_give_the_same_report_as_compact_ones() {
+    let dir = TempDir::new("lean-report");
+    let mut lean_events = 0;
+    for capture in &corpus::manifest().captures {
+        let pcap = corpus::dir().join(&capture.file);
+        let compact = dir.0.join(format!("{}-compact.ndjson", capture.file));
+        let lean = dir.0.join(format!("{}-lean.ndjson", capture.file));
+        for (out, detail) in [(&compact, "compact"), (&lean, "lean")] {
+            run(
+                &[
+                    "analyze",
+                    pcap.to_str().unwrap(),
+                    "-o",
+                    out.to_str().unwrap(),
+                    "--event-detail",
+                    detail,
+                ],
+                None,
+            );
+        }
+        let report = |path: &Path| -> Value {
+            serde_json::from_slice(&run(&["report", path.to_str().unwrap(), "--json"], None).stdout)
+                .expect("JSON")
+        };
+        assert_eq!(report(&lean), report(&compact), "{}", capture.file);
+
+        let docs = read_docs(&lean);
+        let probes: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["event_type"] == "sip_probe")
+            .collect();
+        let (lean_probes, examples): (Vec<&Value>, Vec<&Value>) =
+            probes.iter().partition(|d| d["detail"] == "lean");
+        let stats = docs.iter().find(|d| d["event_type"] == "stats").unwrap();
+        assert_eq!(stats["agent"]["events_lean"], lean_probes.len());
+        assert_eq!(stats["agent"]["events_written"], probes.len());
+        // Each lean event's template has its compact example, written before it.
+        let mut seen = BTreeSet::new();
+        for d in &probes {
+            let template = d["fingerprint"]["template_hash"].as_str().unwrap();
+            if d["detail"] == "lean" {
+                assert!(seen.contains(template), "{}: {d}", capture.file);
+                assert!(d.get("sip").is_none_or(|s| s.get("header_order").is_none()));
+            } else {
+                assert!(d["sip"]["header_order"].is_array(), "{d}");
+                seen.insert(template.to_string());
+            }
+        }
+        assert_eq!(examples.len(), seen.len(), "one example per template");
+        lean_events += lean_probes.len();
+        assert!(
+            std::fs::metadata(&lean).unwrap().len() <= std::fs::metadata(&compact).unwrap().len()
+        );
+    }
+    assert!(lean_events > 100, "{lean_events}");
+}
+
 // ---- The schema document ----
 
 /// Map-valued fields whose keys are data, with the placeholder the document uses.
@@ -388,13 +448,13 @@ fn event_schema_doc_names_every_field_the_sensor_writes() {
     let dir = TempDir::new("schema");
     let mut paths: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let manifest = corpus::manifest();
-    // Both forms of the evidence: the default compact one and `--verbose-evidence`.
-    for (capture, evidence) in manifest
+    // Every form of the event: lean, the default compact one, and full.
+    for (capture, detail) in manifest
         .captures
         .iter()
-        .flat_map(|c| [EvidenceDetail::Compact, EvidenceDetail::Full].map(|e| (c, e)))
+        .flat_map(|c| [EventDetail::Lean, EventDetail::Compact, EventDetail::Full].map(|e| (c, e)))
     {
-        let out = dir.0.join(format!("{}-{evidence:?}.ndjson", capture.file));
+        let out = dir.0.join(format!("{}-{detail:?}.ndjson", capture.file));
         // Both directions and the rogue tracker: responses, sip_server and rogue_stats too.
         let options = AnalyzeOptions {
             ports: Default::default(),
@@ -403,7 +463,7 @@ fn event_schema_doc_names_every_field_the_sensor_writes() {
             pipeline: PipelineOptions {
                 outputs: sensor::output::OutputOptions::ndjson_file(&out),
                 detect_rogue: Some(TrackerConfig::default()),
-                evidence,
+                detail,
                 ..PipelineOptions::default()
             },
             metrics_file: None,

@@ -2,13 +2,13 @@
 //! serializer, attacker bytes escaped on the way in.
 //!
 //! It writes what `json::EventDoc` with its `sip` and `fingerprint` objects serializes to, field
-//! for field and in the same order, with one difference by default ([`EvidenceDetail::Compact`]):
+//! for field and in the same order, with one difference by default ([`EventDetail::Compact`]):
 //! the rule prose every event repeated is left to the rule file and the documentation. Evidence
 //! items name the rule, the field, the section and the observed value (not the test, note and
 //! weight); inferences give their conclusions as codes and numbers (the tag's target and whether
 //! it is the destination, the host class, the process count, the initial TTL, the IP-ID class
 //! and the source's behaviour) without the sentences explaining them. `docs/event-schema.md`
-//! lists both forms. [`EvidenceDetail::Full`] writes the whole document as before (through
+//! lists both forms. [`EventDetail::Full`] writes the whole document as before (through
 //! serde: it is the rarely used form).
 //!
 //! Tests compare the compact document with the full one minus those fields, on every corpus
@@ -44,10 +44,14 @@ use crate::{
     },
 };
 
-/// How much of the rules' and inferences' explanations events carry.
+/// How much each `sip_probe` event carries (`--event-detail`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum EvidenceDetail {
-    /// Codes, values and rule references (the default).
+pub enum EventDetail {
+    /// What the aggregator and the report read, and the payload's length
+    /// (`output::lean`); the first event of each template per window is compact.
+    Lean,
+    /// The parsed message, the escaped payload, the evidence as codes, values and rule
+    /// references, the inferences as codes and numbers (the default).
     #[default]
     Compact,
     /// Also each condition's test, note and weight, and the inferences' explanations.
@@ -273,7 +277,7 @@ fn text(out: &mut Vec<u8>, bytes: &[u8], max: usize) {
 
 /// A string that is already printable ASCII (rule text, names, codes): only `"` and `\` need
 /// JSON's escaping.
-fn ascii(out: &mut Vec<u8>, s: &str) {
+pub(super) fn ascii(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -323,7 +327,7 @@ fn next(out: &mut Vec<u8>, name: &str) {
     key(out, name);
 }
 
-fn uint(out: &mut Vec<u8>, n: u64) {
+pub(super) fn uint(out: &mut Vec<u8>, n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut n = n;
@@ -338,16 +342,16 @@ fn uint(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-fn boolean(out: &mut Vec<u8>, b: bool) {
+pub(super) fn boolean(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
 }
 
-fn float(out: &mut Vec<u8>, x: f64) {
+pub(super) fn float(out: &mut Vec<u8>, x: f64) {
     // serde_json's own formatting, so that both forms print a confidence alike.
     let _ = serde_json::to_writer(&mut *out, &x);
 }
 
-fn ip(out: &mut Vec<u8>, addr: IpAddr) {
+pub(super) fn ip(out: &mut Vec<u8>, addr: IpAddr) {
     out.push(b'"');
     match addr {
         IpAddr::V4(v4) => {
@@ -371,7 +375,7 @@ fn two(out: &mut Vec<u8>, n: u64) {
 }
 
 /// `clock::rfc3339_micros`, written in place.
-fn timestamp(out: &mut Vec<u8>, epoch_ns: u64) {
+pub(super) fn timestamp(out: &mut Vec<u8>, epoch_ns: u64) {
     let secs = epoch_ns / 1_000_000_000;
     let micros = (epoch_ns % 1_000_000_000) / 1_000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);

@@ -14,6 +14,7 @@ pub mod file;
 pub mod fingerprint;
 pub mod json;
 pub mod kafka;
+pub mod lean;
 pub mod metrics;
 pub mod ndjson;
 pub mod pcapng;
