@@ -1162,23 +1162,36 @@ mod tests {
         assert!(checked > 250, "{checked}");
     }
 
+    /// `len` pseudo-random bytes from `state`: any byte at all when `any`, else mostly `x` (plain
+    /// text, as SIP is) with a byte of `alphabet` one time in `one_in`.
+    fn random_bytes(
+        state: &mut u64,
+        len: usize,
+        any: bool,
+        alphabet: &[u8],
+        one_in: u64,
+    ) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                if any {
+                    (*state >> 56) as u8
+                } else if (*state >> 33).is_multiple_of(one_in) {
+                    alphabet[((*state >> 40) % alphabet.len() as u64) as usize]
+                } else {
+                    b'x'
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn finds_every_byte_to_escape() {
         let alphabet = [b'a', b'"', b'\\', 0x1f, 0x7f, 0x80, 0xff, b' ', b'~', 0];
         let mut state = 7u64;
         for len in 0..70 {
             for _ in 0..50 {
-                let bytes: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                        // Mostly plain text, as SIP is.
-                        if (state >> 33).is_multiple_of(4) {
-                            alphabet[((state >> 40) % alphabet.len() as u64) as usize]
-                        } else {
-                            b'x'
-                        }
-                    })
-                    .collect();
+                let bytes = random_bytes(&mut state, len, false, &alphabet, 4);
                 for from in 0..=len {
                     let want = bytes[from..]
                         .iter()
@@ -1198,20 +1211,7 @@ mod tests {
         let mut state = 11u64;
         for len in 0..90 {
             for round in 0..40 {
-                let bytes: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                        match round % 3 {
-                            // Any byte at all.
-                            0 => (state >> 56) as u8,
-                            // Mostly plain text, as SIP is.
-                            _ if (state >> 33).is_multiple_of(5) => {
-                                alphabet[((state >> 40) % alphabet.len() as u64) as usize]
-                            }
-                            _ => b'x',
-                        }
-                    })
-                    .collect();
+                let bytes = random_bytes(&mut state, len, round % 3 == 0, &alphabet, 5);
                 // Something already in the buffer, which must be kept.
                 let mut out = b"prefix".to_vec();
                 text(&mut out, &bytes, 64);
