@@ -201,6 +201,11 @@ impl RunOptions {
             "[rotation]",
         );
         check(self.rules != other.rules, "[fingerprint] rules");
+        check(self.detail != other.detail, "[events] detail");
+        check(
+            self.sampling.map(|s| s.per_template) != other.sampling.map(|s| s.per_template),
+            "[events] per_template",
+        );
         check(
             format!("{:?}", self.detect_rogue) != format!("{:?}", other.detect_rogue),
             "[rogue]",
@@ -790,9 +795,15 @@ mod tests {
         new.interface = "eth2".into();
         new.outputs.pcapng = Some(crate::output::Destination::File("/tmp/x".into()));
         new.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        new.detail = EventDetail::Lean;
         assert_eq!(
             old.restart_only_changes(&new),
-            ["[capture] interface", "[pcapng]", "[metrics] listen"]
+            [
+                "[capture] interface",
+                "[pcapng]",
+                "[events] detail",
+                "[metrics] listen"
+            ]
         );
         assert!(
             new.describe_live()

@@ -29,9 +29,10 @@ use crate::{
     capture::{AttachMode, PortSet},
     identity::{Prefix, SensorIdentity, hostname},
     output::kafka::KafkaConfig,
-    output::{Destination, OutputOptions, Rotation, pcapng::InterfaceNames},
+    output::{Destination, OutputOptions, Rotation, event::EventDetail, pcapng::InterfaceNames},
     pipeline::PipelineOptions,
     rogue::TrackerConfig,
+    sampling::SamplingConfig,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,8 @@ pub struct ConfigFile {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub control: ControlSection,
+    #[serde(default)]
+    pub events: EventsSection,
     /// `[sensor]`: the identity every event carries.
     #[serde(default)]
     pub sensor: SensorSection,
@@ -236,6 +239,17 @@ pub struct ControlSection {
     pub socket: Option<PathBuf>,
 }
 
+/// `[events]`: how much each `sip_probe` event carries, and how many are written.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// `lean`, `compact` (the default) or `full` (`--event-detail`).
+    pub detail: Option<EventDetail>,
+    /// Events written per source and template in every campaign window
+    /// (`--events-per-template`); default: every event.
+    pub per_template: Option<u32>,
+}
+
 /// Builds `overlay`: each key of `top` that is set replaces the one below.
 macro_rules! overlay {
     ($t:ty { $($field:ident),* $(,)? }) => {
@@ -280,6 +294,10 @@ overlay!(PcapngSection { enabled, path });
 overlay!(RotationSection { size, interval });
 overlay!(MetricsSection { listen, file });
 overlay!(ControlSection { socket });
+overlay!(EventsSection {
+    detail,
+    per_template
+});
 
 /// What `sensor analyze` takes from the configuration.
 #[derive(Clone, Debug)]
@@ -338,6 +356,7 @@ impl ConfigFile {
             rotation: self.rotation.overlay(&top.rotation),
             metrics: self.metrics.overlay(&top.metrics),
             control: self.control.overlay(&top.control),
+            events: self.events.overlay(&top.events),
             sensor: self.sensor.overlay(&top.sensor),
             kafka: top.kafka.clone().or_else(|| self.kafka.clone()),
         }
@@ -425,6 +444,7 @@ impl ConfigFile {
             });
         }
         options.rules = self.fingerprint.rules.clone();
+        (options.detail, options.sampling) = self.events(origin)?;
         options.outputs = self.outputs(origin)?;
         options.metrics_listen = self.metrics.listen;
         options.kafka = self.kafka.clone();
@@ -453,6 +473,7 @@ impl ConfigFile {
     /// The settings `sensor analyze` uses; the keys about the interface and the kernel are not
     /// read.
     pub fn analyze_settings(&self, origin: &str) -> Result<AnalyzeSettings, ConfigError> {
+        let (detail, sampling) = self.events(origin)?;
         Ok(AnalyzeSettings {
             ports: self.capture.ports.clone().unwrap_or_default(),
             match_source_port: self.capture.match_source_port.unwrap_or(false),
@@ -460,10 +481,29 @@ impl ConfigFile {
             pipeline: PipelineOptions {
                 rules: self.fingerprint.rules.clone(),
                 outputs: self.outputs(origin)?,
+                detail,
+                sampling,
                 ..Default::default()
             },
             metrics_file: self.metrics.file.clone(),
         })
+    }
+
+    /// `[events]`: the detail, and the sampling with the default campaign window (the caller
+    /// sets the window it runs with).
+    fn events(&self, origin: &str) -> Result<(EventDetail, Option<SamplingConfig>), ConfigError> {
+        if self.events.per_template == Some(0) {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: "[events] per_template",
+                message: "must be at least 1 (leave it out to write every event)".into(),
+            });
+        }
+        let sampling = self.events.per_template.map(|per_template| SamplingConfig {
+            per_template,
+            window_s: crate::aggregate::AggregateConfig::default().campaign_window_s,
+        });
+        Ok((self.events.detail.unwrap_or_default(), sampling))
     }
 
     fn prefix_len(&self, origin: &str) -> Result<u16, ConfigError> {
@@ -799,6 +839,8 @@ mod tests {
             ),
             ("[metrics]\nlisten = \"nowhere\"\n", "listen"),
             ("[nosuch]\n", "unknown field `nosuch`"),
+            ("[events]\ndetail = \"tiny\"\n", "unknown variant `tiny`"),
+            ("[events]\nper_template = -1\n", "per_template"),
         ];
         for (text, needle) in cases {
             let e = parse(text).unwrap_err().to_string();
@@ -838,6 +880,10 @@ mod tests {
                 "[capture]\ninterface = \"e\"\n[ndjson]\npath = \"/tmp/x\"\n[rotation]\nsize = 10\n",
                 "[rotation] size: 10 bytes is too small",
             ),
+            (
+                "[capture]\ninterface = \"e\"\n[events]\nper_template = 0\n",
+                "[events] per_template: must be at least 1",
+            ),
         ];
         for (text, needle) in invalid {
             let e = parse(text)
@@ -851,6 +897,33 @@ mod tests {
                 "{text:?}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn events_section_sets_the_detail_and_the_sampling_and_flags_win() {
+        let file =
+            parse("[capture]\ninterface = \"e\"\n[events]\ndetail = \"lean\"\nper_template = 4\n")
+                .unwrap();
+        let options = file.run_options("t").unwrap();
+        assert_eq!(options.detail, EventDetail::Lean);
+        assert_eq!(options.sampling.map(|s| s.per_template), Some(4));
+        let analyze = file.analyze_settings("t").unwrap().pipeline;
+        assert_eq!(analyze.detail, EventDetail::Lean);
+        assert_eq!(analyze.sampling.map(|s| s.per_template), Some(4));
+        let mut flags = ConfigFile::default();
+        flags.events.detail = Some(EventDetail::Full);
+        let options = file.overlay(&flags).run_options("t").unwrap();
+        assert_eq!(options.detail, EventDetail::Full);
+        assert_eq!(options.sampling.map(|s| s.per_template), Some(4));
+        // Without the section: compact, every event.
+        let options = parse("[capture]\ninterface = \"e\"\n")
+            .unwrap()
+            .run_options("t")
+            .unwrap();
+        assert_eq!(
+            (options.detail, options.sampling),
+            (EventDetail::Compact, None)
+        );
     }
 
     #[test]

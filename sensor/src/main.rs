@@ -295,9 +295,9 @@ struct EventArgs {
     /// per-packet inferences), with each template's first event per --campaign-window written
     /// compact; compact: the parsed message, the escaped payload, evidence and inferences as
     /// codes; full: also each evidence item's test, note and weight and the inferences'
-    /// explanations.
-    #[arg(long, value_enum, default_value = "compact", value_name = "DETAIL")]
-    event_detail: EventDetailArg,
+    /// explanations. Default: compact (or the config's [events] detail).
+    #[arg(long, value_enum, value_name = "DETAIL")]
+    event_detail: Option<EventDetailArg>,
     /// The same as --event-detail full.
     #[arg(long, conflicts_with = "event_detail")]
     verbose_evidence: bool,
@@ -316,13 +316,16 @@ enum EventDetailArg {
 }
 
 impl EventArgs {
-    fn detail(&self) -> sensor::output::event::EventDetail {
+    /// The flags as `[events]` keys of a configuration layer.
+    fn apply(&self, layer: &mut ConfigFile) {
         use sensor::output::event::EventDetail;
-        match (self.verbose_evidence, self.event_detail) {
-            (true, _) | (_, EventDetailArg::Full) => EventDetail::Full,
-            (_, EventDetailArg::Compact) => EventDetail::Compact,
-            (_, EventDetailArg::Lean) => EventDetail::Lean,
-        }
+        layer.events.detail = match (self.verbose_evidence, self.event_detail) {
+            (true, _) | (_, Some(EventDetailArg::Full)) => Some(EventDetail::Full),
+            (_, Some(EventDetailArg::Compact)) => Some(EventDetail::Compact),
+            (_, Some(EventDetailArg::Lean)) => Some(EventDetail::Lean),
+            (false, None) => None,
+        };
+        layer.events.per_template = self.events_per_template;
     }
 }
 
@@ -408,6 +411,7 @@ impl RunArgs {
         c.rogue.max_servers = self.rogue_max_servers;
         c.fingerprint.rules = self.rules.clone();
         self.outputs.apply(&mut c);
+        self.events.apply(&mut c);
         c.metrics.listen = self.metrics_listen;
         c.control.socket = self.control.clone();
         c.sensor.name = self.sensor_name.clone();
@@ -459,13 +463,14 @@ struct AnalyzeArgs {
     events: EventArgs,
 }
 
+/// The sampling of the configuration, in the campaign window of this run.
 fn sampling(
-    events_per_template: Option<u32>,
+    configured: Option<sensor::sampling::SamplingConfig>,
     aggregate: &AggregateArgs,
 ) -> Option<sensor::sampling::SamplingConfig> {
-    events_per_template.map(|per_template| sensor::sampling::SamplingConfig {
-        per_template,
+    configured.map(|s| sensor::sampling::SamplingConfig {
         window_s: aggregate.campaign_window,
+        ..s
     })
 }
 
@@ -477,6 +482,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
     layer.fingerprint.rules = args.rules.clone();
     args.outputs.apply(&mut layer);
     layer.metrics.file = args.metrics_file.clone();
+    args.events.apply(&mut layer);
     let settings = match &args.config {
         Some(path) => ConfigFile::load(path)?
             .overlay(&layer)
@@ -485,8 +491,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
     };
     let mut pipeline = settings.pipeline;
     pipeline.aggregate = args.aggregate.config();
-    pipeline.detail = args.events.detail();
-    pipeline.sampling = sampling(args.events.events_per_template, &args.aggregate);
+    pipeline.sampling = sampling(pipeline.sampling, &args.aggregate);
     let options = sensor::offline::analyze::AnalyzeOptions {
         ports: settings.ports,
         match_source_port: settings.match_source_port,
@@ -566,8 +571,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // SIGHUP reloads the configuration (or says there is none): it never kills the sensor.
     options.reload_on_sighup = true;
     options.aggregate = args.aggregate.config();
-    options.detail = args.events.detail();
-    options.sampling = sampling(args.events.events_per_template, &args.aggregate);
+    options.sampling = sampling(options.sampling, &args.aggregate);
     // Resolved before anything is attached: a wrong name is a configuration error.
     let user = args
         .user

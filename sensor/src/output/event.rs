@@ -44,8 +44,9 @@ use crate::{
     },
 };
 
-/// How much each `sip_probe` event carries (`--event-detail`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How much each `sip_probe` event carries (`--event-detail`, `[events] detail`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EventDetail {
     /// What the aggregator and the report read, and the payload's length
     /// (`output::lean`); the first event of each template per window is compact.
