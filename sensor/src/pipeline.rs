@@ -52,7 +52,7 @@ pub struct PipelineOptions {
     pub kafka: Option<KafkaConfig>,
     /// Bounds and windows of the per-source and campaign aggregation.
     pub aggregate: AggregateConfig,
-    /// How much explanation events carry.
+    /// How much each `sip_probe` event carries (`--event-detail`).
     pub detail: EventDetail,
     /// Write only the first events of each source and template per window (`sampling`).
     pub sampling: Option<SamplingConfig>,

@@ -370,6 +370,16 @@ pub(super) fn ip(out: &mut Vec<u8>, addr: IpAddr) {
     out.push(b'"');
 }
 
+/// A template hash as a JSON string of 16 lower-case hex digits (`TemplateHash::hex`, written
+/// in place).
+pub(super) fn template_hash(out: &mut Vec<u8>, hash: u64) {
+    out.push(b'"');
+    for shift in (0..16).rev() {
+        out.push(HEX_DIGITS[(hash >> (shift * 4)) as usize & 15]);
+    }
+    out.push(b'"');
+}
+
 fn two(out: &mut Vec<u8>, n: u64) {
     out.push(b'0' + (n / 10 % 10) as u8);
     out.push(b'0' + (n % 10) as u8);
@@ -852,7 +862,7 @@ fn write_fingerprint(out: &mut Vec<u8>, a: &Analysis<'_, '_>) {
             out.extend_from_slice(
                 b"{\"rule\":\"unknown\",\"field\":\"template\",\"section\":\"template\",\"value\":",
             );
-            ascii(out, &a.verdict.template.hex());
+            template_hash(out, a.verdict.template.0);
             out.extend_from_slice(b"}]");
         }
     }
@@ -871,7 +881,7 @@ fn write_fingerprint(out: &mut Vec<u8>, a: &Analysis<'_, '_>) {
         out.push(b']');
     }
     next!(out, "template_hash");
-    ascii(out, &a.verdict.template.hex());
+    template_hash(out, a.verdict.template.0);
     if rule.is_none() {
         next!(out, "template");
         ascii(out, &a.cache.template_text(a.verdict, a.facts));
