@@ -1,20 +1,28 @@
 //! Benchmark 1: kernel cost per frame of the real XDP program, by frame class, as a ratio to an
 //! empty XDP program (returns XDP_PASS) measured in the same run. BPF_PROG_TEST_RUN, one million
-//! runs per measurement, the calling thread pinned to one CPU; median of five measurements.
+//! runs per measurement, the calling thread pinned to CPU 0; median of five measurements.
 //!
-//! Matched frames write a full record each: the ring buffer is drained every 50,000 runs (fewer
-//! with a smaller ring) so that every run takes the reserve-copy-submit path rather than the
-//! ring-full path.
+//! Matched frames write a full record each: the ring buffer is drained between calls of 50,000
+//! runs (fewer with a smaller ring), outside what is timed, so that every run takes the
+//! reserve-copy-submit path rather than the ring-full path (a run that found it full is
+//! reported). The drain reads only the records' headers, so that the ring's memory stays as the
+//! runs left it. Matched classes are measured with the agent's default ring (64 MiB) and one of
+//! 2 MiB; `KERNEL_COST_RINGS=<bytes>,<bytes>...` chooses others.
 //!
 //! Time on a shared machine is noisy, so the benchmark also counts the kernel instructions each
 //! run costs (perf_event_open, where the machine has hardware counters): a ratio that does not
 //! move with the load.
 //!
-//! Matched classes are followed by two reference lines, measured interleaved in the same rounds:
-//! the floor of the ring buffer itself on this machine, from minimal XDP programs with a ring of
-//! the same size: `bpf_ringbuf_reserve` of a record-sized entry + `bpf_ringbuf_submit` and
-//! nothing else, and the same with the frame's first bytes (up to a record) copied in with one
-//! `bpf_xdp_load_bytes`. No program that writes such a record can cost less.
+//! Matched classes are followed by three reference lines, measured interleaved in the same
+//! rounds with a ring of the same size: the floor of the ring buffer itself on this machine, from
+//! minimal XDP programs: `bpf_ringbuf_reserve` of a record-sized entry + `bpf_ringbuf_submit` and
+//! nothing else; the same with the frame's first bytes (up to a record) copied in with one
+//! `bpf_xdp_load_bytes`; and that copy into a record only as large as it needs (records packed
+//! in the ring rather than one fixed size). No program that writes such a record can cost less.
+//!
+//! Last, two CPUs write records at the same time (the copy floor program, so nothing but the
+//! ring is shared): into one shared ring, and each into its own. The ratio is what one ring for
+//! all receive queues costs over rings per CPU.
 //!
 //! `KERNEL_COST_BASELINE=<object>` also loads another build of the program (say, the previous
 //! commit's `sensor-ebpf` object) and measures it interleaved in the same rounds, for before/after
@@ -33,30 +41,38 @@ use sensor_tests::{
 };
 use xtask::{
     perf::KernelInstructions,
+    ring_reader::RingReader,
     xdp_pass::{PassProgram, RingFloor},
 };
 
 const RUNS: u32 = 1_000_000;
 const ROUNDS: usize = 5;
-/// The sensor's ring buffer size in this benchmark (the agent's default), also used by the floor
-/// programs; `KERNEL_COST_RING_BYTES` overrides it (a ring that fits in the cache shows how much
-/// of a record's cost is cache misses on ring memory).
-const RING_BYTES: u32 = 64 << 20;
+const RUN_CPU: usize = 0;
+/// The agent's default ring, and a small one (2 MiB: the L2 caches of this machine's two CPUs
+/// together; the cost per record turned out the same).
+const RINGS: [u32; 2] = [64 << 20, 2 << 20];
 
-/// Runs between drains: as many as the ring holds records, so every run writes one.
-fn chunk() -> u32 {
-    let records = ring_bytes() as usize / (CaptureRecord::SIZE + 8);
-    [50_000, 25_000, 10_000, 5_000, 1_000, 500, 100]
-        .into_iter()
-        .find(|&c| c as usize <= records)
-        .unwrap_or(10)
+fn rings() -> Vec<u32> {
+    match std::env::var("KERNEL_COST_RINGS") {
+        Ok(list) => list
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .expect("KERNEL_COST_RINGS: ring sizes in bytes")
+            })
+            .collect(),
+        Err(_) => RINGS.to_vec(),
+    }
 }
 
-fn ring_bytes() -> u32 {
-    std::env::var("KERNEL_COST_RING_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(RING_BYTES)
+/// Runs between drains: as many as the ring holds records, so every run writes one.
+fn chunk(ring_bytes: u32) -> u32 {
+    let records = ring_bytes as usize / (CaptureRecord::SIZE + 8);
+    [50_000, 25_000, 10_000, 5_000, 2_000, 1_000]
+        .into_iter()
+        .find(|&c| c as usize <= records)
+        .unwrap_or(500)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -64,63 +80,132 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Mean ns and kernel instructions per run over RUNS runs, in chunks with the ring drained
-/// between them (the drain is outside what is counted).
-fn sensor_cost(h: &mut Harness, frame: &[u8], perf: Option<&KernelInstructions>) -> (f64, f64) {
-    let mut total = Duration::ZERO;
-    let mut instructions = 0u64;
-    let chunk = chunk();
-    for _ in 0..RUNS / chunk {
-        let ((_, mean), counted) = match perf {
-            Some(p) => p
-                .measure(|| h.program.test_run(frame, chunk).expect("test run"))
-                .expect("read counter"),
-            None => (h.program.test_run(frame, chunk).expect("test run"), 0),
-        };
-        total += mean * chunk;
-        instructions += counted;
-        h.drain();
-    }
-    (
-        total.as_nanos() as f64 / f64::from(RUNS),
-        instructions as f64 / f64::from(RUNS),
-    )
+/// Medians over the rounds of one program on one frame class.
+#[derive(Default)]
+struct Samples {
+    ns: Vec<f64>,
+    instructions: Vec<f64>,
+    /// Runs that wrote no record (the ring was full), over all rounds.
+    unwritten: u64,
 }
 
-/// As `sensor_cost`, for a ring buffer floor program.
-fn floor_cost(floor: &RingFloor, frame: &[u8], perf: Option<&KernelInstructions>) -> (f64, f64) {
-    let mut total = Duration::ZERO;
-    let mut instructions = 0u64;
-    let chunk = chunk();
-    for _ in 0..RUNS / chunk {
-        let ((_, mean), counted) = match perf {
-            Some(p) => p
-                .measure(|| floor.test_run(frame, chunk).expect("test run"))
-                .expect("read counter"),
-            None => (floor.test_run(frame, chunk).expect("test run"), 0),
+impl Samples {
+    /// One measurement: `RUNS` runs. With a ring, in chunks of as many runs as it holds
+    /// records, drained between chunks (outside what is timed), so that every run can write one.
+    fn measure(
+        &mut self,
+        mut run: impl FnMut(u32) -> Duration,
+        ring: Option<(&RingReader, u32)>,
+        perf: Option<&KernelInstructions>,
+    ) {
+        let (chunk, reader) = match ring {
+            Some((reader, ring_bytes)) => (chunk(ring_bytes), Some(reader)),
+            None => (RUNS, None),
         };
-        total += mean * chunk;
-        instructions += counted;
-        floor.drain();
+        let mut total = Duration::ZERO;
+        let mut instructions = 0;
+        for _ in 0..RUNS / chunk {
+            let (mean, counted) = match perf {
+                Some(p) => p.measure(|| run(chunk)).expect("read counter"),
+                None => (run(chunk), 0),
+            };
+            total += mean * chunk;
+            instructions += counted;
+            if let Some(reader) = reader {
+                let drained = reader.drain();
+                self.unwritten += u64::from(chunk).saturating_sub(drained.records);
+            }
+        }
+        self.ns.push(total.as_nanos() as f64 / f64::from(RUNS));
+        self.instructions
+            .push(instructions as f64 / f64::from(RUNS));
     }
-    (
-        total.as_nanos() as f64 / f64::from(RUNS),
-        instructions as f64 / f64::from(RUNS),
-    )
+
+    fn medians(self) -> (f64, f64) {
+        (median(self.ns), median(self.instructions))
+    }
 }
 
-fn empty_cost(empty: &PassProgram, frame: &[u8], perf: Option<&KernelInstructions>) -> (f64, f64) {
-    let ((_, mean), counted) = match perf {
-        Some(p) => p
-            .measure(|| empty.test_run(frame, RUNS).unwrap())
-            .expect("read counter"),
-        None => (empty.test_run(frame, RUNS).unwrap(), 0),
+fn mean<V, E: std::fmt::Debug>(result: Result<(V, Duration), E>) -> Duration {
+    result.expect("BPF_PROG_TEST_RUN").1
+}
+
+struct Row<'a> {
+    label: &'a str,
+    samples: Samples,
+    target: Option<f64>,
+}
+
+fn print_row(row: Row<'_>, empty: (f64, f64)) {
+    let unwritten = row.samples.unwritten;
+    let (s, si) = row.samples.medians();
+    let (e, ei) = empty;
+    let ratio_ins = if ei > 0.0 { si / ei } else { 0.0 };
+    let verdict = row.target.map_or(String::new(), |t| {
+        format!("{t:>6.1} {:>4}", if s / e <= t { "yes" } else { "NO" })
+    });
+    println!(
+        "{:<40} {s:>9.1} {e:>8.1} {:>6.2} {si:>10.0} {ei:>9.0} {ratio_ins:>6.2} {verdict}",
+        row.label,
+        s / e
+    );
+    if unwritten > 0 {
+        println!(
+            "  ({unwritten} runs found the ring full: the figure above mixes in the ring-full path)"
+        );
+    }
+}
+
+/// Checks that `frame` takes the path the class claims, on a ring drained by `reader`.
+fn check_verdict(h: &mut Harness, reader: &RingReader, name: &str, frame: &[u8], matched: bool) {
+    let before = h.counters();
+    let (verdict, _) = h.program.test_run(frame, 1).expect("test run");
+    let moved = h.counters().since(&before);
+    assert_eq!(reader.drain().records, u64::from(matched), "{name}");
+    assert_eq!(moved.get(Counter::Emitted), u64::from(matched), "{name}");
+    let expected = if matched {
+        XdpVerdict::Drop
+    } else {
+        XdpVerdict::Pass
     };
-    (mean.as_nanos() as f64, counted as f64 / f64::from(RUNS))
+    assert_eq!(verdict, expected, "{name}");
+}
+
+/// The program under test (or the baseline build) with its ring and a reader of it.
+struct Sensor {
+    harness: Harness,
+    reader: RingReader,
+}
+
+impl Sensor {
+    fn new(harness: Harness, ring_bytes: u32) -> Self {
+        let reader = RingReader::map(harness.ring_fd(), ring_bytes).expect("map the ring buffer");
+        Self { harness, reader }
+    }
+}
+
+fn config() -> SensorConfig {
+    SensorConfig::new(MatchAction::Drop, false, 1024)
+}
+
+fn load_sensor(ring_bytes: u32) -> Sensor {
+    Sensor::new(
+        Harness::with(config(), &PortSet::default(), ring_bytes),
+        ring_bytes,
+    )
+}
+
+fn load_baseline(ring_bytes: u32) -> Option<Sensor> {
+    let path = std::env::var_os("KERNEL_COST_BASELINE")?;
+    let object = std::fs::read(&path).expect("read the baseline object");
+    let program = sensor::capture::SensorProgram::load_object(&object, ring_bytes)
+        .expect("load the baseline object");
+    let harness = Harness::with_program(program, config(), &PortSet::default());
+    Some(Sensor::new(harness, ring_bytes))
 }
 
 fn main() {
-    pin_to_cpu(0);
+    pin_to_cpu(RUN_CPU);
     let sip = b"OPTIONS sip:100@203.0.113.9 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-3280387012;rport\r\nMax-Forwards: 70\r\nTo: \"sipvicious\"<sip:100@1.1.1.1>\r\nFrom: \"sipvicious\"<sip:100@1.1.1.1>;tag=63303030303230613133633401353737303930303337\r\nUser-Agent: friendly-scanner\r\nCall-ID: 969890095556717129979978\r\nContact: sip:100@198.51.100.7:5060\r\nCSeq: 1 OPTIONS\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n";
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 2, 0x08, 0x06]);
@@ -181,35 +266,20 @@ fn main() {
     ];
 
     let empty = PassProgram::load().expect("load the empty XDP program (root needed)");
-    let mut h = Harness::with(
-        SensorConfig::new(MatchAction::Drop, false, 1024),
-        &PortSet::default(),
-        ring_bytes(),
-    );
-    let mut baseline = std::env::var_os("KERNEL_COST_BASELINE").map(|path| {
-        let object = std::fs::read(&path).expect("read the baseline object");
-        let program = sensor::capture::SensorProgram::load_object(&object, ring_bytes())
-            .expect("load the baseline object");
-        println!("baseline object: {}", path.to_string_lossy());
-        Harness::with_program(
-            program,
-            SensorConfig::new(MatchAction::Drop, false, 1024),
-            &PortSet::default(),
-        )
-    });
+    let rings = rings();
     let record = CaptureRecord::SIZE as u32;
-    let reserve_floor =
-        RingFloor::load(ring_bytes(), record, 0).expect("load the ring buffer floor program");
     let perf = KernelInstructions::open();
+    if let Some(path) = std::env::var_os("KERNEL_COST_BASELINE") {
+        println!("baseline object: {}", path.to_string_lossy());
+    }
     println!(
-        "kernel cost per frame (BPF_PROG_TEST_RUN, {RUNS} runs, median of {ROUNDS}, ring {} MiB)",
-        ring_bytes() >> 20
+        "kernel cost per frame (BPF_PROG_TEST_RUN, {RUNS} runs, median of {ROUNDS}, on CPU {RUN_CPU})"
     );
     if perf.is_none() {
         println!("(no hardware counters here: instruction columns are 0)");
     }
     println!(
-        "{:<38} {:>9} {:>8} {:>6} {:>10} {:>9} {:>6} {:>6} {:>4}",
+        "{:<40} {:>9} {:>8} {:>6} {:>10} {:>9} {:>6} {:>6} {:>4}",
         "frame class",
         "sensor ns",
         "empty ns",
@@ -220,98 +290,207 @@ fn main() {
         "target",
         "met"
     );
-    for (name, frame, matched) in &classes {
-        // Verdict check first: a benchmark of the wrong path would be worthless.
-        let before = h.counters();
-        let (verdict, _) = h.program.test_run(frame, 1).unwrap();
-        let moved = h.counters().since(&before);
-        h.drain();
-        assert_eq!(moved.get(Counter::Emitted), u64::from(*matched), "{name}");
-        assert_eq!(
-            verdict,
-            if *matched {
-                XdpVerdict::Drop
-            } else {
-                XdpVerdict::Pass
-            },
-            "{name}"
+    let measure_empty = |frame: &[u8]| {
+        let mut e = Samples::default();
+        e.measure(
+            |repeat| mean(empty.test_run(frame, repeat)),
+            None,
+            perf.as_ref(),
         );
-        // The floor programs of a matched class: reserve + submit, and reserve + copy + submit.
-        let copy_floor = matched.then(|| {
-            let copy = (frame.len() as u32).min(record);
-            (
-                copy,
-                RingFloor::load(ring_bytes(), record, copy).expect("load the copy floor program"),
-            )
-        });
-        let (mut sensor, mut floor, mut sensor_ins, mut floor_ins) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut rf, mut rf_ins, mut cf, mut cf_ins) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut base, mut base_ins) = (Vec::new(), Vec::new());
-        if let Some(b) = baseline.as_mut() {
-            let (verdict, _) = b.program.test_run(frame, 1).unwrap();
-            b.drain();
-            assert_eq!(
-                verdict == XdpVerdict::Drop,
-                *matched,
-                "baseline verdict, {name}"
-            );
-        }
+        e
+    };
+
+    // Frames that do not match never touch the ring: measured once, on the first ring.
+    let mut sensor = load_sensor(rings[0]);
+    for (name, frame, _) in classes.iter().filter(|(_, _, matched)| !matched) {
+        check_verdict(&mut sensor.harness, &sensor.reader, name, frame, false);
+        let (mut s, mut e) = (Samples::default(), Samples::default());
         for _ in 0..ROUNDS {
-            let (ns, ins) = empty_cost(&empty, frame, perf.as_ref());
-            floor.push(ns);
-            floor_ins.push(ins);
-            let (ns, ins) = sensor_cost(&mut h, frame, perf.as_ref());
-            sensor.push(ns);
-            sensor_ins.push(ins);
-            if let Some(b) = baseline.as_mut() {
-                let (ns, ins) = sensor_cost(b, frame, perf.as_ref());
-                base.push(ns);
-                base_ins.push(ins);
-            }
-            if let Some((_, copy_floor)) = &copy_floor {
-                let (ns, ins) = floor_cost(&reserve_floor, frame, perf.as_ref());
-                rf.push(ns);
-                rf_ins.push(ins);
-                let (ns, ins) = floor_cost(copy_floor, frame, perf.as_ref());
-                cf.push(ns);
-                cf_ins.push(ins);
-            }
-        }
-        let (s, e) = (median(sensor), median(floor));
-        let (si, ei) = (median(sensor_ins), median(floor_ins));
-        let ratio = s / e;
-        let ratio_ins = if ei > 0.0 { si / ei } else { 0.0 };
-        let target = if *matched { 3.0 } else { 1.3 };
-        println!(
-            "{name:<38} {s:>9.1} {e:>8.1} {ratio:>6.2} {si:>10.0} {ei:>9.0} {ratio_ins:>6.2} {target:>6.1} {:>4}",
-            if ratio <= target { "yes" } else { "NO" }
-        );
-        if !base.is_empty() {
-            let (b, bi) = (median(base), median(base_ins));
-            let ratio_ins = if ei > 0.0 { bi / ei } else { 0.0 };
-            println!(
-                "{:<38} {b:>9.1} {e:>8.1} {:>6.2} {bi:>10.0} {ei:>9.0} {ratio_ins:>6.2}",
-                "  baseline object",
-                b / e
+            let one = measure_empty(frame);
+            e.ns.extend(one.ns);
+            e.instructions.extend(one.instructions);
+            s.measure(
+                |repeat| mean(sensor.harness.program.test_run(frame, repeat)),
+                None,
+                perf.as_ref(),
             );
         }
-        if let Some((copy, _)) = copy_floor {
-            for (label, ns, ins) in [
-                (format!("  floor: reserve {record} B + submit"), rf, rf_ins),
-                (format!("  floor: + copy {copy} B of frame"), cf, cf_ins),
-            ] {
-                let (f, fi) = (median(ns), median(ins));
-                let ratio_ins = if ei > 0.0 { fi / ei } else { 0.0 };
-                println!(
-                    "{label:<38} {f:>9.1} {e:>8.1} {:>6.2} {fi:>10.0} {ei:>9.0} {ratio_ins:>6.2}",
-                    f / e
+        let empty_medians = e.medians();
+        print_row(
+            Row {
+                label: name,
+                samples: s,
+                target: Some(1.3),
+            },
+            empty_medians,
+        );
+    }
+    let mut last_counters = vec![sensor.harness.counters()];
+    drop(sensor);
+
+    for &ring_bytes in &rings {
+        println!("-- matched frames, ring of {} KiB", ring_bytes >> 10);
+        let mut sensor = load_sensor(ring_bytes);
+        let mut baseline = load_baseline(ring_bytes);
+        let reserve_floor =
+            RingFloor::load(ring_bytes, record, 0).expect("load the ring buffer floor program");
+        for (name, frame, _) in classes.iter().filter(|(_, _, matched)| *matched) {
+            // Verdict check first: a benchmark of the wrong path would be worthless.
+            check_verdict(&mut sensor.harness, &sensor.reader, name, frame, true);
+            if let Some(b) = &mut baseline {
+                check_verdict(&mut b.harness, &b.reader, "baseline", frame, true);
+            }
+            let copy = (frame.len() as u32).min(record);
+            let copy_floor =
+                RingFloor::load(ring_bytes, record, copy).expect("load the copy floor program");
+            let packed = (copy + 64).next_multiple_of(8);
+            let packed_floor =
+                RingFloor::load(ring_bytes, packed, copy).expect("load the packed floor program");
+            let mut e = Samples::default();
+            let mut s = Samples::default();
+            let mut b = Samples::default();
+            let mut rf = Samples::default();
+            let mut cf = Samples::default();
+            let mut pf = Samples::default();
+            for _ in 0..ROUNDS {
+                let one = measure_empty(frame);
+                e.ns.extend(one.ns);
+                e.instructions.extend(one.instructions);
+                s.measure(
+                    |repeat| mean(sensor.harness.program.test_run(frame, repeat)),
+                    Some((&sensor.reader, ring_bytes)),
+                    perf.as_ref(),
+                );
+                if let Some(base) = &mut baseline {
+                    b.measure(
+                        |repeat| mean(base.harness.program.test_run(frame, repeat)),
+                        Some((&base.reader, ring_bytes)),
+                        perf.as_ref(),
+                    );
+                }
+                rf.measure(
+                    |repeat| mean(reserve_floor.test_run(frame, repeat)),
+                    Some((reserve_floor.reader(), ring_bytes)),
+                    perf.as_ref(),
+                );
+                cf.measure(
+                    |repeat| mean(copy_floor.test_run(frame, repeat)),
+                    Some((copy_floor.reader(), ring_bytes)),
+                    perf.as_ref(),
+                );
+                pf.measure(
+                    |repeat| mean(packed_floor.test_run(frame, repeat)),
+                    Some((packed_floor.reader(), ring_bytes)),
+                    perf.as_ref(),
                 );
             }
+            let empty_medians = e.medians();
+            let floor_reserve = format!("  floor: reserve {record} B + submit");
+            let floor_copy = format!("  floor: + copy {copy} B of frame");
+            let floor_packed = format!("  floor: same copy, {packed} B record");
+            let mut rows = vec![Row {
+                label: name,
+                samples: s,
+                target: Some(3.0),
+            }];
+            if baseline.is_some() {
+                rows.push(Row {
+                    label: "  baseline object",
+                    samples: b,
+                    target: None,
+                });
+            }
+            rows.push(Row {
+                label: &floor_reserve,
+                samples: rf,
+                target: None,
+            });
+            rows.push(Row {
+                label: &floor_copy,
+                samples: cf,
+                target: None,
+            });
+            rows.push(Row {
+                label: &floor_packed,
+                samples: pf,
+                target: None,
+            });
+            for row in rows {
+                print_row(row, empty_medians);
+            }
+        }
+        last_counters.push(sensor.harness.counters());
+    }
+    let sip_frame = &classes
+        .iter()
+        .find(|(_, _, matched)| *matched)
+        .expect("a matched class")
+        .1;
+    contention(sip_frame, rings[0]);
+    for counters in last_counters {
+        counters
+            .check()
+            .expect("counters reconcile after the benchmark");
+    }
+}
+
+/// Two CPUs writing records at the same time, into one shared ring and each into a ring of its
+/// own (the floor program that reserves, copies the frame and submits): what the sensor's one
+/// ring costs over rings per CPU when several receive queues match frames at once.
+fn contention(frame: &[u8], ring_bytes: u32) {
+    let record = CaptureRecord::SIZE as u32;
+    let copy = (frame.len() as u32).min(record);
+    let load = || RingFloor::load(ring_bytes, record, copy).expect("load the copy floor program");
+    let shared = load();
+    let own = [load(), load()];
+    let (mut one, mut each) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        one.push(two_cpus([&shared, &shared], frame, ring_bytes));
+        each.push(two_cpus([&own[0], &own[1]], frame, ring_bytes));
+    }
+    let (one, each) = (median(one), median(each));
+    println!(
+        "-- two CPUs writing at once (reserve + copy {copy} B + submit, ring of {} KiB each)",
+        ring_bytes >> 10
+    );
+    println!(
+        "{:<40} {one:>9.1} ns per record",
+        "  one ring shared by both CPUs"
+    );
+    println!(
+        "{:<40} {each:>9.1} ns per record ({:.2}x less)",
+        "  one ring per CPU",
+        one / each
+    );
+}
+
+/// Mean ns per run of `RUNS` runs on each of CPUs 0 and 1 at once, in chunks that fit the
+/// rings, drained between chunks.
+fn two_cpus(floors: [&RingFloor; 2], frame: &[u8], ring_bytes: u32) -> f64 {
+    let per_cpu = chunk(ring_bytes) / 2;
+    let mut total = Duration::ZERO;
+    for _ in 0..RUNS / per_cpu {
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            let runs: Vec<_> = floors
+                .iter()
+                .enumerate()
+                .map(|(cpu, floor)| {
+                    let start = &start;
+                    s.spawn(move || {
+                        pin_to_cpu(cpu);
+                        start.wait();
+                        mean(floor.test_run(frame, per_cpu))
+                    })
+                })
+                .collect();
+            for run in runs {
+                total += run.join().expect("test run thread") * per_cpu;
+            }
+        });
+        for floor in floors {
+            floor.drain();
         }
     }
-    h.counters()
-        .check()
-        .expect("counters reconcile after the benchmark");
+    total.as_nanos() as f64 / f64::from(2 * RUNS)
 }

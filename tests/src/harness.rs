@@ -1,5 +1,7 @@
 //! The real XDP program, loaded into the real kernel, run on crafted frames.
 
+use std::os::fd::{AsFd as _, BorrowedFd};
+
 use aya::maps::{MapData, RingBuf};
 use sensor::{
     capture::{PortSet, SensorProgram, XdpVerdict},
@@ -44,6 +46,12 @@ impl Harness {
         program.set_ports(ports).expect("ports");
         let ring = program.take_ring().expect("ring");
         Self { program, ring }
+    }
+
+    /// The ring buffer map, for a reader of its own (the kernel cost benchmark drains it from
+    /// another CPU; it then must not also use [`Harness::drain`]).
+    pub fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
     }
 
     pub fn counters(&self) -> KernelCounters {

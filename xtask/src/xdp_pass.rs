@@ -3,7 +3,13 @@
 //! maps, BTF or toolchain is in it), and the scanner end of a lab veth pair, which must run an XDP
 //! program to receive what the sensor sends with XDP_TX (the reactive responder's SYN-ACKs).
 
-use std::{io, os::fd::AsRawFd as _, os::fd::FromRawFd as _, os::fd::OwnedFd, time::Duration};
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::Duration,
+};
+
+use crate::ring_reader::{Drained, RingReader};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -113,11 +119,9 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
 /// next to the sensor, it shows what the ring buffer alone costs per record on this machine.
 pub struct RingFloor {
     prog: PassProgram,
-    map: OwnedFd,
-    /// Consumer position page (read-write) and producer position page (read-only), mmapped.
-    consumer: *mut u64,
-    producer: *const u64,
-    page: usize,
+    reader: RingReader,
+    /// Held for the ring's life (the program only refers to it by this descriptor's number).
+    _map: OwnedFd,
 }
 
 impl RingFloor {
@@ -172,38 +176,11 @@ impl RingFloor {
         let prog = PassProgram {
             fd: unsafe { OwnedFd::from_raw_fd(prog as i32) },
         };
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        // SAFETY: mapping the ring buffer's position pages as the kernel documents: the consumer
-        // page read-write at offset 0, the producer page read-only at one page.
-        let (consumer, producer) = unsafe {
-            let c = libc::mmap(
-                std::ptr::null_mut(),
-                page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            );
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                page,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                page as libc::off_t,
-            );
-            if c == libc::MAP_FAILED || p == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
-            (c.cast::<u64>(), p.cast::<u64>())
-        };
+        let reader = RingReader::map(map.as_fd(), ring_bytes)?;
         Ok(Self {
             prog,
-            map,
-            consumer,
-            producer,
-            page,
+            reader,
+            _map: map,
         })
     }
 
@@ -211,23 +188,13 @@ impl RingFloor {
         self.prog.test_run(frame, repeat)
     }
 
-    /// Marks every record consumed, without reading them.
-    pub fn drain(&self) {
-        // SAFETY: both pages stay mapped for the life of self.
-        unsafe {
-            let produced = std::ptr::read_volatile(self.producer);
-            std::ptr::write_volatile(self.consumer, produced);
-        }
+    /// The ring's consumer, to drain it between or during runs.
+    pub fn reader(&self) -> &RingReader {
+        &self.reader
     }
-}
 
-impl Drop for RingFloor {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what load mapped.
-        unsafe {
-            libc::munmap(self.consumer.cast(), self.page);
-            libc::munmap(self.producer.cast_mut().cast(), self.page);
-        }
-        let _ = self.map.as_raw_fd();
+    /// Takes every record (reading it), between runs.
+    pub fn drain(&self) -> Drained {
+        self.reader.drain()
     }
 }
