@@ -46,9 +46,17 @@ impl PortMatch {
     }
 }
 
-/// Default ring buffer size: 64 MiB holds about 57,000 records, over a second of a 50 kpps scan
-/// burst with the agent stalled.
+/// Default ring buffer memory, all CPUs' rings together: 64 MiB holds about 57,000 records, over
+/// a second of a 50 kpps scan burst with the agent stalled.
 pub const DEFAULT_RING_BYTES: u32 = 64 * 1024 * 1024;
+
+/// Slots of the per-CPU ring array in the object; the agent sets it to the number of possible
+/// CPUs when it loads the program.
+pub const MAX_CPUS: usize = 1024;
+
+/// Size of the ring in the object's inner map definition: only a template for the verifier (the
+/// agent creates the real rings); one page, the smallest ring the kernel makes.
+pub const RING_TEMPLATE_BYTES: usize = 4096;
 
 /// Names of the maps in the object, used by the agent to find them.
 pub mod map_names {

@@ -357,10 +357,7 @@ pub async fn run_with(
         tokio::time::Instant::now() + SECRET_ROTATION,
         SECRET_ROTATION,
     );
-    let ring = program
-        .take_ring()
-        .ok_or(CaptureError::Missing(sensor_common::map_names::EVENTS))?;
-    let mut reader = RingReader::new(ring)?;
+    let mut reader = RingReader::new(program.take_rings())?;
     let attachment = program.attach(&options.interface, options.mode)?;
     let link_id = attachment.link_id();
     program.close_program()?;

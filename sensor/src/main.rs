@@ -212,8 +212,9 @@ struct RunArgs {
     /// Payload bytes captured per frame (1 to 1024) [default: 1024].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     prefix_len: Option<u16>,
-    /// Ring buffer size: a power of two multiple of the page size, in bytes or e.g. `64MiB`
-    /// [default: 64MiB].
+    /// Ring buffer memory, all CPUs' rings together: a power of two multiple of the page size,
+    /// in bytes or e.g. `64MiB`. Each CPU gets a ring of the largest power of two in its share
+    /// (at least a page) [default: 64MiB].
     #[arg(long, value_parser = config::parse_size)]
     ring_bytes: Option<u64>,
     /// Bytes waiting in the ring before the kernel wakes the agent; 0 leaves it to the kernel

@@ -30,7 +30,7 @@
 //!
 //! Run: `cargo bench -p sensor-tests --bench kernel_cost` (root), or `cargo xtask bench`.
 
-use std::time::Duration;
+use std::{os::fd::BorrowedFd, time::Duration};
 
 use sensor::capture::{PortSet, XdpVerdict};
 use sensor_common::{CaptureRecord, Counter, MatchAction, SensorConfig};
@@ -42,7 +42,7 @@ use sensor_tests::{
 use xtask::{
     perf::KernelInstructions,
     ring_reader::RingReader,
-    xdp_pass::{PassProgram, RingFloor},
+    xdp_pass::{self, PassProgram, RingFloor},
 };
 
 const RUNS: u32 = 1_000_000;
@@ -156,12 +156,14 @@ fn print_row(row: Row<'_>, empty: (f64, f64)) {
     }
 }
 
-/// Checks that `frame` takes the path the class claims, on a ring drained by `reader`.
-fn check_verdict(h: &mut Harness, reader: &RingReader, name: &str, frame: &[u8], matched: bool) {
+/// Checks that `frame` takes the path the class claims.
+fn check_verdict(sensor: &mut Sensor, name: &str, frame: &[u8], matched: bool) {
+    let h = &mut sensor.harness;
     let before = h.counters();
     let (verdict, _) = h.program.test_run(frame, 1).expect("test run");
     let moved = h.counters().since(&before);
-    assert_eq!(reader.drain().records, u64::from(matched), "{name}");
+    let records: u64 = sensor.readers.iter().map(|r| r.drain().records).sum();
+    assert_eq!(records, u64::from(matched), "{name}");
     assert_eq!(moved.get(Counter::Emitted), u64::from(matched), "{name}");
     let expected = if matched {
         XdpVerdict::Drop
@@ -171,16 +173,32 @@ fn check_verdict(h: &mut Harness, reader: &RingReader, name: &str, frame: &[u8],
     assert_eq!(verdict, expected, "{name}");
 }
 
-/// The program under test (or the baseline build) with its ring and a reader of it.
+/// The program under test (or the baseline build) with its rings and a reader of each.
 struct Sensor {
     harness: Harness,
-    reader: RingReader,
+    /// One per CPU (one in all for builds from before the per-CPU rings).
+    readers: Vec<RingReader>,
 }
 
 impl Sensor {
-    fn new(harness: Harness, ring_bytes: u32) -> Self {
-        let reader = RingReader::map(harness.ring_fd(), ring_bytes).expect("map the ring buffer");
-        Self { harness, reader }
+    fn new(harness: Harness) -> Self {
+        let readers = (0..harness.cpus())
+            .map(|cpu| RingReader::map(harness.ring_fd(cpu)).expect("map the ring buffer"))
+            .collect();
+        Self { harness, readers }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.harness
+            .program
+            .program_fd()
+            .expect("program descriptor")
+    }
+
+    /// The reader of the ring that runs on `RUN_CPU` write into (CPU 0: also the one ring of a
+    /// build from before the per-CPU rings).
+    fn reader(&self) -> &RingReader {
+        &self.readers[RUN_CPU]
     }
 }
 
@@ -188,20 +206,29 @@ fn config() -> SensorConfig {
     SensorConfig::new(MatchAction::Drop, false, 1024)
 }
 
+/// The ring memory that gives each CPU a ring of `ring_bytes` (the agent splits its ring memory
+/// between the CPUs).
+fn total_ring_bytes(ring_bytes: u32) -> u32 {
+    let cpus = aya::util::nr_cpus().expect("number of CPUs") as u32;
+    ring_bytes * cpus.next_power_of_two()
+}
+
 fn load_sensor(ring_bytes: u32) -> Sensor {
-    Sensor::new(
-        Harness::with(config(), &PortSet::default(), ring_bytes),
-        ring_bytes,
-    )
+    Sensor::new(Harness::with(
+        config(),
+        &PortSet::default(),
+        total_ring_bytes(ring_bytes),
+    ))
 }
 
 fn load_baseline(ring_bytes: u32) -> Option<Sensor> {
     let path = std::env::var_os("KERNEL_COST_BASELINE")?;
     let object = std::fs::read(&path).expect("read the baseline object");
-    let program = sensor::capture::SensorProgram::load_object(&object, ring_bytes)
-        .expect("load the baseline object");
+    let program =
+        sensor::capture::SensorProgram::load_object(&object, total_ring_bytes(ring_bytes))
+            .expect("load the baseline object");
     let harness = Harness::with_program(program, config(), &PortSet::default());
-    Some(Sensor::new(harness, ring_bytes))
+    Some(Sensor::new(harness))
 }
 
 fn main() {
@@ -303,14 +330,14 @@ fn main() {
     // Frames that do not match never touch the ring: measured once, on the first ring.
     let mut sensor = load_sensor(rings[0]);
     for (name, frame, _) in classes.iter().filter(|(_, _, matched)| !matched) {
-        check_verdict(&mut sensor.harness, &sensor.reader, name, frame, false);
+        check_verdict(&mut sensor, name, frame, false);
         let (mut s, mut e) = (Samples::default(), Samples::default());
         for _ in 0..ROUNDS {
             let one = measure_empty(frame);
             e.ns.extend(one.ns);
             e.instructions.extend(one.instructions);
             s.measure(
-                |repeat| mean(sensor.harness.program.test_run(frame, repeat)),
+                |repeat| mean(xdp_pass::test_run(sensor.fd(), frame, repeat)),
                 None,
                 perf.as_ref(),
             );
@@ -336,9 +363,9 @@ fn main() {
             RingFloor::load(ring_bytes, record, 0).expect("load the ring buffer floor program");
         for (name, frame, _) in classes.iter().filter(|(_, _, matched)| *matched) {
             // Verdict check first: a benchmark of the wrong path would be worthless.
-            check_verdict(&mut sensor.harness, &sensor.reader, name, frame, true);
+            check_verdict(&mut sensor, name, frame, true);
             if let Some(b) = &mut baseline {
-                check_verdict(&mut b.harness, &b.reader, "baseline", frame, true);
+                check_verdict(b, "baseline", frame, true);
             }
             let copy = (frame.len() as u32).min(record);
             let copy_floor =
@@ -357,14 +384,14 @@ fn main() {
                 e.ns.extend(one.ns);
                 e.instructions.extend(one.instructions);
                 s.measure(
-                    |repeat| mean(sensor.harness.program.test_run(frame, repeat)),
-                    Some((&sensor.reader, ring_bytes)),
+                    |repeat| mean(xdp_pass::test_run(sensor.fd(), frame, repeat)),
+                    Some((sensor.reader(), ring_bytes)),
                     perf.as_ref(),
                 );
-                if let Some(base) = &mut baseline {
+                if let Some(base) = &baseline {
                     b.measure(
-                        |repeat| mean(base.harness.program.test_run(frame, repeat)),
-                        Some((&base.reader, ring_bytes)),
+                        |repeat| mean(xdp_pass::test_run(base.fd(), frame, repeat)),
+                        Some((base.reader(), ring_bytes)),
                         perf.as_ref(),
                     );
                 }
@@ -427,6 +454,7 @@ fn main() {
         .expect("a matched class")
         .1;
     contention(sip_frame, rings[0]);
+    sensor_contention(sip_frame, rings[0]);
     for counters in last_counters {
         counters
             .check()
@@ -493,4 +521,70 @@ fn two_cpus(floors: [&RingFloor; 2], frame: &[u8], ring_bytes: u32) -> f64 {
         }
     }
     total.as_nanos() as f64 / f64::from(2 * RUNS)
+}
+
+/// The sensor itself on two CPUs at once, each writing into its own ring; with
+/// `KERNEL_COST_BASELINE`, that build too (a build from before the per-CPU rings shares one).
+fn sensor_contention(frame: &[u8], ring_bytes: u32) {
+    let sensor = load_sensor(ring_bytes);
+    let baseline = load_baseline(ring_bytes);
+    let (mut own, mut base) = (Vec::new(), Vec::new());
+    let mut unwritten = 0;
+    for _ in 0..ROUNDS {
+        let (ns, lost) = sensor_two_cpus(&sensor, frame, ring_bytes);
+        own.push(ns);
+        unwritten += lost;
+        if let Some(b) = &baseline {
+            let (ns, lost) = sensor_two_cpus(b, frame, ring_bytes);
+            base.push(ns);
+            unwritten += lost;
+        }
+    }
+    println!("-- the sensor on two CPUs at once (IPv4 UDP SIP OPTIONS)");
+    let own = median(own);
+    println!(
+        "{:<40} {own:>9.1} ns per record",
+        format!("  this build ({} rings)", sensor.readers.len())
+    );
+    if let Some(b) = &baseline {
+        let base = median(base);
+        println!(
+            "{:<40} {base:>9.1} ns per record ({:.2}x this build)",
+            format!("  baseline object ({} rings)", b.readers.len()),
+            base / own
+        );
+    }
+    if unwritten > 0 {
+        println!("  ({unwritten} runs found a ring full: the figures mix in the ring-full path)");
+    }
+}
+
+/// Mean ns per run of `RUNS` runs of the sensor on each of CPUs 0 and 1 at once, in chunks that
+/// fit the rings, drained between chunks; and the runs that wrote no record.
+fn sensor_two_cpus(sensor: &Sensor, frame: &[u8], ring_bytes: u32) -> (f64, u64) {
+    let fd = sensor.fd();
+    let per_cpu = chunk(ring_bytes) / 2;
+    let mut total = Duration::ZERO;
+    let mut unwritten = 0;
+    for _ in 0..RUNS / per_cpu {
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..2)
+                .map(|cpu| {
+                    let start = &start;
+                    s.spawn(move || {
+                        pin_to_cpu(cpu);
+                        start.wait();
+                        mean(xdp_pass::test_run(fd, frame, per_cpu))
+                    })
+                })
+                .collect();
+            for run in runs {
+                total += run.join().expect("test run thread") * per_cpu;
+            }
+        });
+        let drained: u64 = sensor.readers.iter().map(|r| r.drain().records).sum();
+        unwritten += u64::from(2 * per_cpu).saturating_sub(drained);
+    }
+    (total.as_nanos() as f64 / f64::from(2 * RUNS), unwritten)
 }

@@ -12,7 +12,8 @@ use sensor_common::{CaptureRecord, MatchAction, SensorConfig};
 
 pub struct Harness {
     pub program: SensorProgram,
-    ring: RingBuf<MapData>,
+    /// One per CPU: a test run writes into the ring of the CPU it runs on.
+    rings: Vec<RingBuf<MapData>>,
 }
 
 /// What one frame did: the verdict, the records it produced, the counters it moved.
@@ -44,14 +45,15 @@ impl Harness {
     pub fn with_program(mut program: SensorProgram, config: SensorConfig, ports: &PortSet) -> Self {
         program.set_config(config).expect("config");
         program.set_ports(ports).expect("ports");
-        let ring = program.take_ring().expect("ring");
-        Self { program, ring }
+        let rings = program.take_rings();
+        assert!(!rings.is_empty(), "the program has its rings");
+        Self { program, rings }
     }
 
-    /// The ring buffer map, for a reader of its own (the kernel cost benchmark drains it from
-    /// another CPU; it then must not also use [`Harness::drain`]).
-    pub fn ring_fd(&self) -> BorrowedFd<'_> {
-        self.ring.as_fd()
+    /// The ring buffer of `cpu`, for a reader of its own (the kernel cost benchmark's, which
+    /// then must not also use [`Harness::drain`]).
+    pub fn ring_fd(&self, cpu: usize) -> BorrowedFd<'_> {
+        self.rings[cpu].as_fd()
     }
 
     pub fn counters(&self) -> KernelCounters {
@@ -72,13 +74,28 @@ impl Harness {
         }
     }
 
-    /// Takes every record in the ring buffer.
+    /// Records waiting in the ring of `cpu`, taken.
+    pub fn drain_cpu(&mut self, cpu: usize) -> Vec<OwnedRecord> {
+        let mut records = Vec::new();
+        while let Some(item) = self.rings[cpu].next() {
+            records.push(OwnedRecord::from_unaligned(&item).expect("kernel record decodes"));
+        }
+        records
+    }
+
+    pub fn cpus(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Takes every record in the ring buffers.
     pub fn drain(&mut self) -> (Vec<OwnedRecord>, Vec<Vec<u8>>) {
         let mut records = Vec::new();
         let mut raw = Vec::new();
-        while let Some(item) = self.ring.next() {
-            raw.push(item[..CaptureRecord::SIZE.min(item.len())].to_vec());
-            records.push(OwnedRecord::from_unaligned(&item).expect("kernel record decodes"));
+        for ring in &mut self.rings {
+            while let Some(item) = ring.next() {
+                raw.push(item[..CaptureRecord::SIZE.min(item.len())].to_vec());
+                records.push(OwnedRecord::from_unaligned(&item).expect("kernel record decodes"));
+            }
         }
         (records, raw)
     }

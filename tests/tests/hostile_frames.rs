@@ -67,7 +67,8 @@ fn as_bytes(words: &[u64], len: usize) -> &[u8] {
 struct Bombard<'c> {
     setup: &'c Config,
     program: SensorProgram,
-    ring: RingBuf<MapData>,
+    /// One per CPU.
+    rings: Vec<RingBuf<MapData>>,
     /// The agent's pipeline on the kernel's records, writing to /dev/null.
     pipeline: Pipeline,
     /// The same pipeline on corrupted copies of them.
@@ -91,7 +92,7 @@ impl<'c> Bombard<'c> {
                 .expect("secret");
             program.set_cookie_secret(1, [7, 8]).expect("secret");
         }
-        let ring = program.take_ring().expect("ring");
+        let rings = program.take_rings();
         let options = PipelineOptions {
             rules: None,
             outputs: sensor::output::OutputOptions::ndjson_file("/dev/null"),
@@ -101,7 +102,7 @@ impl<'c> Bombard<'c> {
         Self {
             setup,
             program,
-            ring,
+            rings,
             pipeline: Pipeline::new(&options).expect("pipeline"),
             corrupted: Pipeline::new(&options).expect("pipeline"),
             clock: WallClock::now(),
@@ -138,36 +139,40 @@ impl<'c> Bombard<'c> {
     }
 
     fn drain(&mut self) {
-        while let Some(item) = self.ring.next() {
-            self.tally.records += 1;
-            if Record::from_bytes(&item).is_err() || OwnedRecord::from_unaligned(&item).is_err() {
-                self.tally.undecodable += 1;
-            }
-            self.pipeline.ring_item(&item, &self.clock);
-            // A corrupted copy: bytes of the header, the option length, the lengths and the
-            // payload overwritten, as a kernel bug or a hostile writer might leave them.
-            let mut copy = aligned(&item);
-            let len = item.len().min(CaptureRecord::SIZE);
-            {
-                // SAFETY: `copy` holds at least `len` bytes; u8 has no alignment needs.
-                let bytes =
-                    unsafe { std::slice::from_raw_parts_mut(copy.as_mut_ptr().cast::<u8>(), len) };
-                for _ in 0..1 + self.rng.below(6) {
-                    let at = match self.rng.below(3) {
-                        0 => self.rng.below(CaptureRecord::HEADER_LEN),
-                        1 => 76 + self.rng.below(20),
-                        _ => self.rng.below(len),
-                    };
-                    bytes[at] = self.rng.byte();
+        for cpu in 0..self.rings.len() {
+            while let Some(item) = self.rings[cpu].next() {
+                self.tally.records += 1;
+                if Record::from_bytes(&item).is_err() || OwnedRecord::from_unaligned(&item).is_err()
+                {
+                    self.tally.undecodable += 1;
                 }
+                self.pipeline.ring_item(&item, &self.clock);
+                // A corrupted copy: bytes of the header, the option length, the lengths and the
+                // payload overwritten, as a kernel bug or a hostile writer might leave them.
+                let mut copy = aligned(&item);
+                let len = item.len().min(CaptureRecord::SIZE);
+                {
+                    // SAFETY: `copy` holds at least `len` bytes; u8 has no alignment needs.
+                    let bytes = unsafe {
+                        std::slice::from_raw_parts_mut(copy.as_mut_ptr().cast::<u8>(), len)
+                    };
+                    for _ in 0..1 + self.rng.below(6) {
+                        let at = match self.rng.below(3) {
+                            0 => self.rng.below(CaptureRecord::HEADER_LEN),
+                            1 => 76 + self.rng.below(20),
+                            _ => self.rng.below(len),
+                        };
+                        bytes[at] = self.rng.byte();
+                    }
+                }
+                let cut = if self.rng.below(8) == 0 {
+                    self.rng.below(len + 1)
+                } else {
+                    len
+                };
+                self.corrupted.ring_item(as_bytes(&copy, cut), &self.clock);
+                self.tally.corrupted_records += 1;
             }
-            let cut = if self.rng.below(8) == 0 {
-                self.rng.below(len + 1)
-            } else {
-                len
-            };
-            self.corrupted.ring_item(as_bytes(&copy, cut), &self.clock);
-            self.tally.corrupted_records += 1;
         }
         self.pipeline.flush();
         self.corrupted.flush();

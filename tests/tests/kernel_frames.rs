@@ -13,6 +13,7 @@ use sensor_common::{
 use sensor_tests::{
     frames::{Frame, L4, LINUX_SYN_OPTIONS, TCP_ACK, TCP_PSH, TCP_SYN},
     harness::{Harness, Run},
+    pin_to_cpu,
 };
 
 const SIP_OPTIONS: &[u8] = b"OPTIONS sip:100@203.0.113.9 SIP/2.0\r\n\
@@ -186,6 +187,25 @@ fn ipv4_udp_sip_is_recorded_and_dropped() {
         &run,
         &expected(&frame, &built, 1024, record_flags::MATCHED_DST_PORT),
     );
+}
+
+/// Each CPU writes into its own ring: a frame run on CPU n is in ring n and in no other.
+#[test]
+fn records_land_in_the_ring_of_their_cpu() {
+    let mut h = Harness::new();
+    let built = sip_frame().build();
+    let online = aya::util::online_cpus().expect("online CPUs");
+    assert!(h.cpus() >= online.len(), "a ring for every online CPU");
+    for &cpu in &online {
+        pin_to_cpu(cpu as usize);
+        let (verdict, _) = h.program.test_run(&built, 1).expect("test run");
+        assert_eq!(verdict, XdpVerdict::Drop);
+        for ring in 0..h.cpus() {
+            let records = h.drain_cpu(ring);
+            let expected = usize::from(ring == cpu as usize);
+            assert_eq!(records.len(), expected, "run on CPU {cpu}, ring {ring}");
+        }
+    }
 }
 
 #[test]

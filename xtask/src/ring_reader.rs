@@ -37,8 +37,15 @@ unsafe impl Send for RingReader {}
 unsafe impl Sync for RingReader {}
 
 impl RingReader {
-    /// Maps the ring buffer map `fd` of `ring_bytes` (its `max_entries`).
-    pub fn map(fd: BorrowedFd<'_>, ring_bytes: u32) -> io::Result<Self> {
+    /// Maps the ring buffer map `fd` (its size read from the descriptor's fdinfo).
+    pub fn map(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+        let ring_bytes: u32 = info
+            .lines()
+            .find_map(|line| line.strip_prefix("max_entries:"))
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|v: &u32| v.is_power_of_two())
+            .ok_or_else(|| io::Error::other("no ring buffer size in the map's fdinfo"))?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let mapped = page + 2 * ring_bytes as usize;

@@ -5,7 +5,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     time::Duration,
 };
 
@@ -85,16 +85,22 @@ impl PassProgram {
 
     /// BPF_PROG_TEST_RUN: the verdict and the kernel's mean time per run.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> io::Result<(u32, Duration)> {
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, self.fd.as_raw_fd() as u32);
-        put_u32(&mut attr, 8, frame.len() as u32);
-        put_u64(&mut attr, 16, frame.as_ptr() as u64);
-        put_u32(&mut attr, 32, repeat);
-        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-        let retval = u32::from_ne_bytes(attr[4..8].try_into().unwrap_or_default());
-        let duration = u32::from_ne_bytes(attr[36..40].try_into().unwrap_or_default());
-        Ok((retval, Duration::from_nanos(u64::from(duration))))
+        test_run(self.fd.as_fd(), frame, repeat)
     }
+}
+
+/// BPF_PROG_TEST_RUN of the XDP program `fd` (any, the sensor's too): the verdict and the kernel's
+/// mean time per run. Callable from several threads at once.
+pub fn test_run(fd: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<(u32, Duration)> {
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, fd.as_raw_fd() as u32);
+    put_u32(&mut attr, 8, frame.len() as u32);
+    put_u64(&mut attr, 16, frame.as_ptr() as u64);
+    put_u32(&mut attr, 32, repeat);
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    let retval = u32::from_ne_bytes(attr[4..8].try_into().unwrap_or_default());
+    let duration = u32::from_ne_bytes(attr[36..40].try_into().unwrap_or_default());
+    Ok((retval, Duration::from_nanos(u64::from(duration))))
 }
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -176,7 +182,7 @@ impl RingFloor {
         let prog = PassProgram {
             fd: unsafe { OwnedFd::from_raw_fd(prog as i32) },
         };
-        let reader = RingReader::map(map.as_fd(), ring_bytes)?;
+        let reader = RingReader::map(map.as_fd())?;
         Ok(Self {
             prog,
             reader,

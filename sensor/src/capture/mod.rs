@@ -93,6 +93,8 @@ pub enum CaptureError {
          try 67108864 (64 MiB)"
     )]
     RingSize { ring_bytes: u32, page: u32 },
+    #[error("{0} possible CPUs: the program has ring slots for 1 to {max}", max = sensor_common::MAX_CPUS)]
+    Cpus(usize),
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(String),
     #[error("ring buffer: {0}")]

@@ -5,7 +5,7 @@ use std::io;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, MapData, PerCpuArray, RingBuf,
+        Array, ArrayOfMaps, Map, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink},
@@ -27,7 +27,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/se
 /// The program loaded into the kernel, with its maps; not yet attached to anything.
 pub struct SensorProgram {
     ebpf: Ebpf,
-    ring: Option<RingBuf<MapData>>,
+    /// One per possible CPU, by CPU number.
+    rings: Vec<RingBuf<MapData>>,
 }
 
 /// The program's XDP verdict on one test frame.
@@ -110,8 +111,9 @@ fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl SensorProgram {
-    /// Loads the program and creates its maps. `ring_bytes` must be a power of two multiple of
-    /// the page size.
+    /// Loads the program and creates its maps, with one ring buffer per possible CPU.
+    /// `ring_bytes`, the memory of all the rings together, must be a power of two multiple of
+    /// the page size ([`per_cpu_ring_bytes`] splits it).
     pub fn load(ring_bytes: u32) -> Result<Self, CaptureError> {
         Self::load_object(OBJECT, ring_bytes)
     }
@@ -123,8 +125,20 @@ impl SensorProgram {
         if !ring_bytes.is_power_of_two() || ring_bytes < page || !ring_bytes.is_multiple_of(page) {
             return Err(CaptureError::RingSize { ring_bytes, page });
         }
+        let cpus = possible_cpus()?;
+        let per_cpu = per_cpu_ring_bytes(ring_bytes, cpus, page);
+        // Builds from before the per-CPU rings have one ring for all CPUs (loadable for
+        // before/after comparisons): it gets all the ring memory.
+        let shared_ring = aya_obj::Object::parse(object).is_ok_and(|o| {
+            o.maps.get(map_names::EVENTS).is_some_and(|m| {
+                m.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32
+            })
+        });
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::EVENTS, ring_bytes)
+            .map_max_entries(
+                map_names::EVENTS,
+                if shared_ring { ring_bytes } else { cpus },
+            )
             .load(object)
             .map_err(|e| {
                 if root_io_error(&e).is_some_and(is_permission_error) {
@@ -133,6 +147,17 @@ impl SensorProgram {
                     CaptureError::Load(chain_text(&e))
                 }
             })?;
+        let rings = if shared_ring {
+            let ring = ebpf
+                .take_map(map_names::EVENTS)
+                .ok_or(CaptureError::Missing(map_names::EVENTS))?;
+            vec![RingBuf::try_from(ring).map_err(|e| CaptureError::Map {
+                map: map_names::EVENTS,
+                message: e.to_string(),
+            })?]
+        } else {
+            fill_rings(&mut ebpf, cpus, per_cpu)?
+        };
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(CaptureError::Missing(PROGRAM_NAME))?
@@ -145,17 +170,7 @@ impl SensorProgram {
                 CaptureError::Load(chain_text(&e))
             }
         })?;
-        let ring = ebpf
-            .take_map(map_names::EVENTS)
-            .ok_or(CaptureError::Missing(map_names::EVENTS))?;
-        let ring = RingBuf::try_from(ring).map_err(|e| CaptureError::Map {
-            map: map_names::EVENTS,
-            message: e.to_string(),
-        })?;
-        Ok(Self {
-            ebpf,
-            ring: Some(ring),
-        })
+        Ok(Self { ebpf, rings })
     }
 
     /// Writes the settings the program reads per frame; takes effect on the next frame.
@@ -288,9 +303,10 @@ impl SensorProgram {
         ))
     }
 
-    /// The ring buffer, to be drained by the caller. Can be taken once.
-    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
-        self.ring.take()
+    /// The ring buffers, one per possible CPU by CPU number, to be drained by the caller. Can
+    /// be taken once (empty afterwards).
+    pub fn take_rings(&mut self) -> Vec<RingBuf<MapData>> {
+        std::mem::take(&mut self.rings)
     }
 
     /// Runs the program on `frame` with BPF_PROG_TEST_RUN. Map updates, ring buffer records
@@ -403,6 +419,21 @@ impl SensorProgram {
             .map_err(|e| CaptureError::Load(e.to_string()))
     }
 
+    /// The loaded program's descriptor (for BPF_PROG_TEST_RUN from several threads at once, as
+    /// the kernel cost benchmark does).
+    pub fn program_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, CaptureError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(CaptureError::Missing(PROGRAM_NAME))?
+            .try_into()
+            .map_err(|e: ProgramError| CaptureError::Load(e.to_string()))?;
+        let fd = program
+            .fd()
+            .map_err(|e: ProgramError| CaptureError::Load(e.to_string()))?;
+        Ok(std::os::fd::AsFd::as_fd(fd))
+    }
+
     fn xdp(&mut self) -> Result<&mut Xdp, CaptureError> {
         self.ebpf
             .program_mut(PROGRAM_NAME)
@@ -456,5 +487,76 @@ fn page_size() -> u32 {
     if size > 0 { size as u32 } else { 4096 }
 }
 
+/// The number of possible CPUs (`/sys/devices/system/cpu/possible`): every one gets a ring, so
+/// that a CPU brought online later has one too.
+fn possible_cpus() -> Result<u32, CaptureError> {
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| {
+        CaptureError::Ring(std::io::Error::new(e.kind(), format!("{path}: {e}")))
+    })?;
+    u32::try_from(cpus)
+        .ok()
+        .filter(|&n| n > 0 && n as usize <= sensor_common::MAX_CPUS)
+        .ok_or(CaptureError::Cpus(cpus))
+}
+
+/// Each CPU's share of `ring_bytes` (a power of two multiple of the page size): the largest
+/// power of two that fits, at least a page.
+pub fn per_cpu_ring_bytes(ring_bytes: u32, cpus: u32, page: u32) -> u32 {
+    let share = ring_bytes / cpus.max(1);
+    if share < page {
+        page
+    } else {
+        1 << share.ilog2()
+    }
+}
+
+/// Creates one ring of `bytes` per CPU and puts it in the program's ring array.
+fn fill_rings(
+    ebpf: &mut Ebpf,
+    cpus: u32,
+    bytes: u32,
+) -> Result<Vec<RingBuf<MapData>>, CaptureError> {
+    let error = |e: aya::maps::MapError| CaptureError::Map {
+        map: map_names::EVENTS,
+        message: e.to_string(),
+    };
+    let outer = ebpf
+        .map_mut(map_names::EVENTS)
+        .ok_or(CaptureError::Missing(map_names::EVENTS))?;
+    let mut outer: ArrayOfMaps<&mut MapData, MapData> =
+        ArrayOfMaps::try_from(outer).map_err(error)?;
+    let mut rings = Vec::with_capacity(cpus as usize);
+    for cpu in 0..cpus {
+        let definition = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+            0,
+            0,
+            bytes,
+            0,
+        );
+        let ring = MapData::create(definition, &format!("EVENTS_{cpu}"), None).map_err(error)?;
+        outer.set(cpu, &ring, 0).map_err(error)?;
+        rings.push(RingBuf::try_from(Map::RingBuf(ring)).map_err(error)?);
+    }
+    Ok(rings)
+}
+
 /// Bytes of one record in the ring buffer, header included (for sizing).
 pub const RING_RECORD_BYTES: usize = CaptureRecord::SIZE + 8;
+
+#[cfg(test)]
+mod tests {
+    use super::per_cpu_ring_bytes;
+
+    #[test]
+    fn ring_memory_is_split_between_cpus_in_powers_of_two() {
+        let mib = 1 << 20;
+        assert_eq!(per_cpu_ring_bytes(64 * mib, 1, 4096), 64 * mib);
+        assert_eq!(per_cpu_ring_bytes(64 * mib, 2, 4096), 32 * mib);
+        // Three CPUs: 21.3 MiB each rounds down to 16 MiB.
+        assert_eq!(per_cpu_ring_bytes(64 * mib, 3, 4096), 16 * mib);
+        // Never less than a page, the smallest ring the kernel makes.
+        assert_eq!(per_cpu_ring_bytes(4096, 2, 4096), 4096);
+        assert_eq!(per_cpu_ring_bytes(64 * mib, 1024, 4096), 64 * 1024);
+    }
+}
