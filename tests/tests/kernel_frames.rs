@@ -6,7 +6,10 @@
 
 use std::net::IpAddr;
 
-use sensor::capture::{PortSet, XdpVerdict};
+use sensor::{
+    capture::{PortSet, RingReader, SensorProgram, XdpVerdict},
+    record::Record,
+};
 use sensor_common::{
     CaptureRecord, Counter, MatchAction, SensorConfig, TCP_OPTIONS_CAPACITY, ip_flags, record_flags,
 };
@@ -206,6 +209,55 @@ fn records_land_in_the_ring_of_their_cpu() {
             assert_eq!(records.len(), expected, "run on CPU {cpu}, ring {ring}");
         }
     }
+}
+
+/// The agent's reader hands out the records of all CPUs oldest first: a source whose packets
+/// reach several CPUs keeps its order (its IP-ID sequence depends on it).
+#[test]
+fn records_of_all_cpus_come_out_oldest_first() {
+    let online = aya::util::online_cpus().expect("online CPUs");
+    if online.len() < 2 {
+        println!("one CPU online: nothing to merge");
+        return;
+    }
+    let (first, second) = (online[0] as usize, online[1] as usize);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _entered = runtime.enter();
+    let mut program = SensorProgram::load(1 << 20).expect("load the XDP program (root needed)");
+    program
+        .set_config(SensorConfig::new(MatchAction::Drop, false, 64))
+        .expect("config");
+    program.set_ports(&PortSet::default()).expect("ports");
+    let mut reader = RingReader::new(program.take_rings()).expect("ring reader");
+    // Five frames on one CPU, five on the other, five on the first again: source ports 1..=15
+    // in the order they were run.
+    let mut port = 0;
+    for cpu in [second, first, second] {
+        pin_to_cpu(cpu);
+        for _ in 0..5 {
+            port += 1;
+            let frame = Frame::udp("198.51.100.7", "203.0.113.9", port, 5060, SIP_OPTIONS).build();
+            program.test_run(&frame, 1).expect("test run");
+        }
+    }
+    let mut seen = Vec::new();
+    reader.drain_now(|bytes| {
+        let record = Record::from_bytes(bytes).expect("record");
+        seen.push((record.timestamp_ns(), record.src_port()));
+    });
+    let ports: Vec<u16> = seen.iter().map(|&(_, p)| p).collect();
+    assert_eq!(
+        ports,
+        (1..=15).collect::<Vec<u16>>(),
+        "records in the order run"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "timestamps ascend"
+    );
 }
 
 #[test]

@@ -1,7 +1,15 @@
-//! Draining the ring buffers, one per CPU: asynchronously, in batches, without copying records.
+//! Draining the ring buffers, one per CPU: asynchronously, in batches, oldest record first,
+//! without copying records.
+//!
+//! Records of one source can arrive on several CPUs (a NIC that hashes ports spreads a scanner's
+//! packets over its queues), and the IP-ID analysis reads a source's packets in order. So a
+//! batch is a merge of the rings by the records' kernel timestamps, not one ring after another.
+//! aya's reader takes a record as it reads it, and a merge must look at each ring's next record
+//! before choosing one: the rings are read in place here, through their own mappings.
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -10,14 +18,164 @@ use tokio::io::unix::AsyncFd;
 
 use super::CaptureError;
 
+const BUSY_BIT: u32 = 1 << 31;
+const DISCARD_BIT: u32 = 1 << 30;
+const HEADER_BYTES: u64 = 8;
+
+/// One CPU's ring, read in place.
+struct CpuRing {
+    /// Holds the map's descriptor open (aya's own mapping of it goes unused).
+    ring: RingBuf<MapData>,
+    consumer: *const AtomicU64,
+    producer: *const AtomicU64,
+    data: *const u8,
+    mask: u64,
+    page: usize,
+    mapped: usize,
+    /// Our consumer position, published after each record.
+    pos: u64,
+    /// The producer position as last read: records before it are committed or busy.
+    produced: u64,
+    /// The record at `pos`: its timestamp and length, once looked at.
+    head: Option<(u64, u32)>,
+}
+
+// SAFETY: the pointers are to mappings owned by this value; the kernel writes them concurrently,
+// and every access to the positions and headers is atomic.
+unsafe impl Send for CpuRing {}
+
+impl CpuRing {
+    fn new(ring: RingBuf<MapData>) -> Result<Self, CaptureError> {
+        let fd = ring.as_raw_fd();
+        let io = CaptureError::Ring;
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map_err(io)?;
+        let bytes: u64 = info
+            .lines()
+            .find_map(|line| line.strip_prefix("max_entries:"))
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|v: &u64| v.is_power_of_two())
+            .ok_or_else(|| {
+                io(std::io::Error::other(
+                    "no ring buffer size in the map's fdinfo",
+                ))
+            })?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mapped = page + 2 * bytes as usize;
+        // SAFETY: mapping the ring buffer's pages as the kernel documents: the consumer page
+        // read-write at offset 0; the producer page and the data pages (twice, so that a record
+        // that wraps reads as one run) read-only after it.
+        let (consumer, producer) = unsafe {
+            let c = libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if c == libc::MAP_FAILED {
+                return Err(io(std::io::Error::last_os_error()));
+            }
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                page as libc::off_t,
+            );
+            if p == libc::MAP_FAILED {
+                let error = std::io::Error::last_os_error();
+                libc::munmap(c, page);
+                return Err(io(error));
+            }
+            (c.cast::<AtomicU64>(), p.cast::<AtomicU64>())
+        };
+        // SAFETY: just mapped.
+        let pos = unsafe { (*consumer).load(Ordering::Acquire) };
+        Ok(Self {
+            ring,
+            consumer,
+            producer,
+            data: producer.cast::<u8>().wrapping_add(page),
+            mask: bytes - 1,
+            page,
+            mapped,
+            pos,
+            produced: pos,
+            head: None,
+        })
+    }
+
+    /// Reads the producer position: records written since are now visible to `look`.
+    fn refresh(&mut self) {
+        // SAFETY: the producer page is mapped for the life of self.
+        self.produced = unsafe { (*self.producer).load(Ordering::Acquire) };
+    }
+
+    /// The timestamp and length of the record at `pos`, if it is committed; discarded records
+    /// are skipped.
+    fn look(&mut self) -> Option<(u64, u32)> {
+        if self.head.is_some() {
+            return self.head;
+        }
+        while self.pos < self.produced {
+            let at = (self.pos & self.mask) as usize;
+            // SAFETY: `at` is inside the ring; a header is 8-byte aligned.
+            let header =
+                unsafe { (*self.data.add(at).cast::<AtomicU32>()).load(Ordering::Acquire) };
+            if header & BUSY_BIT != 0 {
+                return None;
+            }
+            let len = header & !(BUSY_BIT | DISCARD_BIT);
+            if header & DISCARD_BIT != 0 {
+                self.skip(len);
+                continue;
+            }
+            let body = self.body(len);
+            let timestamp = body
+                .get(..8)
+                .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or_default()));
+            self.head = Some((timestamp, len));
+            return self.head;
+        }
+        None
+    }
+
+    fn body(&self, len: u32) -> &[u8] {
+        let at = (self.pos & self.mask) as usize + HEADER_BYTES as usize;
+        // SAFETY: a committed record lies within the double mapping (the kernel never writes
+        // one longer than the ring), and stays unchanged until the consumer position passes it.
+        unsafe { std::slice::from_raw_parts(self.data.add(at), len as usize) }
+    }
+
+    /// Marks the record at `pos` consumed.
+    fn skip(&mut self, len: u32) {
+        self.pos += (u64::from(len) + HEADER_BYTES).next_multiple_of(8);
+        self.head = None;
+        // SAFETY: the consumer page is mapped read-write for the life of self.
+        unsafe { (*self.consumer).store(self.pos, Ordering::Release) };
+    }
+}
+
+impl Drop for CpuRing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe {
+            libc::munmap(self.consumer.cast_mut().cast(), self.page);
+            libc::munmap(self.producer.cast_mut().cast(), self.mapped);
+        }
+    }
+}
+
 /// Reads records from the CPUs' ring buffers as they arrive.
 pub struct RingReader {
-    rings: Vec<RingBuf<MapData>>,
+    rings: Vec<CpuRing>,
+    /// Indices of the rings with a record to hand out, during a drain.
+    active: Vec<usize>,
     /// An epoll instance over every ring: readable when any of them has records to read.
     ready: AsyncFd<OwnedFd>,
-    /// The ring the next drain starts at, so that a busy CPU's ring does not keep the others
-    /// waiting batch after batch.
-    next: usize,
 }
 
 impl RingReader {
@@ -29,6 +187,10 @@ impl RingReader {
         }
         // SAFETY: a new descriptor that nothing else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        let rings = rings
+            .into_iter()
+            .map(CpuRing::new)
+            .collect::<Result<Vec<_>, _>>()?;
         for (index, ring) in rings.iter().enumerate() {
             let mut event = libc::epoll_event {
                 events: libc::EPOLLIN as u32,
@@ -39,7 +201,7 @@ impl RingReader {
                 libc::epoll_ctl(
                     epoll.as_raw_fd(),
                     libc::EPOLL_CTL_ADD,
-                    ring.as_raw_fd(),
+                    ring.ring.as_raw_fd(),
                     &mut event,
                 )
             };
@@ -53,15 +215,15 @@ impl RingReader {
             unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE) }
                 .map_err(|e| CaptureError::Ring(e.into_parts().1))?;
         Ok(Self {
+            active: Vec::with_capacity(rings.len()),
             rings,
             ready,
-            next: 0,
         })
     }
 
     /// Waits until records are available (woken by the kernel, or at the latest after `tick`,
-    /// since the kernel may batch wakeups), then hands each one to `handle` until the rings are
-    /// empty or `max` records were handled. Returns the number handled.
+    /// since the kernel may batch wakeups), then hands each one to `handle`, oldest first, until
+    /// the rings are empty or `max` records were handled. Returns the number handled.
     pub async fn drain_batch(
         &mut self,
         max: usize,
@@ -75,8 +237,8 @@ impl RingReader {
             }
             match tokio::time::timeout(tick, self.ready.readable()).await {
                 Ok(Ok(mut guard)) => {
-                    // Emptied: wait for the next wakeup (or tick). The rings are read below,
-                    // after the readiness is cleared, so that no wakeup in between is lost.
+                    // Wait for the next wakeup (or tick) after this; the rings are read at the
+                    // top of the loop, after the readiness is cleared, so no wakeup is lost.
                     guard.clear_ready();
                 }
                 Ok(Err(e)) => return Err(CaptureError::Ring(e)),
@@ -85,24 +247,42 @@ impl RingReader {
         }
     }
 
-    /// Hands every record available now to `handle`, without waiting.
+    /// Hands every record available now to `handle`, oldest first, without waiting.
     pub fn drain_now(&mut self, mut handle: impl FnMut(&[u8])) -> usize {
         self.drain(usize::MAX, &mut handle)
     }
 
-    /// Up to `max` records from the rings, starting at `next`.
+    /// Up to `max` of the records written before the call, merged by timestamp.
     fn drain(&mut self, max: usize, handle: &mut impl FnMut(&[u8])) -> usize {
-        let count = self.rings.len();
-        let mut handled = 0;
-        for step in 0..count {
-            let ring = &mut self.rings[(self.next + step) % count];
-            while handled < max {
-                let Some(item) = ring.next() else { break };
-                handle(&item);
-                handled += 1;
+        // The rings with records: a machine has many CPUs, few of them receiving.
+        self.active.clear();
+        for (index, ring) in self.rings.iter_mut().enumerate() {
+            ring.refresh();
+            if ring.look().is_some() {
+                self.active.push(index);
             }
         }
-        self.next = (self.next + 1) % count.max(1);
+        let mut handled = 0;
+        while handled < max && !self.active.is_empty() {
+            let mut oldest = 0;
+            let mut oldest_time = u64::MAX;
+            for (slot, &index) in self.active.iter().enumerate() {
+                if let Some((timestamp, _)) = self.rings[index].head
+                    && (slot == 0 || timestamp < oldest_time)
+                {
+                    oldest = slot;
+                    oldest_time = timestamp;
+                }
+            }
+            let ring = &mut self.rings[self.active[oldest]];
+            let Some((_, len)) = ring.head else { break };
+            handle(ring.body(len));
+            ring.skip(len);
+            handled += 1;
+            if ring.look().is_none() {
+                self.active.swap_remove(oldest);
+            }
+        }
         handled
     }
 }
