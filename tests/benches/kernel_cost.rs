@@ -5,8 +5,8 @@
 //! Matched frames write a full record each: the ring buffer is drained between calls of 50,000
 //! runs (fewer with a smaller ring), outside what is timed, so that every run takes the
 //! reserve-copy-submit path rather than the ring-full path (a run that found it full is
-//! reported). The drain reads only the records' headers, so that the ring's memory stays as the
-//! runs left it. Matched classes are measured with the agent's default ring (64 MiB);
+//! reported). The drain reads only the records' headers (`sensor::capture::RingPages`, the
+//! agent's reader), so that the ring's memory stays as the runs left it. Matched classes are measured with the agent's default ring (64 MiB);
 //! `KERNEL_COST_RINGS=<bytes>,<bytes>...` measures others in turn.
 //!
 //! Time on a shared machine is noisy, so the benchmark also counts the kernel instructions each
@@ -30,9 +30,9 @@
 //!
 //! Run: `cargo bench -p sensor-tests --bench kernel_cost` (root), or `cargo xtask bench`.
 
-use std::{os::fd::BorrowedFd, time::Duration};
+use std::{cell::RefCell, os::fd::BorrowedFd, time::Duration};
 
-use sensor::capture::{PortSet, XdpVerdict};
+use sensor::capture::{PortSet, RingPages, XdpVerdict};
 use sensor_common::{CaptureRecord, Counter, MatchAction, SensorConfig};
 use sensor_tests::{
     frames::{Frame, LINUX_SYN_OPTIONS, TCP_SYN},
@@ -41,7 +41,6 @@ use sensor_tests::{
 };
 use xtask::{
     perf::KernelInstructions,
-    ring_reader::RingReader,
     xdp_pass::{self, PassProgram, RingFloor},
 };
 
@@ -75,6 +74,19 @@ fn chunk(ring_bytes: u32) -> u32 {
         .unwrap_or(500)
 }
 
+/// Takes every record in the ring, reading only the header (and timestamp) of each; returns how
+/// many.
+fn drain(pages: &RefCell<RingPages>) -> u64 {
+    let mut pages = pages.borrow_mut();
+    pages.refresh();
+    let mut records = 0;
+    while let Some((_, len)) = pages.look() {
+        pages.skip(len);
+        records += 1;
+    }
+    records
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -95,13 +107,10 @@ impl Samples {
     fn measure(
         &mut self,
         mut run: impl FnMut(u32) -> Duration,
-        ring: Option<(&RingReader, u32)>,
+        ring: Option<(&RefCell<RingPages>, u32)>,
         perf: Option<&KernelInstructions>,
     ) {
-        let (chunk, reader) = match ring {
-            Some((reader, ring_bytes)) => (chunk(ring_bytes), Some(reader)),
-            None => (RUNS, None),
-        };
+        let chunk = ring.map_or(RUNS, |(_, ring_bytes)| chunk(ring_bytes));
         let mut total = Duration::ZERO;
         let mut instructions = 0;
         for _ in 0..RUNS / chunk {
@@ -111,9 +120,8 @@ impl Samples {
             };
             total += mean * chunk;
             instructions += counted;
-            if let Some(reader) = reader {
-                let drained = reader.drain();
-                self.unwritten += u64::from(chunk).saturating_sub(drained.records);
+            if let Some((pages, _)) = ring {
+                self.unwritten += u64::from(chunk).saturating_sub(drain(pages));
             }
         }
         self.ns.push(total.as_nanos() as f64 / f64::from(RUNS));
@@ -162,7 +170,7 @@ fn check_verdict(sensor: &mut Sensor, name: &str, frame: &[u8], matched: bool) {
     let before = h.counters();
     let (verdict, _) = h.program.test_run(frame, 1).expect("test run");
     let moved = h.counters().since(&before);
-    let records: u64 = sensor.readers.iter().map(|r| r.drain().records).sum();
+    let records: u64 = sensor.readers.iter().map(drain).sum();
     assert_eq!(records, u64::from(matched), "{name}");
     assert_eq!(moved.get(Counter::Emitted), u64::from(matched), "{name}");
     let expected = if matched {
@@ -177,13 +185,13 @@ fn check_verdict(sensor: &mut Sensor, name: &str, frame: &[u8], matched: bool) {
 struct Sensor {
     harness: Harness,
     /// One per CPU (one in all for builds from before the per-CPU rings).
-    readers: Vec<RingReader>,
+    readers: Vec<RefCell<RingPages>>,
 }
 
 impl Sensor {
     fn new(harness: Harness) -> Self {
         let readers = (0..harness.cpus())
-            .map(|cpu| RingReader::map(harness.ring_fd(cpu)).expect("map the ring buffer"))
+            .map(|cpu| RefCell::new(RingPages::map(harness.ring_fd(cpu)).expect("map the ring")))
             .collect();
         Self { harness, readers }
     }
@@ -197,8 +205,26 @@ impl Sensor {
 
     /// The reader of the ring that runs on `RUN_CPU` write into (CPU 0: also the one ring of a
     /// build from before the per-CPU rings).
-    fn reader(&self) -> &RingReader {
+    fn reader(&self) -> &RefCell<RingPages> {
         &self.readers[RUN_CPU]
+    }
+}
+
+/// A floor program with a reader of its ring.
+struct Floor {
+    program: RingFloor,
+    pages: RefCell<RingPages>,
+}
+
+impl Floor {
+    fn load(ring_bytes: u32, record: u32, copy: u32) -> Self {
+        let program =
+            RingFloor::load(ring_bytes, record, copy).expect("load the ring buffer floor program");
+        let pages = RingPages::map(program.ring_fd()).expect("map the floor's ring");
+        Self {
+            program,
+            pages: RefCell::new(pages),
+        }
     }
 }
 
@@ -359,8 +385,7 @@ fn main() {
         println!("-- matched frames, ring of {} KiB", ring_bytes >> 10);
         let mut sensor = load_sensor(ring_bytes);
         let mut baseline = load_baseline(ring_bytes);
-        let reserve_floor =
-            RingFloor::load(ring_bytes, record, 0).expect("load the ring buffer floor program");
+        let reserve_floor = Floor::load(ring_bytes, record, 0);
         for (name, frame, _) in classes.iter().filter(|(_, _, matched)| *matched) {
             // Verdict check first: a benchmark of the wrong path would be worthless.
             check_verdict(&mut sensor, name, frame, true);
@@ -368,11 +393,9 @@ fn main() {
                 check_verdict(b, "baseline", frame, true);
             }
             let copy = (frame.len() as u32).min(record);
-            let copy_floor =
-                RingFloor::load(ring_bytes, record, copy).expect("load the copy floor program");
+            let copy_floor = Floor::load(ring_bytes, record, copy);
             let packed = (copy + 64).next_multiple_of(8);
-            let packed_floor =
-                RingFloor::load(ring_bytes, packed, copy).expect("load the packed floor program");
+            let packed_floor = Floor::load(ring_bytes, packed, copy);
             let mut e = Samples::default();
             let mut s = Samples::default();
             let mut b = Samples::default();
@@ -396,18 +419,18 @@ fn main() {
                     );
                 }
                 rf.measure(
-                    |repeat| mean(reserve_floor.test_run(frame, repeat)),
-                    Some((reserve_floor.reader(), ring_bytes)),
+                    |repeat| mean(reserve_floor.program.test_run(frame, repeat)),
+                    Some((&reserve_floor.pages, ring_bytes)),
                     perf.as_ref(),
                 );
                 cf.measure(
-                    |repeat| mean(copy_floor.test_run(frame, repeat)),
-                    Some((copy_floor.reader(), ring_bytes)),
+                    |repeat| mean(copy_floor.program.test_run(frame, repeat)),
+                    Some((&copy_floor.pages, ring_bytes)),
                     perf.as_ref(),
                 );
                 pf.measure(
-                    |repeat| mean(packed_floor.test_run(frame, repeat)),
-                    Some((packed_floor.reader(), ring_bytes)),
+                    |repeat| mean(packed_floor.program.test_run(frame, repeat)),
+                    Some((&packed_floor.pages, ring_bytes)),
                     perf.as_ref(),
                 );
             }
@@ -468,7 +491,7 @@ fn main() {
 fn contention(frame: &[u8], ring_bytes: u32) {
     let record = CaptureRecord::SIZE as u32;
     let copy = (frame.len() as u32).min(record);
-    let load = || RingFloor::load(ring_bytes, record, copy).expect("load the copy floor program");
+    let load = || Floor::load(ring_bytes, record, copy);
     let shared = load();
     let own = [load(), load()];
     let (mut one, mut each) = (Vec::new(), Vec::new());
@@ -494,7 +517,7 @@ fn contention(frame: &[u8], ring_bytes: u32) {
 
 /// Mean ns per run of `RUNS` runs on each of CPUs 0 and 1 at once, in chunks that fit the
 /// rings, drained between chunks.
-fn two_cpus(floors: [&RingFloor; 2], frame: &[u8], ring_bytes: u32) -> f64 {
+fn two_cpus(floors: [&Floor; 2], frame: &[u8], ring_bytes: u32) -> f64 {
     let per_cpu = chunk(ring_bytes) / 2;
     let mut total = Duration::ZERO;
     for _ in 0..RUNS / per_cpu {
@@ -504,11 +527,11 @@ fn two_cpus(floors: [&RingFloor; 2], frame: &[u8], ring_bytes: u32) -> f64 {
                 .iter()
                 .enumerate()
                 .map(|(cpu, floor)| {
-                    let start = &start;
+                    let (start, program) = (&start, &floor.program);
                     s.spawn(move || {
                         pin_to_cpu(cpu);
                         start.wait();
-                        mean(floor.test_run(frame, per_cpu))
+                        mean(program.test_run(frame, per_cpu))
                     })
                 })
                 .collect();
@@ -517,7 +540,7 @@ fn two_cpus(floors: [&RingFloor; 2], frame: &[u8], ring_bytes: u32) -> f64 {
             }
         });
         for floor in floors {
-            floor.drain();
+            drain(&floor.pages);
         }
     }
     total.as_nanos() as f64 / f64::from(2 * RUNS)
@@ -583,7 +606,7 @@ fn sensor_two_cpus(sensor: &Sensor, frame: &[u8], ring_bytes: u32) -> (f64, u64)
                 total += run.join().expect("test run thread") * per_cpu;
             }
         });
-        let drained: u64 = sensor.readers.iter().map(|r| r.drain().records).sum();
+        let drained: u64 = sensor.readers.iter().map(drain).sum();
         unwritten += u64::from(2 * per_cpu).saturating_sub(drained);
     }
     (total.as_nanos() as f64 / f64::from(2 * RUNS), unwritten)

@@ -8,7 +8,6 @@ pub mod fuzz;
 pub mod lab;
 pub mod mirror;
 pub mod perf;
-pub mod ring_reader;
 pub mod setup;
 pub mod show;
 pub mod traffic;

@@ -9,8 +9,6 @@ use std::{
     time::Duration,
 };
 
-use crate::ring_reader::{Drained, RingReader};
-
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -125,9 +123,8 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
 /// next to the sensor, it shows what the ring buffer alone costs per record on this machine.
 pub struct RingFloor {
     prog: PassProgram,
-    reader: RingReader,
-    /// Held for the ring's life (the program only refers to it by this descriptor's number).
-    _map: OwnedFd,
+    /// The ring (the program refers to it by this descriptor's number).
+    map: OwnedFd,
 }
 
 impl RingFloor {
@@ -182,25 +179,15 @@ impl RingFloor {
         let prog = PassProgram {
             fd: unsafe { OwnedFd::from_raw_fd(prog as i32) },
         };
-        let reader = RingReader::map(map.as_fd())?;
-        Ok(Self {
-            prog,
-            reader,
-            _map: map,
-        })
+        Ok(Self { prog, map })
     }
 
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> io::Result<(u32, Duration)> {
         self.prog.test_run(frame, repeat)
     }
 
-    /// The ring's consumer, to drain it between or during runs.
-    pub fn reader(&self) -> &RingReader {
-        &self.reader
-    }
-
-    /// Takes every record (reading it), between runs.
-    pub fn drain(&self) -> Drained {
-        self.reader.drain()
+    /// The ring buffer map, for a reader.
+    pub fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.map.as_fd()
     }
 }

@@ -9,7 +9,7 @@ use std::{fmt, str::FromStr};
 pub use crate::prefix::{Prefix, PrefixError, parse_prefixes};
 pub use ports::{DEFAULT_PORTS, PortSet, PortSetError};
 pub use program::{Attachment, RING_RECORD_BYTES, SensorProgram, XdpVerdict, ifindex};
-pub use ring::RingReader;
+pub use ring::{RingPages, RingReader};
 
 /// How the program is attached to the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -8,7 +8,7 @@
 //! before choosing one: the rings are read in place here, through their own mappings.
 
 use std::{
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
@@ -22,10 +22,9 @@ const BUSY_BIT: u32 = 1 << 31;
 const DISCARD_BIT: u32 = 1 << 30;
 const HEADER_BYTES: u64 = 8;
 
-/// One CPU's ring, read in place.
-struct CpuRing {
-    /// Holds the map's descriptor open (aya's own mapping of it goes unused).
-    ring: RingBuf<MapData>,
+/// A ring buffer map's pages, mapped for reading records in place: the record at the consumer
+/// position can be looked at before it is taken.
+pub struct RingPages {
     consumer: *const AtomicU64,
     producer: *const AtomicU64,
     data: *const u8,
@@ -42,23 +41,19 @@ struct CpuRing {
 
 // SAFETY: the pointers are to mappings owned by this value; the kernel writes them concurrently,
 // and every access to the positions and headers is atomic.
-unsafe impl Send for CpuRing {}
+unsafe impl Send for RingPages {}
 
-impl CpuRing {
-    fn new(ring: RingBuf<MapData>) -> Result<Self, CaptureError> {
-        let fd = ring.as_raw_fd();
-        let io = CaptureError::Ring;
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map_err(io)?;
+impl RingPages {
+    /// Maps the ring buffer map `fd` (its size read from the descriptor's fdinfo).
+    pub fn map(fd: BorrowedFd<'_>) -> std::io::Result<Self> {
+        let fd = fd.as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
         let bytes: u64 = info
             .lines()
             .find_map(|line| line.strip_prefix("max_entries:"))
             .and_then(|v| v.trim().parse().ok())
             .filter(|v: &u64| v.is_power_of_two())
-            .ok_or_else(|| {
-                io(std::io::Error::other(
-                    "no ring buffer size in the map's fdinfo",
-                ))
-            })?;
+            .ok_or_else(|| std::io::Error::other("no ring buffer size in the map's fdinfo"))?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let mapped = page + 2 * bytes as usize;
@@ -75,7 +70,7 @@ impl CpuRing {
                 0,
             );
             if c == libc::MAP_FAILED {
-                return Err(io(std::io::Error::last_os_error()));
+                return Err(std::io::Error::last_os_error());
             }
             let p = libc::mmap(
                 std::ptr::null_mut(),
@@ -88,14 +83,13 @@ impl CpuRing {
             if p == libc::MAP_FAILED {
                 let error = std::io::Error::last_os_error();
                 libc::munmap(c, page);
-                return Err(io(error));
+                return Err(error);
             }
             (c.cast::<AtomicU64>(), p.cast::<AtomicU64>())
         };
         // SAFETY: just mapped.
         let pos = unsafe { (*consumer).load(Ordering::Acquire) };
         Ok(Self {
-            ring,
             consumer,
             producer,
             data: producer.cast::<u8>().wrapping_add(page),
@@ -109,14 +103,14 @@ impl CpuRing {
     }
 
     /// Reads the producer position: records written since are now visible to `look`.
-    fn refresh(&mut self) {
+    pub fn refresh(&mut self) {
         // SAFETY: the producer page is mapped for the life of self.
         self.produced = unsafe { (*self.producer).load(Ordering::Acquire) };
     }
 
     /// The timestamp and length of the record at `pos`, if it is committed; discarded records
     /// are skipped.
-    fn look(&mut self) -> Option<(u64, u32)> {
+    pub fn look(&mut self) -> Option<(u64, u32)> {
         if self.head.is_some() {
             return self.head;
         }
@@ -143,15 +137,16 @@ impl CpuRing {
         None
     }
 
-    fn body(&self, len: u32) -> &[u8] {
+    /// The record at the consumer position, of `len` bytes (as `look` gave it).
+    pub fn body(&self, len: u32) -> &[u8] {
         let at = (self.pos & self.mask) as usize + HEADER_BYTES as usize;
         // SAFETY: a committed record lies within the double mapping (the kernel never writes
         // one longer than the ring), and stays unchanged until the consumer position passes it.
         unsafe { std::slice::from_raw_parts(self.data.add(at), len as usize) }
     }
 
-    /// Marks the record at `pos` consumed.
-    fn skip(&mut self, len: u32) {
+    /// Marks the record at the consumer position, of `len` bytes, consumed.
+    pub fn skip(&mut self, len: u32) {
         self.pos += (u64::from(len) + HEADER_BYTES).next_multiple_of(8);
         self.head = None;
         // SAFETY: the consumer page is mapped read-write for the life of self.
@@ -159,7 +154,7 @@ impl CpuRing {
     }
 }
 
-impl Drop for CpuRing {
+impl Drop for RingPages {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe {
@@ -167,6 +162,12 @@ impl Drop for CpuRing {
             libc::munmap(self.producer.cast_mut().cast(), self.mapped);
         }
     }
+}
+
+/// One CPU's ring: the map (its descriptor; aya's own mapping of it goes unused) and its pages.
+struct CpuRing {
+    ring: RingBuf<MapData>,
+    pages: RingPages,
 }
 
 /// Reads records from the CPUs' ring buffers as they arrive.
@@ -189,8 +190,11 @@ impl RingReader {
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
         let rings = rings
             .into_iter()
-            .map(CpuRing::new)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|ring| {
+                let pages = RingPages::map(ring.as_fd()).map_err(CaptureError::Ring)?;
+                Ok(CpuRing { ring, pages })
+            })
+            .collect::<Result<Vec<_>, CaptureError>>()?;
         for (index, ring) in rings.iter().enumerate() {
             let mut event = libc::epoll_event {
                 events: libc::EPOLLIN as u32,
@@ -257,8 +261,8 @@ impl RingReader {
         // The rings with records: a machine has many CPUs, few of them receiving.
         self.active.clear();
         for (index, ring) in self.rings.iter_mut().enumerate() {
-            ring.refresh();
-            if ring.look().is_some() {
+            ring.pages.refresh();
+            if ring.pages.look().is_some() {
                 self.active.push(index);
             }
         }
@@ -267,14 +271,14 @@ impl RingReader {
             let mut oldest = 0;
             let mut oldest_time = u64::MAX;
             for (slot, &index) in self.active.iter().enumerate() {
-                if let Some((timestamp, _)) = self.rings[index].head
+                if let Some((timestamp, _)) = self.rings[index].pages.head
                     && (slot == 0 || timestamp < oldest_time)
                 {
                     oldest = slot;
                     oldest_time = timestamp;
                 }
             }
-            let ring = &mut self.rings[self.active[oldest]];
+            let ring = &mut self.rings[self.active[oldest]].pages;
             let Some((_, len)) = ring.head else { break };
             handle(ring.body(len));
             ring.skip(len);
