@@ -29,9 +29,9 @@ use sensor_common::{
 use crate::{parse::Headers, reactive::Reply};
 
 /// One ring buffer per CPU, indexed by CPU number: CPUs that match frames at the same time never
-/// contend for a ring (one shared ring cost 1.7x per record with two CPUs writing). The agent
-/// creates the rings, sized at run time, and fills every possible CPU's slot; the size here is
-/// only the template the verifier checks against.
+/// contend for a ring (one shared ring cost 1.1 - 1.7x per record with two CPUs writing). The
+/// agent creates the rings, sized at run time, and fills every possible CPU's slot; the size here
+/// is only the template the verifier checks against.
 #[btf_map]
 static EVENTS: ArrayOfMaps<RingBuf<CaptureRecord, RING_TEMPLATE_BYTES>, MAX_CPUS> =
     ArrayOfMaps::new();

@@ -77,14 +77,7 @@ fn chunk(ring_bytes: u32) -> u32 {
 /// Takes every record in the ring, reading only the header (and timestamp) of each; returns how
 /// many.
 fn drain(pages: &RefCell<RingPages>) -> u64 {
-    let mut pages = pages.borrow_mut();
-    pages.refresh();
-    let mut records = 0;
-    while let Some((_, len)) = pages.look() {
-        pages.skip(len);
-        records += 1;
-    }
-    records
+    pages.borrow_mut().drain(|_| {})
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -343,14 +336,12 @@ fn main() {
         "target",
         "met"
     );
-    let measure_empty = |frame: &[u8]| {
-        let mut e = Samples::default();
+    let measure_empty = |e: &mut Samples, frame: &[u8]| {
         e.measure(
             |repeat| mean(empty.test_run(frame, repeat)),
             None,
             perf.as_ref(),
-        );
-        e
+        )
     };
 
     // Frames that do not match never touch the ring: measured once, on the first ring.
@@ -359,9 +350,7 @@ fn main() {
         check_verdict(&mut sensor, name, frame, false);
         let (mut s, mut e) = (Samples::default(), Samples::default());
         for _ in 0..ROUNDS {
-            let one = measure_empty(frame);
-            e.ns.extend(one.ns);
-            e.instructions.extend(one.instructions);
+            measure_empty(&mut e, frame);
             s.measure(
                 |repeat| mean(xdp_pass::test_run(sensor.fd(), frame, repeat)),
                 None,
@@ -403,9 +392,7 @@ fn main() {
             let mut cf = Samples::default();
             let mut pf = Samples::default();
             for _ in 0..ROUNDS {
-                let one = measure_empty(frame);
-                e.ns.extend(one.ns);
-                e.instructions.extend(one.instructions);
+                measure_empty(&mut e, frame);
                 s.measure(
                     |repeat| mean(xdp_pass::test_run(sensor.fd(), frame, repeat)),
                     Some((sensor.reader(), ring_bytes)),

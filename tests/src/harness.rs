@@ -2,9 +2,9 @@
 
 use std::os::fd::{AsFd as _, BorrowedFd};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::MapData;
 use sensor::{
-    capture::{PortSet, SensorProgram, XdpVerdict},
+    capture::{PortSet, RingPages, SensorProgram, XdpVerdict},
     counters::KernelCounters,
     record::OwnedRecord,
 };
@@ -13,7 +13,9 @@ use sensor_common::{CaptureRecord, MatchAction, SensorConfig};
 pub struct Harness {
     pub program: SensorProgram,
     /// One per CPU: a test run writes into the ring of the CPU it runs on.
-    rings: Vec<RingBuf<MapData>>,
+    maps: Vec<MapData>,
+    /// The rings, read as the agent reads them.
+    rings: Vec<RingPages>,
 }
 
 /// What one frame did: the verdict, the records it produced, the counters it moved.
@@ -45,15 +47,23 @@ impl Harness {
     pub fn with_program(mut program: SensorProgram, config: SensorConfig, ports: &PortSet) -> Self {
         program.set_config(config).expect("config");
         program.set_ports(ports).expect("ports");
-        let rings = program.take_rings();
-        assert!(!rings.is_empty(), "the program has its rings");
-        Self { program, rings }
+        let maps = program.take_rings();
+        assert!(!maps.is_empty(), "the program has its rings");
+        let rings = maps
+            .iter()
+            .map(|map| RingPages::map(map.fd().as_fd()).expect("map the ring"))
+            .collect();
+        Self {
+            program,
+            maps,
+            rings,
+        }
     }
 
     /// The ring buffer of `cpu`, for a reader of its own (the kernel cost benchmark's, which
     /// then must not also use [`Harness::drain`]).
     pub fn ring_fd(&self, cpu: usize) -> BorrowedFd<'_> {
-        self.rings[cpu].as_fd()
+        self.maps[cpu].fd().as_fd()
     }
 
     pub fn counters(&self) -> KernelCounters {
@@ -77,9 +87,9 @@ impl Harness {
     /// Records waiting in the ring of `cpu`, taken.
     pub fn drain_cpu(&mut self, cpu: usize) -> Vec<OwnedRecord> {
         let mut records = Vec::new();
-        while let Some(item) = self.rings[cpu].next() {
-            records.push(OwnedRecord::from_unaligned(&item).expect("kernel record decodes"));
-        }
+        self.rings[cpu].drain(|item| {
+            records.push(OwnedRecord::from_unaligned(item).expect("kernel record decodes"));
+        });
         records
     }
 
@@ -92,10 +102,10 @@ impl Harness {
         let mut records = Vec::new();
         let mut raw = Vec::new();
         for ring in &mut self.rings {
-            while let Some(item) = ring.next() {
+            ring.drain(|item| {
                 raw.push(item[..CaptureRecord::SIZE.min(item.len())].to_vec());
-                records.push(OwnedRecord::from_unaligned(&item).expect("kernel record decodes"));
-            }
+                records.push(OwnedRecord::from_unaligned(item).expect("kernel record decodes"));
+            });
         }
         (records, raw)
     }

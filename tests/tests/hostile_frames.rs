@@ -8,11 +8,10 @@
 //!
 //! `cargo test -p sensor-tests --test hostile_frames -- --nocapture` prints the numbers.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::fd::AsFd as _};
 
-use aya::maps::{MapData, RingBuf};
 use sensor::{
-    capture::{PortSet, SensorProgram, XdpVerdict, parse_prefixes},
+    capture::{PortSet, RingPages, SensorProgram, XdpVerdict, parse_prefixes},
     clock::WallClock,
     counters::KernelCounters,
     pipeline::{Pipeline, PipelineOptions},
@@ -68,7 +67,7 @@ struct Bombard<'c> {
     setup: &'c Config,
     program: SensorProgram,
     /// One per CPU.
-    rings: Vec<RingBuf<MapData>>,
+    rings: Vec<RingPages>,
     /// The agent's pipeline on the kernel's records, writing to /dev/null.
     pipeline: Pipeline,
     /// The same pipeline on corrupted copies of them.
@@ -92,7 +91,11 @@ impl<'c> Bombard<'c> {
                 .expect("secret");
             program.set_cookie_secret(1, [7, 8]).expect("secret");
         }
-        let rings = program.take_rings();
+        let rings = program
+            .take_rings()
+            .iter()
+            .map(|map| RingPages::map(map.fd().as_fd()).expect("map the ring"))
+            .collect();
         let options = PipelineOptions {
             rules: None,
             outputs: sensor::output::OutputOptions::ndjson_file("/dev/null"),
@@ -138,42 +141,45 @@ impl<'c> Bombard<'c> {
         }
     }
 
-    fn drain(&mut self) {
-        for cpu in 0..self.rings.len() {
-            while let Some(item) = self.rings[cpu].next() {
-                self.tally.records += 1;
-                if Record::from_bytes(&item).is_err() || OwnedRecord::from_unaligned(&item).is_err()
-                {
-                    self.tally.undecodable += 1;
-                }
-                self.pipeline.ring_item(&item, &self.clock);
-                // A corrupted copy: bytes of the header, the option length, the lengths and the
-                // payload overwritten, as a kernel bug or a hostile writer might leave them.
-                let mut copy = aligned(&item);
-                let len = item.len().min(CaptureRecord::SIZE);
-                {
-                    // SAFETY: `copy` holds at least `len` bytes; u8 has no alignment needs.
-                    let bytes = unsafe {
-                        std::slice::from_raw_parts_mut(copy.as_mut_ptr().cast::<u8>(), len)
-                    };
-                    for _ in 0..1 + self.rng.below(6) {
-                        let at = match self.rng.below(3) {
-                            0 => self.rng.below(CaptureRecord::HEADER_LEN),
-                            1 => 76 + self.rng.below(20),
-                            _ => self.rng.below(len),
-                        };
-                        bytes[at] = self.rng.byte();
-                    }
-                }
-                let cut = if self.rng.below(8) == 0 {
-                    self.rng.below(len + 1)
-                } else {
-                    len
+    /// One record from the kernel: through the pipeline as it is, and as a corrupted copy.
+    fn record(&mut self, item: &[u8]) {
+        self.tally.records += 1;
+        if Record::from_bytes(item).is_err() || OwnedRecord::from_unaligned(item).is_err() {
+            self.tally.undecodable += 1;
+        }
+        self.pipeline.ring_item(item, &self.clock);
+        // A corrupted copy: bytes of the header, the option length, the lengths and the
+        // payload overwritten, as a kernel bug or a hostile writer might leave them.
+        let mut copy = aligned(item);
+        let len = item.len().min(CaptureRecord::SIZE);
+        {
+            // SAFETY: `copy` holds at least `len` bytes; u8 has no alignment needs.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(copy.as_mut_ptr().cast::<u8>(), len) };
+            for _ in 0..1 + self.rng.below(6) {
+                let at = match self.rng.below(3) {
+                    0 => self.rng.below(CaptureRecord::HEADER_LEN),
+                    1 => 76 + self.rng.below(20),
+                    _ => self.rng.below(len),
                 };
-                self.corrupted.ring_item(as_bytes(&copy, cut), &self.clock);
-                self.tally.corrupted_records += 1;
+                bytes[at] = self.rng.byte();
             }
         }
+        let cut = if self.rng.below(8) == 0 {
+            self.rng.below(len + 1)
+        } else {
+            len
+        };
+        self.corrupted.ring_item(as_bytes(&copy, cut), &self.clock);
+        self.tally.corrupted_records += 1;
+    }
+
+    fn drain(&mut self) {
+        let mut rings = std::mem::take(&mut self.rings);
+        for ring in &mut rings {
+            ring.drain(|item| self.record(item));
+        }
+        self.rings = rings;
         self.pipeline.flush();
         self.corrupted.flush();
     }

@@ -5,7 +5,7 @@ use std::io;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, ArrayOfMaps, Map, MapData, PerCpuArray, RingBuf,
+        Array, ArrayOfMaps, Map, MapData, MapError, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink},
@@ -27,8 +27,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/se
 /// The program loaded into the kernel, with its maps; not yet attached to anything.
 pub struct SensorProgram {
     ebpf: Ebpf,
-    /// One per possible CPU, by CPU number.
-    rings: Vec<RingBuf<MapData>>,
+    /// The ring buffer maps, one per possible CPU, by CPU number.
+    rings: Vec<MapData>,
 }
 
 /// The program's XDP verdict on one test frame.
@@ -148,13 +148,10 @@ impl SensorProgram {
                 }
             })?;
         let rings = if shared_ring {
-            let ring = ebpf
-                .take_map(map_names::EVENTS)
-                .ok_or(CaptureError::Missing(map_names::EVENTS))?;
-            vec![RingBuf::try_from(ring).map_err(|e| CaptureError::Map {
-                map: map_names::EVENTS,
-                message: e.to_string(),
-            })?]
+            match ebpf.take_map(map_names::EVENTS) {
+                Some(Map::RingBuf(ring)) => vec![ring],
+                _ => return Err(CaptureError::Missing(map_names::EVENTS)),
+            }
         } else {
             fill_rings(&mut ebpf, cpus, per_cpu)?
         };
@@ -303,9 +300,9 @@ impl SensorProgram {
         ))
     }
 
-    /// The ring buffers, one per possible CPU by CPU number, to be drained by the caller. Can
-    /// be taken once (empty afterwards).
-    pub fn take_rings(&mut self) -> Vec<RingBuf<MapData>> {
+    /// The ring buffer maps, one per possible CPU by CPU number, to be read by the caller
+    /// ([`super::RingReader`], [`super::RingPages`]). Can be taken once (empty afterwards).
+    pub fn take_rings(&mut self) -> Vec<MapData> {
         std::mem::take(&mut self.rings)
     }
 
@@ -511,12 +508,8 @@ pub fn per_cpu_ring_bytes(ring_bytes: u32, cpus: u32, page: u32) -> u32 {
 }
 
 /// Creates one ring of `bytes` per CPU and puts it in the program's ring array.
-fn fill_rings(
-    ebpf: &mut Ebpf,
-    cpus: u32,
-    bytes: u32,
-) -> Result<Vec<RingBuf<MapData>>, CaptureError> {
-    let error = |e: aya::maps::MapError| CaptureError::Map {
+fn fill_rings(ebpf: &mut Ebpf, cpus: u32, bytes: u32) -> Result<Vec<MapData>, CaptureError> {
+    let error = |e: MapError| CaptureError::Map {
         map: map_names::EVENTS,
         message: e.to_string(),
     };
@@ -536,7 +529,7 @@ fn fill_rings(
         );
         let ring = MapData::create(definition, &format!("EVENTS_{cpu}"), None).map_err(error)?;
         outer.set(cpu, &ring, 0).map_err(error)?;
-        rings.push(RingBuf::try_from(Map::RingBuf(ring)).map_err(error)?);
+        rings.push(ring);
     }
     Ok(rings)
 }

@@ -5,7 +5,8 @@
 //! packets over its queues), and the IP-ID analysis reads a source's packets in order. So a
 //! batch is a merge of the rings by the records' kernel timestamps, not one ring after another.
 //! aya's reader takes a record as it reads it, and a merge must look at each ring's next record
-//! before choosing one: the rings are read in place here, through their own mappings.
+//! before choosing one: the rings are read in place here ([`RingPages`], also what the tests and
+//! the kernel benchmark read rings with).
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
@@ -13,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::MapData;
 use tokio::io::unix::AsyncFd;
 
 use super::CaptureError;
@@ -145,6 +146,18 @@ impl RingPages {
         unsafe { std::slice::from_raw_parts(self.data.add(at), len as usize) }
     }
 
+    /// Hands every record written before the call to `handle`, in ring order; returns how many.
+    pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) -> u64 {
+        self.refresh();
+        let mut records = 0;
+        while let Some((_, len)) = self.look() {
+            handle(self.body(len));
+            self.skip(len);
+            records += 1;
+        }
+        records
+    }
+
     /// Marks the record at the consumer position, of `len` bytes, consumed.
     pub fn skip(&mut self, len: u32) {
         self.pos += (u64::from(len) + HEADER_BYTES).next_multiple_of(8);
@@ -164,9 +177,9 @@ impl Drop for RingPages {
     }
 }
 
-/// One CPU's ring: the map (its descriptor; aya's own mapping of it goes unused) and its pages.
+/// One CPU's ring: the map (its descriptor, for epoll) and its pages.
 struct CpuRing {
-    ring: RingBuf<MapData>,
+    map: MapData,
     pages: RingPages,
 }
 
@@ -180,7 +193,7 @@ pub struct RingReader {
 }
 
 impl RingReader {
-    pub fn new(rings: Vec<RingBuf<MapData>>) -> Result<Self, CaptureError> {
+    pub fn new(rings: Vec<MapData>) -> Result<Self, CaptureError> {
         // SAFETY: epoll_create1 has no preconditions; a non-negative result is a new descriptor.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epoll < 0 {
@@ -190,9 +203,9 @@ impl RingReader {
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
         let rings = rings
             .into_iter()
-            .map(|ring| {
-                let pages = RingPages::map(ring.as_fd()).map_err(CaptureError::Ring)?;
-                Ok(CpuRing { ring, pages })
+            .map(|map| {
+                let pages = RingPages::map(map.fd().as_fd()).map_err(CaptureError::Ring)?;
+                Ok(CpuRing { map, pages })
             })
             .collect::<Result<Vec<_>, CaptureError>>()?;
         for (index, ring) in rings.iter().enumerate() {
@@ -205,7 +218,7 @@ impl RingReader {
                 libc::epoll_ctl(
                     epoll.as_raw_fd(),
                     libc::EPOLL_CTL_ADD,
-                    ring.ring.as_raw_fd(),
+                    ring.map.fd().as_fd().as_raw_fd(),
                     &mut event,
                 )
             };
