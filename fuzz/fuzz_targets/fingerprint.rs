@@ -25,6 +25,8 @@ fuzz_target!(|data: &[u8]| {
     // As written: whatever the validation says, it must say it without panicking.
     let raw = sensor_fuzz::record_from(data, false);
     let _ = OwnedRecord::new(raw);
+    // As a ring item of any length (the kernel writes records of several payload classes).
+    let _ = OwnedRecord::from_unaligned(data);
     let repaired = sensor_fuzz::record_from(data, true);
     let record = Record::new(&repaired).expect("a repaired record validates");
 

@@ -46,8 +46,9 @@ impl PortMatch {
     }
 }
 
-/// Default ring buffer memory, all CPUs' rings together: 64 MiB holds about 57,000 records, over
-/// a second of a 50 kpps scan burst with the agent stalled.
+/// Default ring buffer memory, all CPUs' rings together: 64 MiB holds about 57,000 records of a
+/// full 1024-byte payload and about 101,000 of a 400-byte svmap OPTIONS (class 512), two seconds
+/// of a 50 kpps scan burst with the agent stalled.
 pub const DEFAULT_RING_BYTES: u32 = 64 * 1024 * 1024;
 
 /// Slots of the per-CPU ring array in the object; the agent sets it to the number of possible
@@ -355,14 +356,20 @@ pub mod ip_proto {
     pub const UDP: u8 = 17;
 }
 
-/// One matched frame, as the XDP program writes it into the ring buffer.
+/// One matched frame, as the XDP program writes it into the ring buffer, with room for `N`
+/// payload bytes.
+///
+/// The kernel reserves the smallest record of [`PAYLOAD_CLASSES`] that holds the captured payload
+/// (records sized to what they hold cost about 20 % less to write than full ones, and a ring
+/// holds twice as many SIP-sized ones); the agent reads the fixed part, [`RecordHead`], and as
+/// many payload bytes as the ring item holds.
 ///
 /// Field order keeps every field naturally aligned with no padding, so all
 /// `HEADER_LEN` bytes before `tcp_options` are written by the kernel. Bytes of `payload` beyond
 /// `captured_len` are not written and must not be read.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct CaptureRecord {
+pub struct CaptureRecordOf<const N: usize> {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub timestamp_ns: u64,
     pub ifindex: u32,
@@ -415,13 +422,31 @@ pub struct CaptureRecord {
     pub reserved: [u8; 8],
     /// Raw TCP option bytes, zero-filled past `tcp_options_len`.
     pub tcp_options: [u8; TCP_OPTIONS_CAPACITY],
-    pub payload: [u8; PAYLOAD_CAPACITY],
+    pub payload: [u8; N],
 }
 
-impl CaptureRecord {
+/// A record of the largest class: what the agent builds from pcaps and tests.
+pub type CaptureRecord = CaptureRecordOf<PAYLOAD_CAPACITY>;
+
+/// The part every record has, whatever its class: the header and the TCP options.
+pub type RecordHead = CaptureRecordOf<0>;
+
+/// Payload capacities of the records the kernel writes, smallest first: a record of class `N` is
+/// `RecordHead::SIZE + N` bytes. Powers of two, because the kernel masks the copy length with
+/// `N - 1` to give the verifier its bound.
+pub const PAYLOAD_CLASSES: [usize; 5] = [0, 128, 256, 512, PAYLOAD_CAPACITY];
+
+impl<const N: usize> CaptureRecordOf<N> {
     /// Bytes before `tcp_options`: all written by the kernel.
-    pub const HEADER_LEN: usize = core::mem::offset_of!(CaptureRecord, tcp_options);
-    pub const SIZE: usize = core::mem::size_of::<CaptureRecord>();
+    pub const HEADER_LEN: usize = core::mem::offset_of!(CaptureRecordOf<N>, tcp_options);
+    pub const SIZE: usize = core::mem::size_of::<CaptureRecordOf<N>>();
+
+    /// The fixed part of the record, whatever its class.
+    pub fn head(&self) -> &RecordHead {
+        // SAFETY: `RecordHead` is this struct without its payload: the same fields at the same
+        // offsets, with the same alignment, and no larger.
+        unsafe { &*(self as *const Self).cast::<RecordHead>() }
+    }
 
     /// A record with every byte zero.
     pub const fn zeroed() -> Self {
@@ -435,6 +460,8 @@ const _: () = {
     assert!(CaptureRecord::HEADER_LEN == 104);
     assert!(CaptureRecord::SIZE == 104 + TCP_OPTIONS_CAPACITY + PAYLOAD_CAPACITY);
     assert!(CaptureRecord::SIZE.is_multiple_of(8));
+    assert!(RecordHead::SIZE == 104 + TCP_OPTIONS_CAPACITY);
+    assert!(RecordHead::SIZE.is_multiple_of(8));
     assert!(PAYLOAD_CAPACITY.is_power_of_two());
     assert!(COUNTER_SLOTS.is_power_of_two() && COUNTER_SLOTS >= Counter::COUNT as usize);
     assert!(core::mem::size_of::<SensorConfig>() == 64);
@@ -446,5 +473,5 @@ mod pod {
     unsafe impl aya::Pod for super::SensorConfig {}
     unsafe impl aya::Pod for super::PortMatch {}
     unsafe impl aya::Pod for super::SourceBucket {}
-    unsafe impl aya::Pod for super::CaptureRecord {}
+    unsafe impl<const N: usize> aya::Pod for super::CaptureRecordOf<N> {}
 }

@@ -1,5 +1,5 @@
 //! The XDP program: parse Ethernet/VLAN/IPv4/IPv6/UDP/TCP, match ports from a map, write one
-//! fixed-size record per match into the ring buffer, count every outcome.
+//! record per match into the ring buffer (sized to the payload it holds), count every outcome.
 //!
 //! It stays small on purpose: no SIP here, only what must run per frame at line rate. Every path
 //! returns XDP_PASS or the configured action; none returns XDP_ABORTED.
@@ -21,9 +21,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sensor_common::{
-    COUNTER_SLOTS, CaptureRecord, Counter, MAX_CPUS, MatchAction, PAYLOAD_CAPACITY, PortMatch,
-    RING_TEMPLATE_BYTES, SOURCE_BUCKETS, SensorConfig, SourceBucket, TCP_OPTIONS_CAPACITY,
-    ip_proto, record_flags,
+    COUNTER_SLOTS, CaptureRecord, CaptureRecordOf, Counter, MAX_CPUS, MatchAction,
+    PAYLOAD_CAPACITY, PortMatch, RING_TEMPLATE_BYTES, SOURCE_BUCKETS, SensorConfig, SourceBucket,
+    TCP_OPTIONS_CAPACITY, ip_proto, record_flags,
 };
 
 use crate::{parse::Headers, reactive::Reply};
@@ -157,11 +157,14 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
     } else {
         Reply::None
     };
-    let flags = match reply {
-        Reply::SynAck(_) => flags | record_flags::SYN_ANSWERED,
-        Reply::Session { .. } => flags | record_flags::REACTIVE_SESSION,
-        Reply::None => flags,
+    // As plain integers, defined on every path: LLVM spills the payload of `Reply::None` across
+    // the record's branches undefined, and the verifier rejects the read (`!read_ok`).
+    let (reply_flag, cookie, reset) = match reply {
+        Reply::SynAck(cookie) => (record_flags::SYN_ANSWERED, cookie, false),
+        Reply::Session { reset } => (record_flags::REACTIVE_SESSION, 0, reset),
+        Reply::None => (0, 0, false),
     };
+    let flags = flags | reply_flag;
     if config.source_period_ns != 0
         && !admit(
             &SOURCE_BUCKETS_MAP,
@@ -178,10 +181,12 @@ pub fn sip_sensor(ctx: XdpContext) -> u32 {
         counters[Counter::RingFull as usize] += 1;
     }
     // The record holds the request as it came; only now may the frame become the reply.
-    let answered = match reply {
-        Reply::SynAck(cookie) => reactive::answer_syn(&ctx, headers, &config, now, cookie),
-        Reply::Session { reset: true } => reactive::answer_data(&ctx, headers),
-        _ => None,
+    let answered = if reply_flag == record_flags::SYN_ANSWERED {
+        reactive::answer_syn(&ctx, headers, &config, now, cookie)
+    } else if reset {
+        reactive::answer_data(&ctx, headers)
+    } else {
+        None
     };
     if let Some(action) = answered {
         return action;
@@ -232,19 +237,14 @@ fn admit(
     }
 }
 
-/// Writes the record in place in a ring buffer reservation (the stack is too small for it).
-/// Returns false when the ring buffer is full.
+/// Writes the record in place in a ring buffer reservation (the stack is too small for it), in
+/// the smallest record class that holds the payload. Returns false when the ring buffer is full.
 #[inline(always)]
 fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, config: &SensorConfig, now: u64) -> bool {
-    let prefix_len = config.prefix_len;
     // A CPU without a ring (the agent fills every possible CPU's slot) counts as a full ring.
     let Some(ring) = EVENTS.get(unsafe { bpf_get_smp_processor_id() }) else {
         return false;
     };
-    let Some(mut entry) = ring.reserve_untyped::<CaptureRecord>(0) else {
-        return false;
-    };
-    let r = entry.as_mut_ptr();
     let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as u32;
     // Payload present in the frame: Ethernet padding of short frames lies beyond the IP length,
     // so bound by what the headers declare as well as by what the frame holds.
@@ -258,18 +258,57 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, config: &SensorConfig, now
     } else {
         declared
     };
-    if want > prefix_len {
-        want = prefix_len;
+    if want > config.prefix_len {
+        want = config.prefix_len;
     }
-    // A prefix length above the capacity (a config the agent refuses anyway) captures the
-    // capacity, not a wrapped length.
-    if want > PAYLOAD_CAPACITY as u32 {
-        want = PAYLOAD_CAPACITY as u32;
+    let record = Written {
+        flags,
+        frame_len,
+        want,
+        now,
+    };
+    // The verifier needs a constant reservation size: one branch per class (PAYLOAD_CLASSES).
+    // A prefix length above the capacity (a config the agent refuses anyway) takes the largest
+    // class, which captures the capacity, not a wrapped length.
+    if want == 0 {
+        write_record::<0>(ctx, ring, h, &record, config)
+    } else if want <= 128 {
+        write_record::<128>(ctx, ring, h, &record, config)
+    } else if want <= 256 {
+        write_record::<256>(ctx, ring, h, &record, config)
+    } else if want <= 512 {
+        write_record::<512>(ctx, ring, h, &record, config)
+    } else {
+        write_record::<PAYLOAD_CAPACITY>(ctx, ring, h, &record, config)
     }
+}
+
+/// What only `emit` knows of a record.
+struct Written {
+    flags: u8,
+    frame_len: u32,
+    /// Payload bytes to capture; more than `N` captures `N`.
+    want: u32,
+    now: u64,
+}
+
+#[inline(always)]
+fn write_record<const N: usize>(
+    ctx: &XdpContext,
+    ring: &RingBuf<CaptureRecord, RING_TEMPLATE_BYTES>,
+    h: &Headers,
+    w: &Written,
+    config: &SensorConfig,
+) -> bool {
+    let Some(mut entry) = ring.reserve_untyped::<CaptureRecordOf<N>>(0) else {
+        return false;
+    };
+    let r = entry.as_mut_ptr();
     let mut captured: u32 = 0;
-    if want > 0 {
+    if N > 0 && w.want > 0 {
         // The verifier needs a constant upper bound right at the call: mask, don't min().
-        let len = ((want - 1) & (PAYLOAD_CAPACITY as u32 - 1)) + 1;
+        let want = if w.want > N as u32 { N as u32 } else { w.want };
+        let len = ((want - 1) & (N as u32 - 1)) + 1;
         let ret = unsafe {
             bpf_xdp_load_bytes(
                 ctx.ctx,
@@ -308,12 +347,12 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, config: &SensorConfig, now
         for i in 0..parse::RECORD_HEAD_WORDS {
             to.add(i).write_volatile(from.add(i).read());
         }
-        (*r).timestamp_ns = now;
+        (*r).timestamp_ns = w.now;
         (*r).ifindex = (*ctx.ctx).ingress_ifindex;
         (*r).rx_queue = (*ctx.ctx).rx_queue_index;
-        (*r).frame_len = frame_len;
+        (*r).frame_len = w.frame_len;
         (*r).captured_len = captured as u16;
-        (*r).flags = flags;
+        (*r).flags = w.flags;
     }
     // Batch wakeups: the reader also drains on a timer, so a record never waits long.
     let wakeup = if config.wakeup_bytes == 0 {

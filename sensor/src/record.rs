@@ -1,4 +1,5 @@
-//! Typed, checked view of a [`CaptureRecord`] as the kernel wrote it.
+//! Typed, checked view of a record as the kernel wrote it: its fixed part ([`RecordHead`]) and
+//! the payload bytes of its class ([`sensor_common::PAYLOAD_CLASSES`]).
 //!
 //! Checked once in [`Record::from_bytes`]; after that every accessor is infallible and slices are
 //! always in bounds, whatever the kernel (or a fuzzer) put in the bytes.
@@ -6,17 +7,19 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sensor_common::{
-    CaptureRecord, PAYLOAD_CAPACITY, TCP_OPTIONS_CAPACITY, ip_flags, ip_proto, record_flags,
+    CaptureRecord, RecordHead, TCP_OPTIONS_CAPACITY, ip_flags, ip_proto, record_flags,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record is {0} bytes, expected at least {size}", size = CaptureRecord::SIZE)]
+    #[error("record is {0} bytes, expected at least {size}", size = RecordHead::SIZE)]
     Short(usize),
+    #[error("record is {0} bytes, more than the largest record ({size})", size = CaptureRecord::SIZE)]
+    Long(usize),
     #[error("record has IP version {0}, expected 4 or 6")]
     IpVersion(u8),
-    #[error("record claims {0} captured payload bytes, more than the {PAYLOAD_CAPACITY} it holds")]
-    CapturedLen(u16),
+    #[error("record claims {0} captured payload bytes, more than the {1} it holds")]
+    CapturedLen(u16, usize),
     #[error("record claims {0} TCP option bytes, more than {TCP_OPTIONS_CAPACITY}")]
     TcpOptionsLen(u8),
     #[error("record has L4 protocol {0}, expected UDP or TCP")]
@@ -49,45 +52,57 @@ pub enum MatchedOn {
     Source,
 }
 
-/// A validated record.
+/// A validated record: its fixed part and its captured payload.
 #[derive(Clone, Copy)]
 pub struct Record<'a> {
-    raw: &'a CaptureRecord,
+    raw: &'a RecordHead,
+    payload: &'a [u8],
 }
 
 impl<'a> Record<'a> {
-    /// Validates a ring buffer item. The kernel reserves items 8-byte aligned; an unaligned
-    /// slice (from a file, say) must go through [`OwnedRecord`] instead.
+    /// Validates a ring buffer item, a record of any class. The kernel reserves items 8-byte
+    /// aligned; an unaligned slice (from a file, say) must go through [`OwnedRecord`] instead.
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        if bytes.len() < CaptureRecord::SIZE {
+        if bytes.len() < RecordHead::SIZE {
             return Err(DecodeError::Short(bytes.len()));
         }
+        if bytes.len() > CaptureRecord::SIZE {
+            return Err(DecodeError::Long(bytes.len()));
+        }
         let ptr = bytes.as_ptr();
-        if !(ptr as usize).is_multiple_of(std::mem::align_of::<CaptureRecord>()) {
+        if !(ptr as usize).is_multiple_of(std::mem::align_of::<RecordHead>()) {
             return Err(DecodeError::Unaligned);
         }
-        // SAFETY: length and alignment checked; every bit pattern is a valid CaptureRecord.
-        let raw = unsafe { &*(ptr as *const CaptureRecord) };
-        Self::new(raw)
+        // SAFETY: length and alignment checked; every bit pattern is a valid RecordHead.
+        let raw = unsafe { &*(ptr as *const RecordHead) };
+        Self::check(raw, &bytes[RecordHead::SIZE..])
     }
 
+    /// Validates a record of the largest class.
     pub fn new(raw: &'a CaptureRecord) -> Result<Self, DecodeError> {
+        Self::check(raw.head(), &raw.payload)
+    }
+
+    /// Validates the fixed part, and the captured length against the payload bytes the record
+    /// holds (`room`).
+    fn check(raw: &'a RecordHead, room: &'a [u8]) -> Result<Self, DecodeError> {
         if raw.ip_version != 4 && raw.ip_version != 6 {
             return Err(DecodeError::IpVersion(raw.ip_version));
         }
-        if usize::from(raw.captured_len) > PAYLOAD_CAPACITY {
-            return Err(DecodeError::CapturedLen(raw.captured_len));
-        }
+        let Some(payload) = room.get(..usize::from(raw.captured_len)) else {
+            return Err(DecodeError::CapturedLen(raw.captured_len, room.len()));
+        };
         if usize::from(raw.tcp_options_len) > TCP_OPTIONS_CAPACITY {
             return Err(DecodeError::TcpOptionsLen(raw.tcp_options_len));
         }
         if raw.l4_proto != ip_proto::UDP && raw.l4_proto != ip_proto::TCP {
             return Err(DecodeError::L4Proto(raw.l4_proto));
         }
-        Ok(Self { raw })
+        Ok(Self { raw, payload })
     }
 
-    pub fn raw(&self) -> &'a CaptureRecord {
+    /// The fixed part of the record as the kernel wrote it.
+    pub fn raw(&self) -> &'a RecordHead {
         self.raw
     }
 
@@ -182,7 +197,7 @@ impl<'a> Record<'a> {
     }
 
     pub fn payload(&self) -> &'a [u8] {
-        &self.raw.payload[..usize::from(self.raw.captured_len)]
+        self.payload
     }
 
     pub fn tcp_options(&self) -> &'a [u8] {
@@ -199,10 +214,13 @@ impl OwnedRecord {
         Ok(Self(raw))
     }
 
-    /// Copies an unaligned byte slice into an aligned record.
+    /// Copies an unaligned byte slice, a record of any class, into an aligned record.
     pub fn from_unaligned(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() < CaptureRecord::SIZE {
+        if bytes.len() < RecordHead::SIZE {
             return Err(DecodeError::Short(bytes.len()));
+        }
+        if bytes.len() > CaptureRecord::SIZE {
+            return Err(DecodeError::Long(bytes.len()));
         }
         let mut raw = Box::new(CaptureRecord::zeroed());
         // SAFETY: CaptureRecord is plain bytes with no padding; sizes checked above.
@@ -210,14 +228,20 @@ impl OwnedRecord {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
                 (&mut *raw as *mut CaptureRecord).cast::<u8>(),
-                CaptureRecord::SIZE,
+                bytes.len(),
             );
         }
-        Self::new(raw)
+        // The captured length is checked against the bytes the item held, not the capacity.
+        Record::check(raw.head(), &raw.payload[..bytes.len() - RecordHead::SIZE])?;
+        Ok(Self(raw))
     }
 
     pub fn record(&self) -> Record<'_> {
-        Record { raw: &self.0 }
+        Record {
+            raw: self.0.head(),
+            // Checked at construction against the bytes the record held.
+            payload: &self.0.payload[..usize::from(self.0.captured_len)],
+        }
     }
 }
 
@@ -263,6 +287,7 @@ pub(crate) fn test_record() -> Box<CaptureRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sensor_common::PAYLOAD_CAPACITY;
 
     fn sample() -> Box<CaptureRecord> {
         let mut r = test_record();
@@ -305,7 +330,7 @@ mod tests {
         raw.captured_len = 2000;
         assert_eq!(
             Record::new(&raw).err(),
-            Some(DecodeError::CapturedLen(2000))
+            Some(DecodeError::CapturedLen(2000, PAYLOAD_CAPACITY))
         );
         let mut raw = sample();
         raw.ip_version = 5;
@@ -339,6 +364,77 @@ mod tests {
         let owned = OwnedRecord::from_unaligned(&shifted[1..]).unwrap();
         assert_eq!(owned.record().payload(), b"OPTIONS");
         assert_eq!(owned.record().src_port(), 5060);
+    }
+
+    /// A record of payload class 128, as the kernel reserves it for a short payload.
+    fn class_128(raw: &CaptureRecord) -> Vec<u64> {
+        let len = RecordHead::SIZE + 128;
+        let mut words = vec![0u64; len / 8];
+        // SAFETY: both sides are plain bytes; `len` is within the record and the vector.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (raw as *const CaptureRecord).cast::<u8>(),
+                words.as_mut_ptr().cast::<u8>(),
+                len,
+            );
+        }
+        words
+    }
+
+    fn as_bytes(words: &[u64]) -> &[u8] {
+        // SAFETY: u64 has no padding; the slice covers the vector exactly.
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }
+    }
+
+    #[test]
+    fn decodes_records_of_every_class() {
+        let raw = sample();
+        let words = class_128(&raw);
+        let bytes = as_bytes(&words);
+        let rec = Record::from_bytes(bytes).unwrap();
+        assert_eq!(rec.payload(), b"OPTIONS");
+        assert_eq!(rec.src_port(), 5060);
+        let owned = OwnedRecord::from_unaligned(bytes).unwrap();
+        assert_eq!(owned.record().payload(), b"OPTIONS");
+        // The fixed part alone is a record (a SYN: class 0).
+        let mut syn = sample();
+        syn.captured_len = 0;
+        let words = class_128(&syn);
+        let head = &as_bytes(&words)[..RecordHead::SIZE];
+        assert_eq!(Record::from_bytes(head).unwrap().payload(), b"");
+        assert_eq!(
+            OwnedRecord::from_unaligned(head)
+                .unwrap()
+                .record()
+                .payload(),
+            b""
+        );
+    }
+
+    #[test]
+    fn captured_length_is_checked_against_the_class() {
+        let mut raw = sample();
+        raw.captured_len = 129;
+        let words = class_128(&raw);
+        let bytes = as_bytes(&words);
+        assert_eq!(
+            Record::from_bytes(bytes).err(),
+            Some(DecodeError::CapturedLen(129, 128))
+        );
+        assert_eq!(
+            OwnedRecord::from_unaligned(bytes).err(),
+            Some(DecodeError::CapturedLen(129, 128))
+        );
+        // One byte short of the fixed part, and one longer than the largest record.
+        assert_eq!(
+            Record::from_bytes(&bytes[..RecordHead::SIZE - 8]).err(),
+            Some(DecodeError::Short(RecordHead::SIZE - 8))
+        );
+        let long = vec![0u64; CaptureRecord::SIZE / 8 + 1];
+        assert_eq!(
+            Record::from_bytes(as_bytes(&long)).err(),
+            Some(DecodeError::Long(CaptureRecord::SIZE + 8))
+        );
     }
 
     #[test]

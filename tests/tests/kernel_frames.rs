@@ -11,7 +11,8 @@ use sensor::{
     record::Record,
 };
 use sensor_common::{
-    CaptureRecord, Counter, MatchAction, SensorConfig, TCP_OPTIONS_CAPACITY, ip_flags, record_flags,
+    CaptureRecord, Counter, MatchAction, PAYLOAD_CLASSES, RecordHead, SensorConfig,
+    TCP_OPTIONS_CAPACITY, ip_flags, record_flags,
 };
 use sensor_tests::{
     frames::{Frame, L4, LINUX_SYN_OPTIONS, TCP_ACK, TCP_PSH, TCP_SYN},
@@ -118,9 +119,20 @@ fn bytes(r: &CaptureRecord) -> &[u8] {
 
 /// Compares a kernel record with the expected one byte for byte: the whole header (after taking
 /// the timestamp and the context fields from the kernel's record), all 40 option bytes, and the
-/// captured payload.
+/// captured payload; and checks that the kernel reserved the smallest record class that holds
+/// the payload.
 fn assert_record(run: &Run, expected: &CaptureRecord) {
     assert_eq!(run.records.len(), 1, "exactly one record");
+    let class = PAYLOAD_CLASSES
+        .into_iter()
+        .find(|&class| class >= usize::from(expected.captured_len))
+        .expect("a class holds every payload");
+    assert_eq!(
+        run.raw[0].len(),
+        RecordHead::SIZE + class,
+        "record of the class for {} payload bytes",
+        expected.captured_len
+    );
     let got = run.records[0].record().raw();
     assert_ne!(got.timestamp_ns, 0, "timestamp set");
     assert_eq!(
@@ -131,7 +143,7 @@ fn assert_record(run: &Run, expected: &CaptureRecord) {
     let mut want = *expected;
     want.timestamp_ns = got.timestamp_ns;
     want.ifindex = got.ifindex;
-    let (g, w) = (bytes(got), bytes(&want));
+    let (g, w) = (run.raw[0].as_slice(), bytes(&want));
     let header_and_options = CaptureRecord::HEADER_LEN + TCP_OPTIONS_CAPACITY;
     for i in 0..header_and_options {
         assert_eq!(
@@ -617,7 +629,8 @@ fn pass_action_and_source_port_matching() {
 
 #[test]
 fn full_ring_buffer_loses_nothing_silently() {
-    // One page of ring holds three records; the rest of the burst must be counted as lost.
+    // One page of ring holds a few records of this payload's class (the kernel's 8-byte header
+    // each); the rest of the burst must be counted as lost.
     let mut h = Harness::with(
         SensorConfig::new(MatchAction::Drop, false, 1024),
         &PortSet::default(),
@@ -636,6 +649,11 @@ fn full_ring_buffer_loses_nothing_silently() {
     let moved = h.counters().since(&before);
     let (records, _) = h.drain();
     assert_eq!(moved.get(Counter::Matched), 10);
+    let class = PAYLOAD_CLASSES
+        .into_iter()
+        .find(|&class| class >= SIP_OPTIONS.len())
+        .unwrap();
+    assert_eq!(records.len(), 4096 / (8 + RecordHead::SIZE + class));
     assert_eq!(moved.get(Counter::Emitted), records.len() as u64);
     assert_eq!(moved.get(Counter::RingFull), 10 - records.len() as u64);
     assert!(moved.get(Counter::RingFull) > 0);

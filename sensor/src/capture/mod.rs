@@ -8,7 +8,7 @@ use std::{fmt, str::FromStr};
 
 pub use crate::prefix::{Prefix, PrefixError, parse_prefixes};
 pub use ports::{DEFAULT_PORTS, PortSet, PortSetError};
-pub use program::{Attachment, RING_RECORD_BYTES, SensorProgram, XdpVerdict, ifindex};
+pub use program::{Attachment, SensorProgram, XdpVerdict, ifindex};
 pub use ring::{RingPages, RingReader};
 
 /// How the program is attached to the interface.

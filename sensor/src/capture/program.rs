@@ -10,9 +10,7 @@ use aya::{
     },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink},
 };
-use sensor_common::{
-    COUNTER_SLOTS, CaptureRecord, Counter, PROGRAM_NAME, PortMatch, SensorConfig, map_names,
-};
+use sensor_common::{COUNTER_SLOTS, Counter, PROGRAM_NAME, PortMatch, SensorConfig, map_names};
 
 use super::{AttachMode, CaptureError, PortSet, Prefix};
 use crate::counters::{KernelCounters, PerCpuCounters};
@@ -533,9 +531,6 @@ fn fill_rings(ebpf: &mut Ebpf, cpus: u32, bytes: u32) -> Result<Vec<MapData>, Ca
     }
     Ok(rings)
 }
-
-/// Bytes of one record in the ring buffer, header included (for sizing).
-pub const RING_RECORD_BYTES: usize = CaptureRecord::SIZE + 8;
 
 #[cfg(test)]
 mod tests {
