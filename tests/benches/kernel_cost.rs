@@ -13,12 +13,14 @@
 //! run costs (perf_event_open, where the machine has hardware counters): a ratio that does not
 //! move with the load.
 //!
-//! Matched classes are followed by three reference lines, measured interleaved in the same
+//! Matched classes are followed by four reference lines, measured interleaved in the same
 //! rounds with a ring of the same size: the floor of the ring buffer itself on this machine, from
 //! minimal XDP programs: `bpf_ringbuf_reserve` of a record-sized entry + `bpf_ringbuf_submit` and
 //! nothing else; the same with the frame's first bytes (up to a record) copied in with one
 //! `bpf_xdp_load_bytes`; and that copy into a record only as large as it needs (records packed
 //! in the ring rather than one fixed size). No program that writes such a record can cost less.
+//! The fourth is the other way out of XDP: the same bytes through `bpf_perf_event_output` into a
+//! per-CPU perf buffer of the same size.
 //!
 //! Last, two CPUs write records at the same time (the copy floor program, so nothing but the
 //! ring is shared): into one shared ring, and each into its own. The ratio is what one ring for
@@ -41,7 +43,7 @@ use sensor_tests::{
 };
 use xtask::{
     perf::KernelInstructions,
-    xdp_pass::{self, PassProgram, RingFloor},
+    xdp_pass::{self, PassProgram, PerfFloor, RingFloor},
 };
 
 const RUNS: u32 = 1_000_000;
@@ -100,7 +102,7 @@ impl Samples {
     fn measure(
         &mut self,
         mut run: impl FnMut(u32) -> Duration,
-        ring: Option<(&RefCell<RingPages>, u32)>,
+        ring: Option<(&dyn Fn() -> u64, u32)>,
         perf: Option<&KernelInstructions>,
     ) {
         let chunk = ring.map_or(RUNS, |(_, ring_bytes)| chunk(ring_bytes));
@@ -113,8 +115,8 @@ impl Samples {
             };
             total += mean * chunk;
             instructions += counted;
-            if let Some((pages, _)) = ring {
-                self.unwritten += u64::from(chunk).saturating_sub(drain(pages));
+            if let Some((drain, _)) = ring {
+                self.unwritten += u64::from(chunk).saturating_sub(drain());
             }
         }
         self.ns.push(total.as_nanos() as f64 / f64::from(RUNS));
@@ -313,6 +315,7 @@ fn main() {
 
     let empty = PassProgram::load().expect("load the empty XDP program (root needed)");
     let rings = rings();
+    let cpus = aya::util::nr_cpus().expect("number of CPUs") as u32;
     let record = CaptureRecord::SIZE as u32;
     let perf = KernelInstructions::open();
     if let Some(path) = std::env::var_os("KERNEL_COST_BASELINE") {
@@ -385,39 +388,47 @@ fn main() {
             let copy_floor = Floor::load(ring_bytes, record, copy);
             let packed = (copy + 64).next_multiple_of(8);
             let packed_floor = Floor::load(ring_bytes, packed, copy);
+            let perf_floor = PerfFloor::load(cpus, ring_bytes as usize, copy)
+                .expect("load the perf event array floor program");
             let mut e = Samples::default();
             let mut s = Samples::default();
             let mut b = Samples::default();
             let mut rf = Samples::default();
             let mut cf = Samples::default();
             let mut pf = Samples::default();
+            let mut ef = Samples::default();
             for _ in 0..ROUNDS {
                 measure_empty(&mut e, frame);
                 s.measure(
                     |repeat| mean(xdp_pass::test_run(sensor.fd(), frame, repeat)),
-                    Some((sensor.reader(), ring_bytes)),
+                    Some((&|| drain(sensor.reader()), ring_bytes)),
                     perf.as_ref(),
                 );
                 if let Some(base) = &baseline {
                     b.measure(
                         |repeat| mean(xdp_pass::test_run(base.fd(), frame, repeat)),
-                        Some((base.reader(), ring_bytes)),
+                        Some((&|| drain(base.reader()), ring_bytes)),
                         perf.as_ref(),
                     );
                 }
                 rf.measure(
                     |repeat| mean(reserve_floor.program.test_run(frame, repeat)),
-                    Some((&reserve_floor.pages, ring_bytes)),
+                    Some((&|| drain(&reserve_floor.pages), ring_bytes)),
                     perf.as_ref(),
                 );
                 cf.measure(
                     |repeat| mean(copy_floor.program.test_run(frame, repeat)),
-                    Some((&copy_floor.pages, ring_bytes)),
+                    Some((&|| drain(&copy_floor.pages), ring_bytes)),
                     perf.as_ref(),
                 );
                 pf.measure(
                     |repeat| mean(packed_floor.program.test_run(frame, repeat)),
-                    Some((&packed_floor.pages, ring_bytes)),
+                    Some((&|| drain(&packed_floor.pages), ring_bytes)),
+                    perf.as_ref(),
+                );
+                ef.measure(
+                    |repeat| mean(perf_floor.test_run(frame, repeat)),
+                    Some((&|| perf_floor.drain().0, ring_bytes)),
                     perf.as_ref(),
                 );
             }
@@ -425,6 +436,7 @@ fn main() {
             let floor_reserve = format!("  floor: reserve {record} B + submit");
             let floor_copy = format!("  floor: + copy {copy} B of frame");
             let floor_packed = format!("  floor: same copy, {packed} B record");
+            let floor_perf = format!("  floor: perf event output, {copy} B");
             let mut rows = vec![Row {
                 label: name,
                 samples: s,
@@ -450,6 +462,11 @@ fn main() {
             rows.push(Row {
                 label: &floor_packed,
                 samples: pf,
+                target: None,
+            });
+            rows.push(Row {
+                label: &floor_perf,
+                samples: ef,
                 target: None,
             });
             for row in rows {

@@ -6,6 +6,7 @@
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    sync::atomic::Ordering::{Acquire, Release},
     time::Duration,
 };
 
@@ -189,5 +190,202 @@ impl RingFloor {
     /// The ring buffer map, for a reader.
     pub fn ring_fd(&self) -> BorrowedFd<'_> {
         self.map.as_fd()
+    }
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_TYPE_PERF_EVENT_ARRAY: u32 = 4;
+const BPF_FUNC_PERF_EVENT_OUTPUT: i32 = 25;
+const BPF_F_CURRENT_CPU: u64 = 0xffff_ffff;
+const PERF_TYPE_SOFTWARE: u32 = 1;
+const PERF_COUNT_SW_BPF_OUTPUT: u64 = 10;
+const PERF_SAMPLE_RAW: u64 = 1 << 10;
+const PERF_ATTR_WATERMARK: u64 = 1 << 14;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+const PERF_RECORD_LOST: u32 = 2;
+const PERF_RECORD_SAMPLE: u32 = 9;
+/// `data_head` and `data_tail` in `struct perf_event_mmap_page`.
+const PERF_DATA_HEAD: usize = 1024;
+const PERF_DATA_TAIL: usize = 1032;
+
+/// One CPU's perf buffer, mapped: the control page and the data pages after it.
+struct PerfBuffer {
+    event: OwnedFd,
+    base: *mut u8,
+    /// Bytes of data (a power of two); the mapping is one page more.
+    data_len: usize,
+    page: usize,
+}
+
+impl PerfBuffer {
+    fn open(cpu: u32, data_len: usize) -> io::Result<Self> {
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&PERF_TYPE_SOFTWARE.to_ne_bytes());
+        attr[4..8].copy_from_slice(&128u32.to_ne_bytes());
+        attr[8..16].copy_from_slice(&PERF_COUNT_SW_BPF_OUTPUT.to_ne_bytes());
+        attr[16..24].copy_from_slice(&1u64.to_ne_bytes()); // sample_period
+        attr[24..32].copy_from_slice(&PERF_SAMPLE_RAW.to_ne_bytes());
+        // Enabled, and woken only at a watermark of half the buffer: no wakeup per record, as
+        // the sensor batches its own.
+        attr[40..48].copy_from_slice(&PERF_ATTR_WATERMARK.to_ne_bytes());
+        attr[48..52].copy_from_slice(&((data_len / 2) as u32).to_ne_bytes());
+        // SAFETY: attr is a zero-initialised perf_event_attr of the size it declares.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                attr.as_ptr(),
+                -1,
+                cpu as libc::c_int,
+                -1,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new descriptor that we now own.
+        let event = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // SAFETY: a shared read-write mapping of the event's buffer, as perf documents it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page + data_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                event.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            event,
+            base: base.cast(),
+            data_len,
+            page,
+        })
+    }
+
+    /// Consumes every record; returns (samples, samples the kernel reported lost).
+    fn drain(&self) -> (u64, u64) {
+        // SAFETY: the control page is mapped; head is read before the data, tail written after.
+        unsafe {
+            let head_ptr = self.base.add(PERF_DATA_HEAD).cast::<u64>();
+            let tail_ptr = self.base.add(PERF_DATA_TAIL).cast::<u64>();
+            let head = std::sync::atomic::AtomicU64::from_ptr(head_ptr).load(Acquire);
+            let mut tail = tail_ptr.read_volatile();
+            let data = self.base.add(self.page);
+            let (mut samples, mut lost) = (0, 0);
+            while tail < head {
+                let at = (tail as usize) & (self.data_len - 1);
+                // Records are 8-byte aligned and 8-byte sized: no field of 8 bytes or less wraps.
+                let kind = data.add(at).cast::<u32>().read();
+                let size = data.add(at + 6).cast::<u16>().read();
+                match kind {
+                    PERF_RECORD_SAMPLE => samples += 1,
+                    PERF_RECORD_LOST => {
+                        lost += data
+                            .add((at + 16) & (self.data_len - 1))
+                            .cast::<u64>()
+                            .read()
+                    }
+                    _ => {}
+                }
+                tail += u64::from(size.max(8));
+            }
+            std::sync::atomic::AtomicU64::from_ptr(tail_ptr).store(head, Release);
+            (samples, lost)
+        }
+    }
+}
+
+impl Drop for PerfBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.page + self.data_len) };
+    }
+}
+
+/// The floor of the other way out of XDP: `bpf_perf_event_output` into a per-CPU perf buffer,
+/// with an 8-byte header from the stack and the first `copy` bytes of the frame appended by the
+/// helper. Its commit updates CPU-local positions without a locked instruction, where the ring
+/// buffer's submit exchanges the record's header atomically.
+pub struct PerfFloor {
+    prog: PassProgram,
+    _map: OwnedFd,
+    buffers: Vec<PerfBuffer>,
+}
+
+impl PerfFloor {
+    /// `data_len` bytes of perf buffer per CPU (a power-of-two number of pages).
+    pub fn load(cpus: u32, data_len: usize, copy: u32) -> io::Result<Self> {
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+        put_u32(&mut attr, 4, 4);
+        put_u32(&mut attr, 8, 4);
+        put_u32(&mut attr, 12, cpus);
+        let map = bpf(BPF_MAP_CREATE, &mut attr)?;
+        // SAFETY: the kernel returned a new descriptor that we now own.
+        let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
+        let mut buffers = Vec::new();
+        for cpu in 0..cpus {
+            let buffer = PerfBuffer::open(cpu, data_len)?;
+            let (key, value) = (cpu, buffer.event.as_raw_fd() as u32);
+            let mut attr = [0u8; 128];
+            put_u32(&mut attr, 0, map.as_raw_fd() as u32);
+            put_u64(&mut attr, 8, &key as *const u32 as u64);
+            put_u64(&mut attr, 16, &value as *const u32 as u64);
+            bpf(BPF_MAP_UPDATE_ELEM, &mut attr)?;
+            buffers.push(buffer);
+        }
+        let flags = (u64::from(copy) << 32) | BPF_F_CURRENT_CPU;
+        let code: Vec<[u8; 8]> = vec![
+            insn(0xbf, 6, 1, 0, 0),               // r6 = r1 (ctx)
+            insn(0x7a, 10, 0, -8, 0),             // *(u64 *)(r10 - 8) = 0: the header
+            insn(0xbf, 1, 6, 0, 0),               // r1 = ctx
+            insn(0x18, 2, 1, 0, map.as_raw_fd()), // r2 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
+            insn(0, 0, 0, 0, 0),
+            insn(0x18, 3, 0, 0, flags as u32 as i32), // r3 = flags (ld_imm64)
+            insn(0, 0, 0, 0, (flags >> 32) as u32 as i32),
+            insn(0xbf, 4, 10, 0, 0), // r4 = r10
+            insn(0x07, 4, 0, 0, -8), // r4 -= 8
+            insn(0xb7, 5, 0, 0, 8),  // r5 = 8
+            insn(0x85, 0, 0, 0, BPF_FUNC_PERF_EVENT_OUTPUT),
+            insn(0xb7, 0, 0, 0, 2), // r0 = XDP_PASS
+            insn(0x95, 0, 0, 0, 0), // exit
+        ];
+        let bytes: Vec<u8> = code.concat();
+        let license = b"GPL\0";
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
+        put_u32(&mut attr, 4, code.len() as u32);
+        put_u64(&mut attr, 8, bytes.as_ptr() as u64);
+        put_u64(&mut attr, 16, license.as_ptr() as u64);
+        attr[48..58].copy_from_slice(b"perf_floor");
+        let prog = bpf(BPF_PROG_LOAD, &mut attr)?;
+        // SAFETY: the kernel returned a new descriptor that we now own.
+        let prog = PassProgram {
+            fd: unsafe { OwnedFd::from_raw_fd(prog as i32) },
+        };
+        Ok(Self {
+            prog,
+            _map: map,
+            buffers,
+        })
+    }
+
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> io::Result<(u32, Duration)> {
+        self.prog.test_run(frame, repeat)
+    }
+
+    /// Consumes every CPU's records; returns (records, records the kernel reported lost).
+    pub fn drain(&self) -> (u64, u64) {
+        self.buffers.iter().fold((0, 0), |(s, l), b| {
+            let (bs, bl) = b.drain();
+            (s + bs, l + bl)
+        })
     }
 }
