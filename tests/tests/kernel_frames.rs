@@ -691,3 +691,31 @@ fn per_source_token_bucket_sheds_and_counts() {
     );
     moved.check().expect("counters reconcile");
 }
+
+/// The kernel benchmark's floor programs do what its table says they do: the ring floor writes
+/// one record of the size asked with the frame's first bytes in it, and the perf floor one sample
+/// per run into the running CPU's perf buffer, with nothing lost.
+#[test]
+fn benchmark_floor_programs_write_what_they_claim() {
+    use std::os::fd::AsFd as _;
+    use xtask::xdp_pass::{PerfFloor, RingFloor};
+    pin_to_cpu(0);
+    let frame = sip_frame().build();
+    let ring = RingFloor::load(1 << 16, 200, 60).expect("load the ring floor");
+    let mut pages = sensor::capture::RingPages::map(ring.ring_fd().as_fd()).expect("map");
+    for _ in 0..3 {
+        ring.test_run(&frame, 1).expect("test run");
+    }
+    let mut items = Vec::new();
+    pages.drain(|item| items.push(item.to_vec()));
+    assert_eq!(items.len(), 3);
+    for item in &items {
+        assert_eq!(item.len(), 200);
+        assert_eq!(&item[..60], &frame[..60]);
+    }
+    let cpus = aya::util::nr_cpus().expect("CPUs") as u32;
+    let perf = PerfFloor::load(cpus, 1 << 16, 60).expect("load the perf floor");
+    perf.test_run(&frame, 5).expect("test run");
+    assert_eq!(perf.drain(), (5, 0), "five samples, none lost");
+    assert_eq!(perf.drain(), (0, 0), "drained");
+}

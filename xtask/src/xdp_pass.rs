@@ -17,9 +17,9 @@ const BPF_XDP: u32 = 37;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 
 /// `r0 = XDP_PASS (2); exit`.
-const PASS_PROGRAM: [u8; 16] = [
-    0xb7, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, // mov64 r0, 2
-    0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // exit
+const PASS_PROGRAM: [[u8; 8]; 2] = [
+    [0xb7, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00], // mov64 r0, 2
+    [0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], // exit
 ];
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
@@ -44,20 +44,26 @@ pub struct PassProgram {
     fd: OwnedFd,
 }
 
+/// Loads `code` (BPF instructions) as an XDP program named `name` (at most 15 bytes).
+fn load_xdp(code: &[[u8; 8]], name: &[u8]) -> io::Result<PassProgram> {
+    let bytes: Vec<u8> = code.concat();
+    let license = b"GPL\0";
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
+    put_u32(&mut attr, 4, code.len() as u32);
+    put_u64(&mut attr, 8, bytes.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    attr[48..48 + name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(PassProgram {
+        fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+    })
+}
+
 impl PassProgram {
     pub fn load() -> io::Result<Self> {
-        let license = b"GPL\0";
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-        put_u32(&mut attr, 4, (PASS_PROGRAM.len() / 8) as u32);
-        put_u64(&mut attr, 8, PASS_PROGRAM.as_ptr() as u64);
-        put_u64(&mut attr, 16, license.as_ptr() as u64);
-        attr[48..57].copy_from_slice(b"xdp_pass\0");
-        let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
-        // SAFETY: the kernel returned a new descriptor that we now own.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
+        load_xdp(&PASS_PROGRAM, b"xdp_pass")
     }
 
     /// Attaches to `interface` (in the calling thread's network namespace) as a bpf_link, in
@@ -167,19 +173,7 @@ impl RingFloor {
         code.extend(body);
         code.push(insn(0xb7, 0, 0, 0, 2)); // r0 = XDP_PASS
         code.push(insn(0x95, 0, 0, 0, 0)); // exit
-        let bytes: Vec<u8> = code.concat();
-        let license = b"GPL\0";
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-        put_u32(&mut attr, 4, code.len() as u32);
-        put_u64(&mut attr, 8, bytes.as_ptr() as u64);
-        put_u64(&mut attr, 16, license.as_ptr() as u64);
-        attr[48..58].copy_from_slice(b"ring_floor");
-        let prog = bpf(BPF_PROG_LOAD, &mut attr)?;
-        // SAFETY: the kernel returned a new descriptor that we now own.
-        let prog = PassProgram {
-            fd: unsafe { OwnedFd::from_raw_fd(prog as i32) },
-        };
+        let prog = load_xdp(&code, b"ring_floor")?;
         Ok(Self { prog, map })
     }
 
@@ -357,19 +351,7 @@ impl PerfFloor {
             insn(0xb7, 0, 0, 0, 2), // r0 = XDP_PASS
             insn(0x95, 0, 0, 0, 0), // exit
         ];
-        let bytes: Vec<u8> = code.concat();
-        let license = b"GPL\0";
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-        put_u32(&mut attr, 4, code.len() as u32);
-        put_u64(&mut attr, 8, bytes.as_ptr() as u64);
-        put_u64(&mut attr, 16, license.as_ptr() as u64);
-        attr[48..58].copy_from_slice(b"perf_floor");
-        let prog = bpf(BPF_PROG_LOAD, &mut attr)?;
-        // SAFETY: the kernel returned a new descriptor that we now own.
-        let prog = PassProgram {
-            fd: unsafe { OwnedFd::from_raw_fd(prog as i32) },
-        };
+        let prog = load_xdp(&code, b"perf_floor")?;
         Ok(Self {
             prog,
             _map: map,
