@@ -214,7 +214,7 @@ fn flood_beyond_the_ring_is_counted_and_the_agent_stays_responsive() {
     const FLOOD: u64 = 200_000;
     let lab = Lab::create("flood").expect("lab");
     let frames = xtask::bench::sip_frames(&lab).expect("frames");
-    // One page: three records fit.
+    // One page: a handful of records fit (each one the fixed part and its payload class).
     let args = [
         "--iface",
         &lab.dark_if,
