@@ -47,8 +47,8 @@ impl PortMatch {
 }
 
 /// Default ring buffer memory, all CPUs' rings together: 64 MiB holds about 57,000 records of a
-/// full 1024-byte payload and about 101,000 of a 400-byte svmap OPTIONS (class 512), two seconds
-/// of a 50 kpps scan burst with the agent stalled.
+/// full 1024-byte payload and about 101,000 of a 400-byte svmap OPTIONS (class 512): one to two
+/// seconds of a 50 kpps scan burst with the agent stalled.
 pub const DEFAULT_RING_BYTES: u32 = 64 * 1024 * 1024;
 
 /// Slots of the per-CPU ring array in the object; the agent sets it to the number of possible
@@ -360,9 +360,9 @@ pub mod ip_proto {
 /// payload bytes.
 ///
 /// The kernel reserves the smallest record of [`PAYLOAD_CLASSES`] that holds the captured payload
-/// (records sized to what they hold cost about 20 % less to write than full ones, and a ring
-/// holds twice as many SIP-sized ones); the agent reads the fixed part, [`RecordHead`], and as
-/// many payload bytes as the ring item holds.
+/// (a ring holds 1.77 times as many records of a svmap OPTIONS as of full records, and each costs
+/// a few percent less to write); the agent reads the fixed part, [`RecordHead`], and as many
+/// payload bytes as the ring item holds.
 ///
 /// Field order keeps every field naturally aligned with no padding, so all
 /// `HEADER_LEN` bytes before `tcp_options` are written by the kernel. Bytes of `payload` beyond
@@ -462,6 +462,17 @@ const _: () = {
     assert!(CaptureRecord::SIZE.is_multiple_of(8));
     assert!(RecordHead::SIZE == 104 + TCP_OPTIONS_CAPACITY);
     assert!(RecordHead::SIZE.is_multiple_of(8));
+    // Classes ascend in powers of two (the kernel's copy mask) up to the capacity.
+    let mut i = 1;
+    while i < PAYLOAD_CLASSES.len() {
+        assert!(
+            PAYLOAD_CLASSES[i].is_power_of_two() && PAYLOAD_CLASSES[i] > PAYLOAD_CLASSES[i - 1]
+        );
+        i += 1;
+    }
+    assert!(
+        PAYLOAD_CLASSES[0] == 0 && PAYLOAD_CLASSES[PAYLOAD_CLASSES.len() - 1] == PAYLOAD_CAPACITY
+    );
     assert!(PAYLOAD_CAPACITY.is_power_of_two());
     assert!(COUNTER_SLOTS.is_power_of_two() && COUNTER_SLOTS >= Counter::COUNT as usize);
     assert!(core::mem::size_of::<SensorConfig>() == 64);

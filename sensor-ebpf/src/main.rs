@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sensor_common::{
-    COUNTER_SLOTS, CaptureRecord, CaptureRecordOf, Counter, MAX_CPUS, MatchAction,
-    PAYLOAD_CAPACITY, PortMatch, RING_TEMPLATE_BYTES, SOURCE_BUCKETS, SensorConfig, SourceBucket,
+    COUNTER_SLOTS, CaptureRecord, CaptureRecordOf, Counter, MAX_CPUS, MatchAction, PAYLOAD_CLASSES,
+    PortMatch, RING_TEMPLATE_BYTES, SOURCE_BUCKETS, SensorConfig, SourceBucket,
     TCP_OPTIONS_CAPACITY, ip_proto, record_flags,
 };
 
@@ -270,16 +270,17 @@ fn emit(ctx: &XdpContext, h: &Headers, mut flags: u8, config: &SensorConfig, now
     // The verifier needs a constant reservation size: one branch per class (PAYLOAD_CLASSES).
     // A prefix length above the capacity (a config the agent refuses anyway) takes the largest
     // class, which captures the capacity, not a wrapped length.
-    if want == 0 {
-        write_record::<0>(ctx, ring, h, &record, config)
-    } else if want <= 128 {
-        write_record::<128>(ctx, ring, h, &record, config)
-    } else if want <= 256 {
-        write_record::<256>(ctx, ring, h, &record, config)
-    } else if want <= 512 {
-        write_record::<512>(ctx, ring, h, &record, config)
+    const C: [usize; 5] = PAYLOAD_CLASSES;
+    if want <= C[0] as u32 {
+        write_record::<{ C[0] }>(ctx, ring, h, &record, config)
+    } else if want <= C[1] as u32 {
+        write_record::<{ C[1] }>(ctx, ring, h, &record, config)
+    } else if want <= C[2] as u32 {
+        write_record::<{ C[2] }>(ctx, ring, h, &record, config)
+    } else if want <= C[3] as u32 {
+        write_record::<{ C[3] }>(ctx, ring, h, &record, config)
     } else {
-        write_record::<PAYLOAD_CAPACITY>(ctx, ring, h, &record, config)
+        write_record::<{ C[4] }>(ctx, ring, h, &record, config)
     }
 }
 

@@ -52,6 +52,17 @@ pub enum MatchedOn {
     Source,
 }
 
+/// A ring item's length: at least the fixed part, at most a record of the largest class.
+fn check_len(len: usize) -> Result<(), DecodeError> {
+    if len < RecordHead::SIZE {
+        Err(DecodeError::Short(len))
+    } else if len > CaptureRecord::SIZE {
+        Err(DecodeError::Long(len))
+    } else {
+        Ok(())
+    }
+}
+
 /// A validated record: its fixed part and its captured payload.
 #[derive(Clone, Copy)]
 pub struct Record<'a> {
@@ -63,12 +74,7 @@ impl<'a> Record<'a> {
     /// Validates a ring buffer item, a record of any class. The kernel reserves items 8-byte
     /// aligned; an unaligned slice (from a file, say) must go through [`OwnedRecord`] instead.
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        if bytes.len() < RecordHead::SIZE {
-            return Err(DecodeError::Short(bytes.len()));
-        }
-        if bytes.len() > CaptureRecord::SIZE {
-            return Err(DecodeError::Long(bytes.len()));
-        }
+        check_len(bytes.len())?;
         let ptr = bytes.as_ptr();
         if !(ptr as usize).is_multiple_of(std::mem::align_of::<RecordHead>()) {
             return Err(DecodeError::Unaligned);
@@ -216,12 +222,7 @@ impl OwnedRecord {
 
     /// Copies an unaligned byte slice, a record of any class, into an aligned record.
     pub fn from_unaligned(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() < RecordHead::SIZE {
-            return Err(DecodeError::Short(bytes.len()));
-        }
-        if bytes.len() > CaptureRecord::SIZE {
-            return Err(DecodeError::Long(bytes.len()));
-        }
+        check_len(bytes.len())?;
         let mut raw = Box::new(CaptureRecord::zeroed());
         // SAFETY: CaptureRecord is plain bytes with no padding; sizes checked above.
         unsafe {
@@ -425,7 +426,7 @@ mod tests {
             OwnedRecord::from_unaligned(bytes).err(),
             Some(DecodeError::CapturedLen(129, 128))
         );
-        // One byte short of the fixed part, and one longer than the largest record.
+        // A word short of the fixed part, and a word longer than the largest record.
         assert_eq!(
             Record::from_bytes(&bytes[..RecordHead::SIZE - 8]).err(),
             Some(DecodeError::Short(RecordHead::SIZE - 8))

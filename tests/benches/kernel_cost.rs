@@ -37,7 +37,7 @@ use std::{cell::RefCell, os::fd::BorrowedFd, time::Duration};
 use sensor::capture::{PortSet, RingPages, XdpVerdict};
 use sensor_common::{CaptureRecord, Counter, MatchAction, SensorConfig};
 use sensor_tests::{
-    frames::{Frame, LINUX_SYN_OPTIONS, TCP_SYN},
+    frames::{Frame, LINUX_SYN_OPTIONS, SVMAP_OPTIONS, TCP_SYN},
     harness::Harness,
     pin_to_cpu,
 };
@@ -137,6 +137,32 @@ struct Row<'a> {
     label: &'a str,
     samples: Samples,
     target: Option<f64>,
+}
+
+/// One program measured on one frame class: how to run it, how to empty its ring.
+struct Line<'a> {
+    label: String,
+    target: Option<f64>,
+    run: Box<dyn Fn(u32) -> Duration + 'a>,
+    drain: Box<dyn Fn() -> u64 + 'a>,
+    samples: Samples,
+}
+
+impl<'a> Line<'a> {
+    fn new(
+        label: String,
+        target: Option<f64>,
+        run: impl Fn(u32) -> Duration + 'a,
+        drain: impl Fn() -> u64 + 'a,
+    ) -> Self {
+        Self {
+            label,
+            target,
+            run: Box::new(run),
+            drain: Box::new(drain),
+            samples: Samples::default(),
+        }
+    }
 }
 
 fn print_row(row: Row<'_>, empty: (f64, f64)) {
@@ -254,7 +280,7 @@ fn load_baseline(ring_bytes: u32) -> Option<Sensor> {
 
 fn main() {
     pin_to_cpu(RUN_CPU);
-    let sip = b"OPTIONS sip:100@203.0.113.9 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-3280387012;rport\r\nMax-Forwards: 70\r\nTo: \"sipvicious\"<sip:100@1.1.1.1>\r\nFrom: \"sipvicious\"<sip:100@1.1.1.1>;tag=63303030303230613133633401353737303930303337\r\nUser-Agent: friendly-scanner\r\nCall-ID: 969890095556717129979978\r\nContact: sip:100@198.51.100.7:5060\r\nCSeq: 1 OPTIONS\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n";
+    let sip = SVMAP_OPTIONS;
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 2, 0x08, 0x06]);
     arp.extend_from_slice(&[0; 46]);
@@ -390,87 +416,64 @@ fn main() {
             let packed_floor = Floor::load(ring_bytes, packed, copy);
             let perf_floor = PerfFloor::load(cpus, ring_bytes as usize, copy)
                 .expect("load the perf event array floor program");
+            // The lines of this class, each a program and the drain of its ring, measured in
+            // this order in every round.
+            let mut lines = vec![Line::new(
+                name.to_string(),
+                Some(3.0),
+                |repeat| mean(xdp_pass::test_run(sensor.fd(), frame, repeat)),
+                || drain(sensor.reader()),
+            )];
+            if let Some(base) = &baseline {
+                lines.push(Line::new(
+                    "  baseline object".into(),
+                    None,
+                    |repeat| mean(xdp_pass::test_run(base.fd(), frame, repeat)),
+                    || drain(base.reader()),
+                ));
+            }
+            for (label, floor) in [
+                (
+                    format!("  floor: reserve {record} B + submit"),
+                    &reserve_floor,
+                ),
+                (format!("  floor: + copy {copy} B of frame"), &copy_floor),
+                (
+                    format!("  floor: same copy, {packed} B record"),
+                    &packed_floor,
+                ),
+            ] {
+                lines.push(Line::new(
+                    label,
+                    None,
+                    |repeat| mean(floor.program.test_run(frame, repeat)),
+                    || drain(&floor.pages),
+                ));
+            }
+            lines.push(Line::new(
+                format!("  floor: perf event output, {copy} B"),
+                None,
+                |repeat| mean(perf_floor.test_run(frame, repeat)),
+                || perf_floor.drain().0,
+            ));
             let mut e = Samples::default();
-            let mut s = Samples::default();
-            let mut b = Samples::default();
-            let mut rf = Samples::default();
-            let mut cf = Samples::default();
-            let mut pf = Samples::default();
-            let mut ef = Samples::default();
             for _ in 0..ROUNDS {
                 measure_empty(&mut e, frame);
-                s.measure(
-                    |repeat| mean(xdp_pass::test_run(sensor.fd(), frame, repeat)),
-                    Some((&|| drain(sensor.reader()), ring_bytes)),
-                    perf.as_ref(),
-                );
-                if let Some(base) = &baseline {
-                    b.measure(
-                        |repeat| mean(xdp_pass::test_run(base.fd(), frame, repeat)),
-                        Some((&|| drain(base.reader()), ring_bytes)),
-                        perf.as_ref(),
-                    );
+                for line in &mut lines {
+                    line.samples
+                        .measure(&line.run, Some((&line.drain, ring_bytes)), perf.as_ref());
                 }
-                rf.measure(
-                    |repeat| mean(reserve_floor.program.test_run(frame, repeat)),
-                    Some((&|| drain(&reserve_floor.pages), ring_bytes)),
-                    perf.as_ref(),
-                );
-                cf.measure(
-                    |repeat| mean(copy_floor.program.test_run(frame, repeat)),
-                    Some((&|| drain(&copy_floor.pages), ring_bytes)),
-                    perf.as_ref(),
-                );
-                pf.measure(
-                    |repeat| mean(packed_floor.program.test_run(frame, repeat)),
-                    Some((&|| drain(&packed_floor.pages), ring_bytes)),
-                    perf.as_ref(),
-                );
-                ef.measure(
-                    |repeat| mean(perf_floor.test_run(frame, repeat)),
-                    Some((&|| perf_floor.drain().0, ring_bytes)),
-                    perf.as_ref(),
-                );
             }
             let empty_medians = e.medians();
-            let floor_reserve = format!("  floor: reserve {record} B + submit");
-            let floor_copy = format!("  floor: + copy {copy} B of frame");
-            let floor_packed = format!("  floor: same copy, {packed} B record");
-            let floor_perf = format!("  floor: perf event output, {copy} B");
-            let mut rows = vec![Row {
-                label: name,
-                samples: s,
-                target: Some(3.0),
-            }];
-            if baseline.is_some() {
-                rows.push(Row {
-                    label: "  baseline object",
-                    samples: b,
-                    target: None,
-                });
-            }
-            rows.push(Row {
-                label: &floor_reserve,
-                samples: rf,
-                target: None,
-            });
-            rows.push(Row {
-                label: &floor_copy,
-                samples: cf,
-                target: None,
-            });
-            rows.push(Row {
-                label: &floor_packed,
-                samples: pf,
-                target: None,
-            });
-            rows.push(Row {
-                label: &floor_perf,
-                samples: ef,
-                target: None,
-            });
-            for row in rows {
-                print_row(row, empty_medians);
+            for line in lines {
+                print_row(
+                    Row {
+                        label: &line.label,
+                        samples: line.samples,
+                        target: line.target,
+                    },
+                    empty_medians,
+                );
             }
         }
         last_counters.push(sensor.harness.counters());

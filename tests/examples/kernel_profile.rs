@@ -18,9 +18,11 @@
 
 use sensor::capture::PortSet;
 use sensor_common::{Counter, DEFAULT_RING_BYTES, MatchAction, SensorConfig};
-use sensor_tests::{frames::Frame, harness::Harness, pin_to_cpu};
-
-const SVMAP_OPTIONS: &[u8] = b"OPTIONS sip:100@203.0.113.9 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-3280387012;rport\r\nMax-Forwards: 70\r\nTo: \"sipvicious\"<sip:100@1.1.1.1>\r\nFrom: \"sipvicious\"<sip:100@1.1.1.1>;tag=63303030303230613133633401353737303930303337\r\nUser-Agent: friendly-scanner\r\nCall-ID: 969890095556717129979978\r\nContact: sip:100@198.51.100.7:5060\r\nCSeq: 1 OPTIONS\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n";
+use sensor_tests::{
+    frames::{Frame, SVMAP_OPTIONS},
+    harness::Harness,
+    pin_to_cpu,
+};
 
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args()

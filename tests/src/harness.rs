@@ -8,7 +8,7 @@ use sensor::{
     counters::KernelCounters,
     record::OwnedRecord,
 };
-use sensor_common::{CaptureRecord, MatchAction, SensorConfig};
+use sensor_common::{MatchAction, SensorConfig};
 
 pub struct Harness {
     pub program: SensorProgram,
@@ -103,7 +103,7 @@ impl Harness {
         let mut raw = Vec::new();
         for ring in &mut self.rings {
             ring.drain(|item| {
-                raw.push(item[..CaptureRecord::SIZE.min(item.len())].to_vec());
+                raw.push(item.to_vec());
                 records.push(OwnedRecord::from_unaligned(item).expect("kernel record decodes"));
             });
         }

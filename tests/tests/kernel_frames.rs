@@ -117,19 +117,25 @@ fn bytes(r: &CaptureRecord) -> &[u8] {
     unsafe { std::slice::from_raw_parts((r as *const CaptureRecord).cast(), CaptureRecord::SIZE) }
 }
 
+/// Bytes of the record the kernel should reserve for `captured` payload bytes: the fixed part and
+/// the smallest payload class that holds them.
+fn record_bytes(captured: usize) -> usize {
+    let class = PAYLOAD_CLASSES
+        .into_iter()
+        .find(|&class| class >= captured)
+        .expect("a class holds every payload");
+    RecordHead::SIZE + class
+}
+
 /// Compares a kernel record with the expected one byte for byte: the whole header (after taking
 /// the timestamp and the context fields from the kernel's record), all 40 option bytes, and the
 /// captured payload; and checks that the kernel reserved the smallest record class that holds
 /// the payload.
 fn assert_record(run: &Run, expected: &CaptureRecord) {
     assert_eq!(run.records.len(), 1, "exactly one record");
-    let class = PAYLOAD_CLASSES
-        .into_iter()
-        .find(|&class| class >= usize::from(expected.captured_len))
-        .expect("a class holds every payload");
     assert_eq!(
         run.raw[0].len(),
-        RecordHead::SIZE + class,
+        record_bytes(usize::from(expected.captured_len)),
         "record of the class for {} payload bytes",
         expected.captured_len
     );
@@ -649,11 +655,7 @@ fn full_ring_buffer_loses_nothing_silently() {
     let moved = h.counters().since(&before);
     let (records, _) = h.drain();
     assert_eq!(moved.get(Counter::Matched), 10);
-    let class = PAYLOAD_CLASSES
-        .into_iter()
-        .find(|&class| class >= SIP_OPTIONS.len())
-        .unwrap();
-    assert_eq!(records.len(), 4096 / (8 + RecordHead::SIZE + class));
+    assert_eq!(records.len(), 4096 / (8 + record_bytes(SIP_OPTIONS.len())));
     assert_eq!(moved.get(Counter::Emitted), records.len() as u64);
     assert_eq!(moved.get(Counter::RingFull), 10 - records.len() as u64);
     assert!(moved.get(Counter::RingFull) > 0);

@@ -297,3 +297,7 @@ pub const LINUX_SYN_OPTIONS: [u8; 20] = [
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_PSH: u8 = 0x08;
+
+/// A SIPVicious svmap OPTIONS probe (392 bytes) from 198.51.100.7 to 203.0.113.9: the matched
+/// frame of the kernel cost benchmark and of the kernel profile.
+pub const SVMAP_OPTIONS: &[u8] = b"OPTIONS sip:100@203.0.113.9 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-3280387012;rport\r\nMax-Forwards: 70\r\nTo: \"sipvicious\"<sip:100@1.1.1.1>\r\nFrom: \"sipvicious\"<sip:100@1.1.1.1>;tag=63303030303230613133633401353737303930303337\r\nUser-Agent: friendly-scanner\r\nCall-ID: 969890095556717129979978\r\nContact: sip:100@198.51.100.7:5060\r\nCSeq: 1 OPTIONS\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n";

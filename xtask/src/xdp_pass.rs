@@ -214,15 +214,15 @@ struct PerfBuffer {
 impl PerfBuffer {
     fn open(cpu: u32, data_len: usize) -> io::Result<Self> {
         let mut attr = [0u8; 128];
-        attr[0..4].copy_from_slice(&PERF_TYPE_SOFTWARE.to_ne_bytes());
-        attr[4..8].copy_from_slice(&128u32.to_ne_bytes());
-        attr[8..16].copy_from_slice(&PERF_COUNT_SW_BPF_OUTPUT.to_ne_bytes());
-        attr[16..24].copy_from_slice(&1u64.to_ne_bytes()); // sample_period
-        attr[24..32].copy_from_slice(&PERF_SAMPLE_RAW.to_ne_bytes());
+        put_u32(&mut attr, 0, PERF_TYPE_SOFTWARE);
+        put_u32(&mut attr, 4, 128); // the size of this perf_event_attr
+        put_u64(&mut attr, 8, PERF_COUNT_SW_BPF_OUTPUT);
+        put_u64(&mut attr, 16, 1); // sample_period
+        put_u64(&mut attr, 24, PERF_SAMPLE_RAW);
         // Enabled, and woken only at a watermark of half the buffer: no wakeup per record, as
         // the sensor batches its own.
-        attr[40..48].copy_from_slice(&PERF_ATTR_WATERMARK.to_ne_bytes());
-        attr[48..52].copy_from_slice(&((data_len / 2) as u32).to_ne_bytes());
+        put_u64(&mut attr, 40, PERF_ATTR_WATERMARK);
+        put_u32(&mut attr, 48, (data_len / 2) as u32);
         // SAFETY: attr is a zero-initialised perf_event_attr of the size it declares.
         let fd = unsafe {
             libc::syscall(
