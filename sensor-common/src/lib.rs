@@ -360,9 +360,8 @@ pub mod ip_proto {
 /// payload bytes.
 ///
 /// The kernel reserves the smallest record of [`PAYLOAD_CLASSES`] that holds the captured payload
-/// (a ring holds 1.77 times as many records of a svmap OPTIONS as of full records, and each costs
-/// a few percent less to write); the agent reads the fixed part, [`RecordHead`], and as many
-/// payload bytes as the ring item holds.
+/// (a ring holds 1.77 times as many records of a svmap OPTIONS as of full records); the agent
+/// reads the fixed part, [`RecordHead`], and as many payload bytes as the ring item holds.
 ///
 /// Field order keeps every field naturally aligned with no padding, so all
 /// `HEADER_LEN` bytes before `tcp_options` are written by the kernel. Bytes of `payload` beyond
