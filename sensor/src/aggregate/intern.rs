@@ -10,10 +10,18 @@ const OTHER_NAME: &str = "(other)";
 /// Longest name kept, in bytes (cut on a character boundary).
 pub const NAME_MAX: usize = 96;
 
+/// Slots of the recent-name cache (a power of two).
+const RECENT: usize = 16;
+
 #[derive(Debug)]
 pub struct Names {
     index: HashMap<Box<str>, u16>,
     names: Vec<Box<str>>,
+    /// (address, symbol) of names met recently, by address: the agent interns the same few
+    /// rule strings for every event, and comparing one against the name it had last time costs
+    /// far less than hashing it. The address only finds the slot; the bytes are compared, so a
+    /// string met at a reused address is still looked up by its content.
+    recent: [(usize, u16); RECENT],
     capacity: usize,
     /// Lookups of new names that found the table full.
     pub overflowed: u64,
@@ -24,6 +32,7 @@ impl Names {
         Self {
             index: HashMap::new(),
             names: vec![OTHER_NAME.into()],
+            recent: [(0, OTHER); RECENT],
             capacity: capacity.clamp(1, usize::from(u16::MAX)),
             overflowed: 0,
         }
@@ -42,16 +51,25 @@ impl Names {
 
     pub fn intern(&mut self, name: &str) -> u16 {
         let name = Self::bounded(name);
-        if let Some(&sym) = self.index.get(name) {
-            return sym;
+        let at = name.as_ptr() as usize;
+        let slot = &mut self.recent[(at >> 3 ^ name.len()) % RECENT];
+        if slot.0 == at && slot.1 != OTHER && *self.names[usize::from(slot.1)] == *name {
+            return slot.1;
         }
-        if self.names.len() > self.capacity {
-            self.overflowed += 1;
-            return OTHER;
-        }
-        let sym = self.names.len() as u16;
-        self.names.push(name.into());
-        self.index.insert(name.into(), sym);
+        let sym = match self.index.get(name) {
+            Some(&sym) => sym,
+            None if self.names.len() > self.capacity => {
+                self.overflowed += 1;
+                return OTHER;
+            }
+            None => {
+                let sym = self.names.len() as u16;
+                self.names.push(name.into());
+                self.index.insert(name.into(), sym);
+                sym
+            }
+        };
+        *slot = (at, sym);
         sym
     }
 
@@ -84,6 +102,15 @@ mod tests {
         assert_eq!(n.overflowed, 1);
         assert_eq!(n.get(a), "svmap");
         assert_eq!(n.get(OTHER), "(other)");
+        // The recent-name cache answers by content, not by address: the same buffer holding
+        // another name gets that name's symbol.
+        let mut buffer = String::from("svmap");
+        assert_eq!(n.intern(&buffer), a);
+        buffer.replace_range(.., "nmap!");
+        assert_eq!(n.intern(&buffer[..4]), b);
+        buffer.replace_range(.., "zmap");
+        assert_eq!(n.intern(&buffer), OTHER);
+        assert_eq!(n.overflowed, 2);
         let mut long = Names::new(4);
         let s = long.intern(&"é".repeat(100));
         assert!(long.get(s).len() <= NAME_MAX);

@@ -30,10 +30,7 @@ pub mod source;
 pub mod timeseries;
 pub mod tools;
 
-use std::{
-    hash::{DefaultHasher, Hash, Hasher},
-    net::IpAddr,
-};
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -325,9 +322,7 @@ impl Aggregator {
     /// gives the same estimates every time (the source index, which a sender could aim at,
     /// keeps its own random keys).
     fn hash(&self, addr: IpAddr) -> u64 {
-        let mut h = DefaultHasher::new();
-        key_of(addr).hash(&mut h);
-        h.finish()
+        distinct::address_hash(key_of(addr))
     }
 
     /// Closes sources idle for longer than the idle timeout and campaigns whose window has
