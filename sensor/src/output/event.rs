@@ -1255,7 +1255,7 @@ mod tests {
                         state ^= state << 17;
                         // Mostly plain text, so that whole plain blocks are met too.
                         let pick = (state % 30) as usize;
-                        alphabet[if pick < 20 { 0 } else { pick - 20 }]
+                        alphabet[pick.saturating_sub(20)]
                     })
                     .collect();
                 let mut out = b"prefix".to_vec();
