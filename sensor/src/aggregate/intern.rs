@@ -10,8 +10,9 @@ const OTHER_NAME: &str = "(other)";
 /// Longest name kept, in bytes (cut on a character boundary).
 pub const NAME_MAX: usize = 96;
 
-/// Slots of the recent-name cache (a power of two).
-const RECENT: usize = 16;
+/// Slots of the recent-name cache: room for the four names of each of a few dozen rules.
+const RECENT_BITS: u32 = 7;
+const RECENT: usize = 1 << RECENT_BITS;
 
 #[derive(Debug)]
 pub struct Names {
@@ -52,7 +53,8 @@ impl Names {
     pub fn intern(&mut self, name: &str) -> u16 {
         let name = Self::bounded(name);
         let at = name.as_ptr() as usize;
-        let slot = &mut self.recent[(at >> 3 ^ name.len()) % RECENT];
+        let slot = &mut self.recent
+            [(at.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - RECENT_BITS)) % RECENT];
         if slot.0 == at && slot.1 != OTHER && *self.names[usize::from(slot.1)] == *name {
             return slot.1;
         }

@@ -440,12 +440,41 @@ impl Value<'_> {
 }
 
 pub fn parse_ip(bytes: &[u8]) -> Option<IpAddr> {
+    if let Some(v4) = dotted_quad(bytes) {
+        return Some(IpAddr::V4(v4));
+    }
     let s = std::str::from_utf8(bytes).ok()?;
     let s = s
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
         .unwrap_or(s);
     s.parse().ok()
+}
+
+/// An IPv4 address in the one form the standard parser takes (four decimal octets, no leading
+/// zeros), without its UTF-8 check and generic parser: Via and Contact hosts are classified for
+/// every event. `None` for anything else, which [`parse_ip`] hands to the standard parser.
+fn dotted_quad(bytes: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = bytes.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let mut n = 0u16;
+        for &d in part {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u16::from(d - b'0');
+        }
+        *octet = u8::try_from(n).ok()?;
+    }
+    match parts.next() {
+        None => Some(octets.into()),
+        Some(_) => None,
+    }
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
@@ -583,6 +612,57 @@ impl<'a> Facts<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dotted_quads_parse_as_the_standard_parser_does() {
+        // Octet-like pieces, good and bad, joined by dots or by something else.
+        let pieces: [&[u8]; 16] = [
+            b"0", b"00", b"01", b"1", b"9", b"10", b"99", b"100", b"199", b"249", b"255", b"256",
+            b"999", b"1000", b"", b"a",
+        ];
+        let joins: [&[u8]; 6] = [b".", b".", b".", b".", b":", b".."];
+        let mut state = 3u64;
+        let mut random = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut accepted = 0;
+        for _ in 0..100_000 {
+            let mut bytes = Vec::new();
+            for i in 0..3 + random(3) {
+                if i > 0 {
+                    bytes.extend_from_slice(joins[random(joins.len())]);
+                }
+                bytes.extend_from_slice(pieces[random(pieces.len())]);
+            }
+            let std = std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.parse::<std::net::Ipv4Addr>().ok());
+            assert_eq!(
+                dotted_quad(&bytes),
+                std,
+                "{:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+            accepted += usize::from(std.is_some());
+        }
+        for s in ["0.0.0.0", "255.255.255.255", "1.1.1.1", "192.168.1.9"] {
+            assert_eq!(dotted_quad(s.as_bytes()), s.parse().ok());
+        }
+        for s in [
+            "256.1.1.1",
+            "01.1.1.1",
+            "1.1.1",
+            "1.1.1.1.",
+            "1..1.1",
+            "1.1.1.1000",
+        ] {
+            assert_eq!(dotted_quad(s.as_bytes()), None, "{s}");
+        }
+        assert!(accepted > 1000, "{accepted}");
+    }
 
     #[test]
     fn field_names_parse() {
