@@ -145,6 +145,58 @@ fn pipeline_stage(
     (rate, pipeline.counters)
 }
 
+/// Decode, parse, IP-ID tracker and fingerprint of every record: the agent without output.
+fn agent_pass(
+    records: &[CaptureRecord],
+    engine: &Engine,
+    sources: &mut SourceTracker,
+    cache: &mut ClassCache,
+) -> usize {
+    records
+        .iter()
+        .map(|r| {
+            let Ok(record) = Record::from_bytes(black_box(support::record_bytes(r))) else {
+                return 0;
+            };
+            let event = Event {
+                record,
+                wall_ns: record.timestamp_ns(),
+            };
+            let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+            let packet = Packet::from_event(&event);
+            let view = sources.observe(&packet, event.wall_ns);
+            let facts = Facts::new(&sip, Some(packet));
+            let verdict = cache.classify(engine, &facts);
+            black_box(view);
+            verdict.winner.map_or(0, |(r, _)| usize::from(r))
+        })
+        .sum()
+}
+
+/// The records of `samples` with two headers after the start line whose lengths make a
+/// template of their own for each packet (61 × 67 combinations for 4096 packets).
+fn template_flood(samples: &[support::Sample]) -> Vec<CaptureRecord> {
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut s = s.clone();
+            let line_end = s
+                .payload
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(s.payload.len(), |p| p + 1);
+            let pad = format!(
+                "X-Pad: {}\r\nX-Id: {}\r\n",
+                "q".repeat(1 + i % 61),
+                "z".repeat(1 + i / 61 % 67)
+            );
+            s.payload.splice(line_end..line_end, pad.into_bytes());
+            support::record(&s, 1_000_000 * i as u64)
+        })
+        .collect()
+}
+
 fn main() {
     let seconds: f64 = std::env::args()
         .skip(1)
@@ -196,25 +248,21 @@ fn main() {
     let mut sources = SourceTracker::default();
     let mut cache = ClassCache::default();
     let agent = measure("agent, no output: decode+parse+fingerprint", budget, || {
-        records
-            .iter()
-            .map(|r| {
-                let Ok(record) = Record::from_bytes(black_box(support::record_bytes(r))) else {
-                    return 0;
-                };
-                let event = Event {
-                    record,
-                    wall_ns: record.timestamp_ns(),
-                };
-                let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
-                let packet = Packet::from_event(&event);
-                let view = sources.observe(&packet, event.wall_ns);
-                let facts = Facts::new(&sip, Some(packet));
-                let verdict = cache.classify(&engine, &facts);
-                black_box(view);
-                verdict.winner.map_or(0, |(r, _)| usize::from(r))
-            })
-            .sum()
+        agent_pass(&records, &engine, &mut sources, &mut cache)
+    });
+    println!(
+        "  classification cache: {:?}, {} templates",
+        cache.counters,
+        cache.len()
+    );
+    // The same traffic with a template of its own for nearly every packet (two padding headers
+    // of varying lengths): more templates than the cache holds, as a sender varying its message
+    // on purpose would make. Every packet misses the cache; this measures what a miss costs.
+    let flood_records = template_flood(&samples);
+    let mut sources = SourceTracker::default();
+    let mut cache = ClassCache::default();
+    let flood = measure("agent, no output, template flood", budget, || {
+        agent_pass(&flood_records, &engine, &mut sources, &mut cache)
     });
     println!(
         "  classification cache: {:?}, {} templates",
@@ -296,6 +344,7 @@ fn main() {
         ("parse", &parse),
         ("reference engine", &reference),
         ("agent, no output", &agent),
+        ("agent, template flood", &flood),
         ("agent, NDJSON to a file", &ndjson),
         ("agent, NDJSON lean", &lean),
         ("agent, NDJSON, sampled", &sampled),
