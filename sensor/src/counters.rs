@@ -156,6 +156,9 @@ pub struct AgentCounters {
     pub fingerprint_cache_evictions: u64,
     /// Messages classified without the cache (too long, or a key collision).
     pub fingerprint_cache_bypassed: u64,
+    /// Misses classified in full without making an entry: a template's first message within
+    /// the cache's recent reach (its entry is made at the second).
+    pub fingerprint_cache_unadmitted: u64,
 }
 
 impl AgentCounters {
@@ -178,6 +181,10 @@ impl AgentCounters {
             (
                 "fingerprint_cache_bypassed",
                 self.fingerprint_cache_bypassed,
+            ),
+            (
+                "fingerprint_cache_unadmitted",
+                self.fingerprint_cache_unadmitted,
             ),
         ]
         .into_iter()

@@ -293,6 +293,7 @@ impl Pipeline {
         self.counters.fingerprint_cache_misses = cache.misses;
         self.counters.fingerprint_cache_evictions = cache.evictions;
         self.counters.fingerprint_cache_bypassed = cache.bypassed;
+        self.counters.fingerprint_cache_unadmitted = cache.unadmitted;
     }
 
     /// Keeps per-source state for up to `capacity` sources (the least recently seen are evicted
