@@ -154,6 +154,16 @@ pub fn over_set(dfa: &Dfa, items: &[Item]) -> Option<bool> {
     };
     for item in items {
         match *item {
+            // Most of a key is literal bytes followed by one live state: one transition.
+            Item::Byte(b) if live.len() == 1 => {
+                let n = dfa.next_state(live[0], b);
+                if dfa.is_match_state(n) {
+                    matched = true;
+                    live.clear();
+                } else {
+                    live[0] = n;
+                }
+            }
             Item::Byte(b) => step(&mut live, &mut matched, &[b]),
             Item::Run {
                 classes: set,
@@ -173,11 +183,14 @@ pub fn over_set(dfa: &Dfa, items: &[Item]) -> Option<bool> {
                 // The strings of every allowed length go on together.
                 ends.clear();
                 for len in 1..=max {
+                    let before = (len > min).then(|| live.clone());
                     step(&mut live, &mut matched, &reps);
                     if len >= min {
                         ends.extend_from_slice(&live);
                     }
-                    if live.is_empty() {
+                    // The same set again (both sorted): every longer string reaches it too,
+                    // and adds nothing to `ends` or `matched`.
+                    if live.is_empty() || before.is_some_and(|b| b == live) {
                         break;
                     }
                 }
@@ -189,6 +202,11 @@ pub fn over_set(dfa: &Dfa, items: &[Item]) -> Option<bool> {
         if live.is_empty() {
             // Every string has matched.
             return Some(true);
+        }
+        if live.iter().all(|&s| dfa.is_dead_state(s)) {
+            // No string that has not matched yet can match any more (most anchored patterns
+            // die within a few bytes of a key they do not fit): the end would say the same.
+            return if matched { None } else { Some(false) };
         }
     }
     let mut unmatched_at_end = false;
@@ -273,6 +291,107 @@ mod tests {
         assert_eq!(decide_op(&re, &range(11, 16)), Some(false));
         assert_eq!(decide_op(&re, &range(4, 12)), None);
         assert_eq!(decide_op(&regex("^-[0-9]{8}$"), &range(6, 10)), None);
+    }
+
+    /// Every string a sequence of items allows.
+    fn strings(items: &[Item]) -> Vec<Vec<u8>> {
+        let mut out = vec![Vec::new()];
+        for item in items {
+            out = match *item {
+                Item::Byte(b) => out
+                    .into_iter()
+                    .map(|mut s| {
+                        s.push(b);
+                        s
+                    })
+                    .collect(),
+                Item::Run { classes, min, max } => {
+                    let bytes: Vec<u8> = class_bytes(classes).collect();
+                    let mut all = Vec::new();
+                    let mut layer = out;
+                    for len in 1..=max {
+                        layer = layer
+                            .iter()
+                            .flat_map(|s| {
+                                bytes.iter().map(move |&b| {
+                                    let mut s = s.clone();
+                                    s.push(b);
+                                    s
+                                })
+                            })
+                            .collect();
+                        if len >= min {
+                            all.extend(layer.iter().cloned());
+                        }
+                    }
+                    all
+                }
+            };
+        }
+        out
+    }
+
+    #[test]
+    fn over_set_says_what_every_string_says() {
+        // Anchored patterns that die early or late, unanchored ones that never die, runs of
+        // fixed and ranged lengths: the set's verdict against each string's, one by one.
+        let patterns = [
+            "^a[0-9]+b$",
+            "^ab",
+            "a1",
+            "^[0-9]{2}",
+            "b$",
+            "^a[0-9]{1,2}$",
+            "1b",
+            "^b",
+            "[a-f]",
+        ];
+        let mut state = 9u64;
+        let mut random = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut decided = 0;
+        for _ in 0..1000 {
+            let mut set = Vec::new();
+            let mut runs = 0;
+            for _ in 0..1 + random(5) {
+                // At most two runs, so that the strings can be listed.
+                let kind = if runs < 2 { random(5) } else { 2 };
+                runs += usize::from(kind < 2);
+                set.push(match kind {
+                    0 => Item::Run {
+                        classes: DIGIT,
+                        min: 1 + random(2) as u16,
+                        max: 2,
+                    },
+                    1 => Item::Run {
+                        classes: LOWER_HEX,
+                        min: 1,
+                        max: 1,
+                    },
+                    _ => Item::Byte(b"ab1"[random(3) as usize]),
+                });
+            }
+            let all = strings(&set);
+            for p in patterns {
+                let re = regex::bytes::Regex::new(p).unwrap();
+                let holds: Vec<bool> = all.iter().map(|s| re.is_match(s)).collect();
+                let want = if holds.iter().all(|&h| h) {
+                    Some(true)
+                } else if holds.iter().all(|&h| !h) {
+                    Some(false)
+                } else {
+                    None
+                };
+                let dfa = build(&regex(p)).expect("an automaton");
+                assert_eq!(over_set(&dfa, &set), want, "{p} over {set:?}");
+                decided += usize::from(want.is_some());
+            }
+        }
+        assert!(decided > 2000, "{decided}");
     }
 
     #[test]
