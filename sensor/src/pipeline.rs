@@ -412,6 +412,37 @@ impl Pipeline {
             "Events not written: their source had sent its --events-per-template quota of that template in the window.",
             c.events_sampled_out,
         );
+        // The classification cache: a rise of `unadmitted` against `hits` is a sender that
+        // varies its template with every packet, paid for with a full evaluation of the rules.
+        for (name, help, value) in [
+            (
+                "sensor_fingerprint_cache_hits_total",
+                "Messages whose template the classification cache knew.",
+                c.fingerprint_cache_hits,
+            ),
+            (
+                "sensor_fingerprint_cache_misses_total",
+                "Messages of a template the cache did not hold.",
+                c.fingerprint_cache_misses,
+            ),
+            (
+                "sensor_fingerprint_cache_unadmitted_total",
+                "Misses classified in full without making an entry (a template's first message).",
+                c.fingerprint_cache_unadmitted,
+            ),
+            (
+                "sensor_fingerprint_cache_bypassed_total",
+                "Messages classified without the cache (key too long, or a key collision).",
+                c.fingerprint_cache_bypassed,
+            ),
+            (
+                "sensor_fingerprint_cache_evictions_total",
+                "Templates evicted from the cache at its bound.",
+                c.fingerprint_cache_evictions,
+            ),
+        ] {
+            out.counter(name, help, value);
+        }
         out.family(
             "sensor_events_by_tool_total",
             Kind::Counter,

@@ -339,6 +339,23 @@ fn every_output_at_once_over_the_corpus() {
         "sensor_output_written_total{{output=\"pcapng\"}} {records}\n"
     )));
     assert!(metrics.contains(&format!("sensor_kernel_emitted_total {records}\n")));
+    // Every record went through the classification cache, once.
+    let value = |name: &str| -> u64 {
+        let prefix = format!("{name} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    let (hits, misses, unadmitted, bypassed) = (
+        value("sensor_fingerprint_cache_hits_total"),
+        value("sensor_fingerprint_cache_misses_total"),
+        value("sensor_fingerprint_cache_unadmitted_total"),
+        value("sensor_fingerprint_cache_bypassed_total"),
+    );
+    assert_eq!(hits + misses + bypassed, records as u64);
+    assert!(hits > 0 && unadmitted > 0 && unadmitted <= misses);
     eprintln!(
         "corpus: {} files, {records} records; tshark compared {} packets ({methods_compared} SIP \
          methods, {checksums_good} L4 checksums good), {identical} byte-identical to the original; \
