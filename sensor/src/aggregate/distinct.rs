@@ -11,25 +11,20 @@
 //! Values arrive as 64-bit hashes of addresses ([`address_hash`]), with fixed keys so that a
 //! report over the same documents gives the same estimates every time.
 
-/// The hash distinct counters count an address by (its 16-byte form, IPv4 mapped): two rounds
-/// of the MurmurHash3 finaliser, a bijection on 64 bits whose every output bit depends on every
-/// input bit, which is what the sketch's register index and rank need. Not keyed: as with any
-/// fixed-key hash, a sender who reads this code can aim addresses at one register and skew an
-/// estimate, but cannot make the count lose or invent an exact value below [`EXACT_MAX`] other
-/// than by a 64-bit collision. SipHash, used before, took 464 instructions per event for the
-/// two addresses (callgrind, the fingerprint benchmark's lean stage).
+use std::hash::BuildHasher as _;
+
+use crate::fingerprint::ipid::SourceHashing;
+
+/// The hash distinct counters count an address by (its 16-byte form, IPv4 mapped): the source
+/// index's multiply-xor hash ([`SourceHashing`]), with fixed keys. Not keyed per run, as SipHash
+/// with its fixed keys was not either: a sender who reads this code can pick IPv6 addresses that
+/// collide, or that fall into one register, and so make a count or an estimate low. The counts
+/// are statistics, not an index: a collision costs no state and hides no event. SipHash took
+/// 464 instructions per event for the two addresses (callgrind, the fingerprint benchmark's lean
+/// stage).
 pub fn address_hash(addr: [u8; 16]) -> u64 {
-    fn fmix(mut h: u64) -> u64 {
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-    let (high, low) = addr.split_at(8);
-    let high = u64::from_le_bytes(high.try_into().unwrap_or_default());
-    let low = u64::from_le_bytes(low.try_into().unwrap_or_default());
-    fmix(low ^ fmix(high ^ 0x9e37_79b9_7f4a_7c15))
+    const HASHING: SourceHashing = SourceHashing::fixed();
+    HASHING.hash_one(addr)
 }
 
 /// Distinct values kept exactly before switching to the sketch.
