@@ -153,6 +153,18 @@ fn specials(v: std::arch::x86_64::__m128i) -> u32 {
     }
 }
 
+/// Up to sixteen bytes as one block, padded with spaces (a byte written as it is): most names and
+/// values are shorter than sixteen, and one test of the block replaces a look-up per byte.
+#[cfg(target_arch = "x86_64")]
+fn short_block(bytes: &[u8]) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128};
+    let mut block = [b' '; 16];
+    let len = bytes.len().min(16);
+    block[..len].copy_from_slice(&bytes[..len]);
+    // SAFETY: `block` is 16 bytes.
+    unsafe { _mm_loadu_si128(block.as_ptr().cast::<__m128i>()) }
+}
+
 /// The first byte at or after `from` that is not written as it is, or `bytes.len()`. Sixteen
 /// bytes at a time: SIP text has a line end every few dozen bytes and nothing else to escape.
 #[cfg(target_arch = "x86_64")]
@@ -168,16 +180,12 @@ fn next_special(bytes: &[u8], from: usize) -> usize {
         }
         at += 16;
     }
-    // The last few bytes (most names and values are shorter than sixteen), copied into a block
-    // padded with spaces: one test instead of a table look-up per byte.
+    // The last few bytes.
     let tail = bytes.get(at..).unwrap_or_default();
     if tail.is_empty() {
         return len;
     }
-    let mut block = [b' '; 16];
-    block[..tail.len()].copy_from_slice(tail);
-    // SAFETY: `block` is 16 bytes.
-    let mask = specials(unsafe { _mm_loadu_si128(block.as_ptr().cast::<__m128i>()) });
+    let mask = specials(short_block(tail));
     if mask != 0 {
         at + mask.trailing_zeros() as usize
     } else {
@@ -295,12 +303,9 @@ pub(super) fn ascii(out: &mut Vec<u8>, s: &str) {
     if bytes.len() <= 16 {
         // Most strings of an event are names and short values: one block, tested at once and
         // stored at once between its quotes.
-        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
+        use std::arch::x86_64::{__m128i, _mm_storeu_si128};
         let len = bytes.len();
-        let mut block = [b' '; 16];
-        block[..len].copy_from_slice(bytes);
-        // SAFETY: `block` is 16 bytes.
-        let v = unsafe { _mm_loadu_si128(block.as_ptr().cast::<__m128i>()) };
+        let v = short_block(bytes);
         if specials(v) == 0 {
             out.reserve(18);
             // SAFETY: 18 bytes are reserved past the end: the opening quote at 0, the block at
