@@ -11,6 +11,7 @@ use crate::{
     escape::escape_bounded_into,
     event::Event,
     fingerprint::{
+        Engine,
         infer::{classify_host, infer_ttl, process_count},
         ipid::{PacketIpId, classify_packet},
     },
@@ -34,11 +35,13 @@ pub struct ObservationText {
 }
 
 impl<'a> Observation<'a> {
-    /// The observation of one analysed event (`sensor`: the `sensor.name` of the event).
-    pub fn from_analysis<'e: 'a>(
+    /// The observation of one analysed event (`sensor`: the `sensor.name` of the event). Its
+    /// names are borrowed from `engine`, the analysis's engine, which outlives the analysis.
+    pub fn from_analysis(
         event: &Event<'_>,
         msg: &SipMessage<'_>,
-        analysis: &Analysis<'e, '_>,
+        analysis: &Analysis<'_, '_>,
+        engine: &'a Engine,
         sensor: Option<&'a str>,
         text: &'a mut ObservationText,
     ) -> Self {
@@ -48,7 +51,7 @@ impl<'a> Observation<'a> {
         let rule = analysis
             .verdict
             .winner
-            .map(|(i, _)| &analysis.engine.rules()[usize::from(i)]);
+            .map(|(i, _)| &engine.rules()[usize::from(i)]);
         let facts = analysis.facts;
         let packet = facts.packet;
         let src_ip = packet.map(|p| p.src_ip);
@@ -143,7 +146,7 @@ mod tests {
             let fp = a.cache.fingerprint(a.engine, a.verdict, a.facts, a.source);
             let doc = EventDoc::new(event)
                 .with_analysis(SipDoc::new(msg), FingerprintDoc::from_fingerprint(fp));
-            let direct = Observation::from_analysis(event, msg, a, None, &mut text);
+            let direct = Observation::from_analysis(event, msg, a, a.engine, None, &mut text);
             assert_eq!(direct, Observation::from_doc(&doc, event.wall_ns));
             with_hosts += usize::from(direct.via.is_some() && direct.processes.is_some());
         });

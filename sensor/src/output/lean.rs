@@ -188,7 +188,7 @@ mod tests {
         let mut text = ObservationText::default();
         let mut with_hosts = 0;
         let checked = for_each_corpus_analysis(|event, msg, a| {
-            let obs = Observation::from_analysis(event, msg, a, None, &mut text);
+            let obs = Observation::from_analysis(event, msg, a, a.engine, None, &mut text);
             let mut line = Vec::new();
             write_lean(&mut line, &event.record, &obs, a.verdict.confidence());
             let doc: serde_json::Value = serde_json::from_slice(&line)
