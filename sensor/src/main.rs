@@ -462,6 +462,13 @@ struct AnalyzeArgs {
     aggregate: AggregateArgs,
     #[command(flatten)]
     events: EventArgs,
+    /// Threads analysing records, each with the sources it is given (by address), beside a
+    /// reader and the writer; 1: everything on one thread. Events, campaigns and the report
+    /// are the same, in the file's order; the source bound (--max-sources is the aggregator's)
+    /// of the IP-ID history is per thread, and under --event-detail lean each thread writes
+    /// its own compact example of a template.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
 }
 
 /// The sampling of the configuration, in the campaign window of this run.
@@ -499,6 +506,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
         prefix_len: settings.prefix_len,
         pipeline,
         metrics_file: settings.metrics_file,
+        threads: usize::from(args.threads),
     };
     let summary = sensor::offline::analyze::analyze(&args.file, &options)?;
     for notice in &summary.notices {

@@ -1,7 +1,11 @@
 //! `sensor analyze`: a capture file through the same pipeline as live traffic. Frames become
 //! records with the userspace twin of the kernel parser, so the counters mean what they mean live.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::File,
+    io::BufReader,
+    path::{Path, PathBuf},
+};
 
 use sensor_common::{CaptureRecord, Counter, MatchAction, SensorConfig};
 
@@ -26,6 +30,8 @@ pub struct AnalyzeOptions {
     pub pipeline: PipelineOptions,
     /// Write the metrics exposition here at the end.
     pub metrics_file: Option<PathBuf>,
+    /// Threads analysing records (`--threads`); 1: everything on the calling thread.
+    pub threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +67,88 @@ pub struct AnalyzeSummary {
     pub notices: Vec<String>,
 }
 
+/// The file's frames as the kernel program would see them: a record for each frame it would
+/// match, and what it would count for every frame.
+pub(super) struct Frames {
+    reader: CaptureReader<BufReader<File>>,
+    /// One packet buffer, reused: reading a packet costs no allocation.
+    packet: super::Packet,
+    config: SensorConfig,
+    ports: PortSet,
+    pub kernel: KernelCounters,
+    /// Packets read from the file.
+    pub packets: u64,
+    pub not_ethernet: u64,
+    /// The file ended with this error.
+    pub read_error: Option<CaptureFileError>,
+}
+
+impl Frames {
+    fn open(path: &Path, options: &AnalyzeOptions) -> Result<Self, AnalyzeError> {
+        let reader = CaptureReader::open(path).map_err(|source| AnalyzeError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            reader,
+            packet: super::Packet {
+                timestamp_ns: None,
+                original_len: 0,
+                data: Vec::with_capacity(2048),
+                interface: 0,
+                link_type: super::LinkType::ETHERNET,
+            },
+            config: SensorConfig::new(
+                MatchAction::Drop,
+                options.match_source_port,
+                options.prefix_len,
+            ),
+            ports: options.ports.clone(),
+            kernel: KernelCounters::default(),
+            packets: 0,
+            not_ethernet: 0,
+            read_error: None,
+        })
+    }
+
+    /// The next matching frame's record and its time (the packet's); `None` at the end of the
+    /// file or at a read error (kept in `read_error`).
+    pub fn next_record(&mut self) -> Option<(CaptureRecord, u64)> {
+        loop {
+            match self.reader.read_packet(&mut self.packet) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.read_error = Some(e);
+                    return None;
+                }
+            }
+            self.packets += 1;
+            let Ok((frame, wire_len)) = self.packet.ethernet_frame() else {
+                self.not_ethernet += 1;
+                continue;
+            };
+            let timestamp_ns = self.packet.timestamp_ns.unwrap_or(0);
+            let context = FrameContext {
+                timestamp_ns,
+                ifindex: self.packet.interface,
+                rx_queue: 0,
+            };
+            self.kernel.add(Counter::FramesSeen, 1);
+            match extract(&frame, wire_len, &self.config, &self.ports, &context) {
+                Ok(record) => {
+                    self.kernel.add(Counter::Matched, 1);
+                    self.kernel.add(Counter::Emitted, 1);
+                    return Some((record, timestamp_ns));
+                }
+                Err(outcome) => self.kernel.add(outcome, 1),
+            }
+        }
+    }
+}
+
 pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, AnalyzeError> {
-    let reader = CaptureReader::open(path).map_err(|source| AnalyzeError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut frames = Frames::open(path, options)?;
     let mut pipeline_options = options.pipeline.clone();
     // The records' interface numbers are the capture file's, not this host's.
     let label = path
@@ -75,67 +158,32 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
     pipeline_options.outputs.interface_names = InterfaceNames::Capture(label);
     let mut pipeline = Pipeline::new(&pipeline_options)?;
     pipeline.start_outputs()?;
-    let config = SensorConfig::new(
-        MatchAction::Drop,
-        options.match_source_port,
-        options.prefix_len,
-    );
-    let mut kernel = KernelCounters::default();
+    if options.threads > 1 {
+        super::parallel::run(
+            &mut frames,
+            &mut pipeline,
+            &pipeline_options,
+            options.threads,
+        );
+    } else {
+        while let Some((record, timestamp_ns)) = frames.next_record() {
+            pipeline.counters.records_read += 1;
+            match Record::new(&record) {
+                Ok(view) => pipeline.record(view, timestamp_ns),
+                Err(_) => pipeline.counters.records_undecodable += 1,
+            }
+        }
+    }
+    let kernel = frames.kernel;
     let mut summary = AnalyzeSummary {
-        packets: 0,
-        not_ethernet: 0,
+        packets: frames.packets,
+        not_ethernet: frames.not_ethernet,
         kernel: KernelCounters::default(),
         agent: AgentCounters::default(),
-        read_error: None,
+        read_error: frames.read_error.take(),
         report: Summary::default(),
         notices: Vec::new(),
     };
-    // One record buffer, reused: the pipeline borrows it for the duration of a packet.
-    let mut record = Box::new(CaptureRecord::zeroed());
-    let mut reader = reader;
-    // One packet buffer, reused: reading a packet costs no allocation.
-    let mut packet = super::Packet {
-        timestamp_ns: None,
-        original_len: 0,
-        data: Vec::with_capacity(2048),
-        interface: 0,
-        link_type: super::LinkType::ETHERNET,
-    };
-    loop {
-        match reader.read_packet(&mut packet) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => {
-                summary.read_error = Some(e);
-                break;
-            }
-        }
-        summary.packets += 1;
-        let Ok((frame, wire_len)) = packet.ethernet_frame() else {
-            summary.not_ethernet += 1;
-            continue;
-        };
-        let timestamp_ns = packet.timestamp_ns.unwrap_or(0);
-        let context = FrameContext {
-            timestamp_ns,
-            ifindex: packet.interface,
-            rx_queue: 0,
-        };
-        kernel.add(Counter::FramesSeen, 1);
-        match extract(&frame, wire_len, &config, &options.ports, &context) {
-            Ok(extracted) => {
-                kernel.add(Counter::Matched, 1);
-                kernel.add(Counter::Emitted, 1);
-                *record = extracted;
-                pipeline.counters.records_read += 1;
-                match Record::new(&record) {
-                    Ok(view) => pipeline.record(view, timestamp_ns),
-                    Err(_) => pipeline.counters.records_undecodable += 1,
-                }
-            }
-            Err(outcome) => kernel.add(outcome, 1),
-        }
-    }
     summary.report = pipeline.report(DEFAULT_TOP);
     pipeline.finish(&kernel);
     summary.notices = pipeline.take_notices();

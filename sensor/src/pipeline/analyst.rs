@@ -67,6 +67,8 @@ pub struct Analyst {
     line: Vec<u8>,
     /// The escaped text of the observations, reused.
     observation_text: ObservationText,
+    /// The counters of analysts that worked beside this one (`sensor analyze --threads`).
+    absorbed: AgentCounters,
 }
 
 impl Analyst {
@@ -83,6 +85,7 @@ impl Analyst {
             identity: options.identity.clone(),
             line: Vec::with_capacity(4096),
             observation_text: ObservationText::default(),
+            absorbed: AgentCounters::default(),
         }
     }
 
@@ -172,17 +175,33 @@ impl Analyst {
         }
     }
 
-    /// Writes the counters this analyst keeps (the cache's, and the bounded tables' evictions)
-    /// into `counters`.
+    /// Writes the counters this analyst keeps (the cache's, and the bounded tables' evictions),
+    /// with those it absorbed, into `counters`.
     pub fn fill_counters(&self, counters: &mut AgentCounters) {
         let cache = self.cache.counters;
-        counters.fingerprint_cache_hits = cache.hits;
-        counters.fingerprint_cache_misses = cache.misses;
-        counters.fingerprint_cache_evictions = cache.evictions;
-        counters.fingerprint_cache_bypassed = cache.bypassed;
-        counters.fingerprint_cache_unadmitted = cache.unadmitted;
-        counters.source_evictions = self.sources.evictions();
-        counters.syn_join_evictions = self.joiner.evicted;
+        let a = &self.absorbed;
+        counters.fingerprint_cache_hits = cache.hits + a.fingerprint_cache_hits;
+        counters.fingerprint_cache_misses = cache.misses + a.fingerprint_cache_misses;
+        counters.fingerprint_cache_evictions = cache.evictions + a.fingerprint_cache_evictions;
+        counters.fingerprint_cache_bypassed = cache.bypassed + a.fingerprint_cache_bypassed;
+        counters.fingerprint_cache_unadmitted = cache.unadmitted + a.fingerprint_cache_unadmitted;
+        counters.source_evictions = self.sources.evictions() + a.source_evictions;
+        counters.syn_join_evictions = self.joiner.evicted + a.syn_join_evictions;
+    }
+
+    /// Adds the counters of `other`, an analyst that shared the records with this one, to those
+    /// this one reports.
+    pub fn absorb_counters(&mut self, other: &Analyst) {
+        let mut theirs = AgentCounters::default();
+        other.fill_counters(&mut theirs);
+        let a = &mut self.absorbed;
+        a.fingerprint_cache_hits += theirs.fingerprint_cache_hits;
+        a.fingerprint_cache_misses += theirs.fingerprint_cache_misses;
+        a.fingerprint_cache_evictions += theirs.fingerprint_cache_evictions;
+        a.fingerprint_cache_bypassed += theirs.fingerprint_cache_bypassed;
+        a.fingerprint_cache_unadmitted += theirs.fingerprint_cache_unadmitted;
+        a.source_evictions += theirs.source_evictions;
+        a.syn_join_evictions += theirs.syn_join_evictions;
     }
 
     /// Keeps per-source state for up to `capacity` sources (beyond it, sources are evicted).

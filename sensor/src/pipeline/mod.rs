@@ -9,6 +9,7 @@
 //! analysts by source and feeds one sink (`offline::parallel`).
 
 pub mod analyst;
+pub mod batch;
 pub mod sink;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
@@ -105,6 +106,17 @@ impl Pipeline {
         let analysed = self.analyst.analyse(record, wall_ns);
         self.sink
             .take(record, wall_ns, &analysed, &mut self.counters);
+    }
+
+    /// The analyst, for the threads of `sensor analyze --threads` (`offline::parallel`).
+    pub fn analyst_mut(&mut self) -> &mut Analyst {
+        &mut self.analyst
+    }
+
+    /// The analyst, the sink and the counters, for analysts on threads of their own feeding the
+    /// sink (`offline::parallel`).
+    pub fn parts_mut(&mut self) -> (&mut Analyst, &mut Sink, &mut AgentCounters) {
+        (&mut self.analyst, &mut self.sink, &mut self.counters)
     }
 
     /// Pushes buffered output out; called after each batch.
