@@ -2,7 +2,8 @@
 //! on the same capture file, in the same run.
 //!
 //! `cargo bench -p sensor --bench offline` (optionally `-- PACKETS RUNS`, default 220000 and 3;
-//! the sensor runs twice, with the default events and with `--event-detail lean`;
+//! the sensor runs with the default events and with `--event-detail lean`, each on one thread and,
+//! on a machine of more than one CPU, with `--threads` set to the number of CPUs;
 //! `OFFLINE_BENCH_KEEP=1` keeps the capture in target/tmp for profiling).
 //!
 //! The capture is generated from the corpus (tests/corpus, packets the real tools sent): every
@@ -242,7 +243,10 @@ fn children_cpu() -> f64 {
 }
 
 struct Tool {
-    name: &'static str,
+    name: String,
+    /// `sensor analyze`'s `--event-detail lean` and `--threads`; unused for the peers.
+    lean: bool,
+    threads: usize,
     command: String,
     wall: Vec<f64>,
     cpu: Vec<f64>,
@@ -251,26 +255,29 @@ struct Tool {
 
 fn run(tool: &mut Tool, capture: &Path, out: &Path) -> bool {
     let _ = std::fs::remove_file(out);
-    let mut command = match tool.name {
-        "sensor" | "sensor-lean" => {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_sensor"));
-            c.arg("analyze").arg(capture).arg("-o").arg(out);
-            if tool.name == "sensor-lean" {
-                c.args(["--event-detail", "lean"]);
-            }
-            c.stdout(Stdio::null());
-            c
-        }
+    let mut command = match tool.name.as_str() {
         "sipgrep" => {
             let mut c = Command::new("sipgrep");
             c.arg("-I").arg(capture);
             c.stdout(std::fs::File::create(out).expect("output file"));
             c
         }
-        _ => {
+        "tshark" => {
             let mut c = Command::new("tshark");
             c.args(["-r"]).arg(capture).args(["-Y", "sip"]);
             c.stdout(std::fs::File::create(out).expect("output file"));
+            c
+        }
+        _ => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_sensor"));
+            c.arg("analyze").arg(capture).arg("-o").arg(out);
+            if tool.lean {
+                c.args(["--event-detail", "lean"]);
+            }
+            if tool.threads > 1 {
+                c.args(["--threads", &tool.threads.to_string()]);
+            }
+            c.stdout(Stdio::null());
             c
         }
     };
@@ -309,33 +316,50 @@ fn main() {
         "capture: {packets} packets, {:.1} MB, generated from tests/corpus; {runs} runs each",
         bytes as f64 / 1e6
     );
-    let mut tools: Vec<Tool> = [
-        (
-            "sensor",
-            format!("sensor analyze {} -o OUT", capture.display()),
-        ),
-        (
-            "sensor-lean",
-            format!(
-                "sensor analyze {} -o OUT --event-detail lean",
-                capture.display()
-            ),
-        ),
+    // The sensor on one thread, and with one analysing thread per CPU (`--threads`).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut tools: Vec<Tool> = Vec::new();
+    for threads in [1, cpus] {
+        if threads == 1 || cpus > 1 {
+            for lean in [false, true] {
+                let mut name = String::from(if lean { "sensor-lean" } else { "sensor" });
+                let mut command = format!("sensor analyze {} -o OUT", capture.display());
+                if lean {
+                    command.push_str(" --event-detail lean");
+                }
+                if threads > 1 {
+                    name.push_str(&format!("-t{threads}"));
+                    command.push_str(&format!(" --threads {threads}"));
+                }
+                tools.push(Tool {
+                    name,
+                    lean,
+                    threads,
+                    command,
+                    wall: Vec::new(),
+                    cpu: Vec::new(),
+                    output_bytes: 0,
+                });
+            }
+        }
+    }
+    for (name, command) in [
         ("sipgrep", format!("sipgrep -I {} > OUT", capture.display())),
         (
             "tshark",
             format!("tshark -r {} -Y sip > OUT", capture.display()),
         ),
-    ]
-    .into_iter()
-    .map(|(name, command)| Tool {
-        name,
-        command,
-        wall: Vec::new(),
-        cpu: Vec::new(),
-        output_bytes: 0,
-    })
-    .collect();
+    ] {
+        tools.push(Tool {
+            name: name.into(),
+            lean: false,
+            threads: 1,
+            command,
+            wall: Vec::new(),
+            cpu: Vec::new(),
+            output_bytes: 0,
+        });
+    }
     for _ in 0..runs {
         for tool in &mut tools {
             let out = dir.join(format!("offline-bench.{}.out", tool.name));
@@ -347,14 +371,14 @@ fn main() {
         let _ = std::fs::remove_file(&capture);
     }
     println!(
-        "{:<11} {:>10} {:>12} {:>10} {:>12} {:>10}  command",
+        "{:<16} {:>10} {:>12} {:>10} {:>12} {:>10}  command",
         "tool", "wall s", "packets/s", "cpu s", "packets/s", "output MB"
     );
     let mut medians = Vec::new();
     for tool in &mut tools {
         if tool.wall.is_empty() {
             println!(
-                "{:<11} did not run (installed? `cargo xtask setup` installs sipgrep and tshark)",
+                "{:<16} did not run (installed? `cargo xtask setup` installs sipgrep and tshark)",
                 tool.name
             );
             continue;
@@ -362,14 +386,14 @@ fn main() {
         let wall = support::median(&mut tool.wall);
         let cpu = support::median(&mut tool.cpu);
         println!(
-            "{:<11} {wall:>10.3} {:>12.0} {cpu:>10.3} {:>12.0} {:>10.1}  {}",
+            "{:<16} {wall:>10.3} {:>12.0} {cpu:>10.3} {:>12.0} {:>10.1}  {}",
             tool.name,
             packets as f64 / wall,
             packets as f64 / cpu,
             tool.output_bytes as f64 / 1e6,
             tool.command
         );
-        medians.push((tool.name, wall, cpu));
+        medians.push((tool.name.as_str(), wall, cpu));
     }
     let sensors: Vec<_> = medians
         .iter()
@@ -382,11 +406,11 @@ fn main() {
     println!("sensor's speed-up (median time of the peer / median time of the sensor):");
     for (sensor, sensor_wall, sensor_cpu) in &sensors {
         for (name, wall, cpu) in medians.iter().filter(|(n, ..)| !n.starts_with("sensor")) {
-            let target = if *name == "sipgrep" { 10.0 } else { 30.0 };
+            let target = if name == &"sipgrep" { 10.0 } else { 30.0 };
             let wall_ratio = wall / sensor_wall;
             let cpu_ratio = cpu / sensor_cpu;
             println!(
-                "  {sensor:<11} vs {name:<8} wall {wall_ratio:>6.1}x  cpu {cpu_ratio:>6.1}x  (target >= {target}x: {})",
+                "  {sensor:<16} vs {name:<8} wall {wall_ratio:>6.1}x  cpu {cpu_ratio:>6.1}x  (target >= {target}x: {})",
                 if wall_ratio >= target && cpu_ratio >= target {
                     "met"
                 } else {
