@@ -1,5 +1,5 @@
 //! IP-ID behaviour: what one packet's ID says, and what a source's IDs say across its packets,
-//! with DF, as OS / NAT / tool hints. Per-source state lives in a bounded LRU table.
+//! with DF, as OS / NAT / tool hints. Per-source state lives in a bounded table (CLOCK eviction).
 //!
 //! Caveat carried into every hint: the classic "Linux sends ID 0 for unconnected UDP with DF"
 //! (CVE-2002-0510) no longer holds on recent kernels; on this project's 6.18 kernel such packets
@@ -257,8 +257,6 @@ pub fn infer_ip_id(p: &Packet, source: Option<SourceView>) -> Option<IpIdInferen
     })
 }
 
-const NIL: u32 = u32::MAX;
-
 /// Hashes source addresses for the tracker's index: a multiply-xor hash, fast enough for every
 /// packet, keyed with random bits per tracker so that a sender choosing its (spoofed) source
 /// addresses cannot aim them at one bucket chain.
@@ -352,13 +350,25 @@ impl std::hash::Hasher for SourceHasher {
 
 struct Node {
     key: IpAddr,
+    /// Set by every packet from this source, cleared by the hand passing over it: a source whose
+    /// bit is clear when the hand comes round had no packet for a whole turn.
+    referenced: bool,
     state: SourceState,
-    prev: u32,
-    next: u32,
 }
 
-/// Per-source IP-ID state with bounded memory: at most `capacity` sources, the least recently
-/// seen evicted first (and counted).
+/// Per-source IP-ID state with bounded memory: at most `capacity` sources. When the table is full
+/// a new source takes the slot of one chosen by CLOCK (second chance), counted in `evictions`: a
+/// hand sweeps the slots in order from where it stopped last, clears the referenced bit of every
+/// source that had a packet since it last passed, and evicts the first source whose bit is
+/// already clear. A new source starts with its bit clear just behind the hand, so it has a full
+/// turn to send again.
+///
+/// CLOCK only approximates least-recently-seen: a source with a packet in every turn of the hand
+/// is never evicted, but the others go in slot order from the hand, not in the order they were
+/// last seen. It is used because an exact LRU list wrote three other nodes per packet besides
+/// the source's own (both neighbours to unlink it, the old head to link it in front), the two
+/// neighbours at random places in a slab of megabytes; setting the bit writes only the node the
+/// packet updates anyway.
 pub struct SourceTracker {
     capacity: usize,
     /// Slots of `nodes`, found by the node's key: 4 bytes a bucket instead of a copy of the
@@ -366,9 +376,12 @@ pub struct SourceTracker {
     index: HashTable<u32>,
     hashing: SourceHashing,
     nodes: Vec<Node>,
-    head: u32,
-    tail: u32,
+    /// The next slot the hand looks at when the table is full.
+    hand: u32,
     evictions: u64,
+    /// Slots the hand has stepped over, for the tests of its bound.
+    #[cfg(test)]
+    hand_steps: u64,
 }
 
 impl SourceTracker {
@@ -381,9 +394,10 @@ impl SourceTracker {
             index: HashTable::with_capacity(capacity.min(4096)),
             hashing: SourceHashing::new(),
             nodes: Vec::with_capacity(capacity.min(4096)),
-            head: NIL,
-            tail: NIL,
+            hand: 0,
             evictions: 0,
+            #[cfg(test)]
+            hand_steps: 0,
         }
     }
 
@@ -403,33 +417,33 @@ impl SourceTracker {
         self.evictions
     }
 
-    fn unlink(&mut self, i: u32) {
-        let (prev, next) = {
-            let n = &self.nodes[i as usize];
-            (n.prev, n.next)
-        };
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.nodes[prev as usize].next = next;
+    /// The slot to evict, with the hand left just past it (so the source put there gets a full
+    /// turn).
+    ///
+    /// One sweep is at most a turn and a step: if every bit is set, the first turn clears them
+    /// all and the first slot of the second turn is taken; the loop's bound of two turns is never
+    /// reached. Over a run the hand cannot be made quadratic either: every step but the last of
+    /// a sweep clears a bit, and only a packet from a tracked source sets one, so the hand takes
+    /// at most one step per packet plus one per eviction.
+    fn sweep(&mut self) -> u32 {
+        let n = self.nodes.len();
+        let mut i = self.hand as usize;
+        let mut steps = 0;
+        while steps < 2 * n {
+            steps += 1;
+            let node = &mut self.nodes[i];
+            if !node.referenced {
+                break;
+            }
+            node.referenced = false;
+            i = if i + 1 == n { 0 } else { i + 1 };
         }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.nodes[next as usize].prev = prev;
+        #[cfg(test)]
+        {
+            self.hand_steps += steps as u64;
         }
-    }
-
-    fn push_front(&mut self, i: u32) {
-        self.nodes[i as usize].prev = NIL;
-        self.nodes[i as usize].next = self.head;
-        if self.head != NIL {
-            self.nodes[self.head as usize].prev = i;
-        }
-        self.head = i;
-        if self.tail == NIL {
-            self.tail = i;
-        }
+        self.hand = if i + 1 == n { 0 } else { i as u32 + 1 };
+        i as u32
     }
 
     fn insert_slot(&mut self, hash: u64, slot: u32) {
@@ -448,23 +462,21 @@ impl SourceTracker {
             .copied();
         let i = match found {
             Some(i) => {
-                self.unlink(i);
+                self.nodes[i as usize].referenced = true;
                 i
             }
             None if self.nodes.len() < self.capacity => {
                 self.nodes.push(Node {
                     key: p.src_ip,
+                    referenced: false,
                     state: SourceState::default(),
-                    prev: NIL,
-                    next: NIL,
                 });
                 let i = (self.nodes.len() - 1) as u32;
                 self.insert_slot(hash, i);
                 i
             }
             None => {
-                let victim = self.tail;
-                self.unlink(victim);
+                let victim = self.sweep();
                 let old_hash = self.hashing.hash_one(self.nodes[victim as usize].key);
                 if let Ok(entry) = self.index.find_entry(old_hash, |&i| i == victim) {
                     entry.remove();
@@ -472,12 +484,12 @@ impl SourceTracker {
                 self.evictions += 1;
                 let node = &mut self.nodes[victim as usize];
                 node.key = p.src_ip;
+                node.referenced = false;
                 node.state = SourceState::default();
                 self.insert_slot(hash, victim);
                 victim
             }
         };
-        self.push_front(i);
         let state = &mut self.nodes[i as usize].state;
         state.observe(p.ip_id, p.dont_fragment, now_ns);
         SourceView {
@@ -590,13 +602,27 @@ mod tests {
         assert!(nonzero.hints[0].contains("NAT"));
     }
 
+    fn v4(i: u32) -> String {
+        std::net::Ipv4Addr::from(i).to_string()
+    }
+
+    /// The packet count of `src` if it is tracked, looked up without observing (which would
+    /// evict).
+    fn packets(t: &SourceTracker, src: &str) -> Option<u64> {
+        let ip: IpAddr = src.parse().unwrap();
+        t.index
+            .find(t.hashing.hash_one(ip), |&i| t.nodes[i as usize].key == ip)
+            .map(|&i| t.nodes[i as usize].state.packets)
+    }
+
     #[test]
-    fn bounded_lru() {
+    fn bounded() {
         let mut t = SourceTracker::new(3);
         for i in 0..3 {
             t.observe(&packet(&format!("10.0.0.{i}"), 0, true), 0);
         }
-        // Touch .0 so .1 becomes the oldest.
+        // A second packet from .0, whose slot the hand looks at first: it clears .0's bit and
+        // takes .1.
         t.observe(&packet("10.0.0.0", 0, true), 1);
         t.observe(&packet("10.0.0.9", 0, true), 2);
         assert_eq!(t.len(), 3);
@@ -605,10 +631,142 @@ mod tests {
         assert_eq!(t.observe(&packet("10.0.0.0", 0, true), 3).packets, 3);
         assert_eq!(t.observe(&packet("10.0.0.1", 0, true), 4).packets, 1);
         for i in 0..10_000u32 {
-            let ip = std::net::Ipv4Addr::from(i).to_string();
-            t.observe(&packet(&ip, 1, true), 5);
+            t.observe(&packet(&v4(i), 1, true), 5);
         }
         assert_eq!(t.len(), 3);
         assert!(t.evictions() > 9_000);
+    }
+
+    #[test]
+    fn second_chance() {
+        // The same sources and the same newcomer, with and without a second packet from .0
+        // before the newcomer: .0's slot is the first the hand looks at.
+        for again in [false, true] {
+            let mut t = SourceTracker::new(4);
+            for i in 0..4 {
+                t.observe(&packet(&format!("10.0.0.{i}"), 0, true), 0);
+            }
+            if again {
+                t.observe(&packet("10.0.0.0", 0, true), 1);
+            }
+            t.observe(&packet("10.0.0.9", 0, true), 2);
+            assert_eq!((t.len(), t.evictions()), (4, 1));
+            if again {
+                assert_eq!(packets(&t, "10.0.0.0"), Some(2));
+                assert_eq!(packets(&t, "10.0.0.1"), None);
+            } else {
+                assert_eq!(packets(&t, "10.0.0.0"), None);
+                assert_eq!(packets(&t, "10.0.0.1"), Some(1));
+            }
+            assert_eq!(packets(&t, "10.0.0.2"), Some(1));
+            assert_eq!(packets(&t, "10.0.0.3"), Some(1));
+            assert_eq!(packets(&t, "10.0.0.9"), Some(1));
+        }
+    }
+
+    #[test]
+    fn newcomer_gets_a_full_turn() {
+        // Sources with one packet each go in arrival order: each newcomer is put just behind the
+        // hand, so the next sweeps take the older sources first.
+        const CAP: u32 = 8;
+        let mut t = SourceTracker::new(CAP as usize);
+        let ip = |i: u32| v4(0x0a00_0000 + i);
+        for i in 0..CAP {
+            t.observe(&packet(&ip(i), 0, true), 0);
+        }
+        for i in CAP..3 * CAP {
+            t.observe(&packet(&ip(i), 0, true), 1);
+            for j in 0..=i {
+                let kept = j + CAP > i;
+                assert_eq!(packets(&t, &ip(j)).is_some(), kept, "{j} after {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn flood_keeps_a_busy_source() {
+        const CAP: usize = 64;
+        const FLOOD: u32 = 20_000;
+        let mut t = SourceTracker::new(CAP);
+        let busy = packet("192.0.2.77", 7, true);
+        for i in 0..FLOOD {
+            t.observe(&packet(&v4(0x0a00_0000 + i), 1, true), u64::from(i));
+            // One packet from the busy source after each newcomer: it never misses a turn.
+            let view = t.observe(&busy, u64::from(i));
+            assert_eq!(view.packets, u64::from(i) + 1);
+            assert_eq!(t.len(), CAP.min(i as usize + 2));
+        }
+        // FLOOD + 1 distinct sources through CAP slots.
+        assert_eq!(t.evictions(), u64::from(FLOOD) + 1 - CAP as u64);
+    }
+
+    #[test]
+    fn reused_slot_starts_fresh() {
+        // One slot: the newcomer takes the only source's slot after the hand clears its bit.
+        let mut t = SourceTracker::new(1);
+        for n in 0..5u16 {
+            t.observe(&packet("10.0.0.1", 100 + n, false), u64::from(n));
+        }
+        let view = t.observe(&packet("10.0.0.2", 0, true), 20);
+        assert_eq!(t.evictions(), 1);
+        assert_eq!(packets(&t, "10.0.0.1"), None);
+        assert_eq!(
+            view,
+            SourceView {
+                packets: 1,
+                df_packets: 1,
+                zero_id_packets: 1,
+                behaviour: IpIdBehaviour::Insufficient,
+                first_seen_ns: 20,
+                last_seen_ns: 20,
+            }
+        );
+        // The old source's IDs are not part of the newcomer's sequence.
+        let view = t.observe(&packet("10.0.0.2", 0, true), 21);
+        assert_eq!((view.packets, view.behaviour), (2, IpIdBehaviour::Zero));
+    }
+
+    #[test]
+    fn hand_sweep_is_bounded() {
+        const CAP: u32 = 100;
+        let mut t = SourceTracker::new(CAP as usize);
+        let mut sent = 0u64;
+        for _ in 0..2 {
+            for i in 0..CAP {
+                t.observe(&packet(&v4(0x0a00_0000 + i), 0, true), 0);
+                sent += 1;
+            }
+        }
+        // Every bit set: the first turn clears them all, the first slot of the second is taken.
+        t.observe(&packet("192.0.2.1", 0, true), 1);
+        sent += 1;
+        assert_eq!(t.hand_steps, u64::from(CAP) + 1);
+        assert_eq!(packets(&t, &v4(0x0a00_0000)), None);
+        assert_eq!(packets(&t, &v4(0x0a00_0001)), Some(2));
+        // A sender that sends from every tracked source before each new one makes every sweep a
+        // full turn, but pays a packet for every step.
+        for round in 0..300u32 {
+            let tracked: Vec<IpAddr> = t.nodes.iter().map(|n| n.key).collect();
+            for ip in tracked {
+                t.observe(&packet(&ip.to_string(), 0, true), 2);
+                sent += 1;
+            }
+            t.observe(&packet(&v4(0x0b00_0000 + round), 0, true), 2);
+            sent += 1;
+        }
+        assert_eq!(t.evictions(), 301);
+        assert!(
+            t.hand_steps <= sent + t.evictions(),
+            "{} steps for {sent} packets",
+            t.hand_steps
+        );
+    }
+
+    #[test]
+    fn node_size() {
+        // Key (17) + flag (1) + state (80), rounded to 8: the flag takes a byte of padding where
+        // the LRU list's two u32 links made it 112, so 8 bytes less per source (memory bench,
+        // issue 6: <= 300 bytes a source in all).
+        assert_eq!(size_of::<Node>(), 104);
     }
 }
