@@ -5,7 +5,7 @@
 //! - [`facts`]: the fields a rule reads, computed once per message.
 //! - [`engine`]: scoring, the verdict and its evidence.
 //! - [`infer`]: tag decoding, Via/Contact host classes, process count, TTL.
-//! - [`ipid`]: IP-ID behaviour per packet and per source (bounded LRU).
+//! - [`ipid`]: IP-ID behaviour per packet and per source (bounded, CLOCK eviction).
 //! - [`template`]: the structural template hash that clusters unnamed tools.
 //! - [`cache`]: rule evaluation once per template ([`key`]), per-packet predicates only.
 //!

@@ -204,7 +204,8 @@ impl Analyst {
         a.syn_join_evictions += theirs.syn_join_evictions;
     }
 
-    /// Keeps per-source state for up to `capacity` sources (beyond it, sources are evicted).
+    /// Keeps per-source IP-ID state for up to `capacity` sources (beyond it, the tracker's CLOCK
+    /// evicts one not seen for a turn of its hand).
     pub fn track_sources(&mut self, capacity: usize) {
         self.sources = SourceTracker::new(capacity);
     }

@@ -131,8 +131,8 @@ impl Pipeline {
         self.sink.tick(&mut self.counters);
     }
 
-    /// Keeps per-source state for up to `capacity` sources (the least recently seen are evicted
-    /// beyond it).
+    /// Keeps per-source IP-ID state for up to `capacity` sources; beyond it a source not seen for
+    /// a turn of the tracker's CLOCK hand is evicted (an approximation of least recently seen).
     pub fn track_sources(&mut self, capacity: usize) {
         self.analyst.track_sources(capacity);
     }
