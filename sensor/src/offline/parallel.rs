@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// Records per round (in unit tests, few: many rounds, and batches left empty).
-const ROUND: usize = if cfg!(test) { 7 } else { 512 };
+const ROUND: usize = if cfg!(test) { 7 } else { 128 };
 
 /// Rounds queued ahead between threads.
 const DEPTH: usize = 4;
@@ -131,7 +131,7 @@ fn read(
                 // Counted by the sink as undecodable, from whichever batch holds it.
                 Err(_) => 0,
             };
-            round[shard].push(record, wall_ns);
+            round[shard].push(&record, wall_ns);
             order.push(shard as u8);
         }
         let last = order.len() < ROUND;
