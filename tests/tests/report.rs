@@ -289,9 +289,15 @@ fn sampled_events_are_counted_and_the_report_says_so() {
     let pcap = corpus::dir().join("svwar.pcap");
     let all = dir.0.join("all.ndjson");
     let sampled = dir.0.join("sampled.ndjson");
+    let threads = dir.0.join("threads.ndjson");
     for (out, extra) in [
         (&all, &[][..]),
         (&sampled, &["--events-per-template", "1"][..]),
+        // Sampling is per source and template: sharing sources out among analysts keeps it.
+        (
+            &threads,
+            &["--events-per-template", "1", "--threads", "3"][..],
+        ),
     ] {
         let mut args = vec![
             "analyze",
@@ -330,6 +336,16 @@ fn sampled_events_are_counted_and_the_report_says_so() {
     );
     assert_eq!(written_s + sampled_out_s, read);
     assert_eq!(probes_s, written_s);
+    assert_eq!(agent(&threads), agent(&sampled));
+    for bad in ["0", "65", "x"] {
+        let out = Command::new(sensor_binary())
+            .args(["analyze", pcap.to_str().unwrap(), "--threads", bad])
+            .output()
+            .expect("run sensor");
+        assert!(!out.status.success(), "--threads {bad} must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--threads"), "--threads {bad}: {stderr}");
+    }
     let text =
         flat(&String::from_utf8(run(&["report", sampled.to_str().unwrap()], None).stdout).unwrap());
     let expected =
