@@ -283,6 +283,35 @@ fn seed_situation_comes_out_of_the_tool() {
     assert_eq!(sv["max_processes"], 5);
 }
 
+/// `sensor report` over lean events written by three analysts says what it says over one
+/// thread's: every source meets its own history whichever analyst has it.
+#[test]
+fn report_over_a_threaded_analysis_is_the_same() {
+    let dir = TempDir::new("threads-report");
+    let pcap = corpus::dir().join("svwar.pcap");
+    let mut reports = Vec::new();
+    for threads in ["1", "3"] {
+        let out = dir.0.join(format!("lean-{threads}.ndjson"));
+        run(
+            &[
+                "analyze",
+                pcap.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--event-detail",
+                "lean",
+                "--threads",
+                threads,
+            ],
+            None,
+        );
+        reports
+            .push(String::from_utf8(run(&["report", out.to_str().unwrap()], None).stdout).unwrap());
+    }
+    assert!(reports[0].contains("sipvicious"), "{}", reports[0]);
+    assert_eq!(reports[0], reports[1]);
+}
+
 #[test]
 fn sampled_events_are_counted_and_the_report_says_so() {
     let dir = TempDir::new("sampled-report");
