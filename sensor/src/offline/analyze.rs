@@ -111,9 +111,11 @@ impl Frames {
         })
     }
 
-    /// The next matching frame's record and its time (the packet's); `None` at the end of the
-    /// file or at a read error (kept in `read_error`).
-    pub fn next_record(&mut self) -> Option<(CaptureRecord, u64)> {
+    /// Writes the next matching frame's record into `record` and returns its time (the
+    /// packet's); `None` at the end of the file or at a read error (kept in `read_error`). The
+    /// caller's buffer, not a returned value: a record is 1,176 bytes, and each move of it is a
+    /// copy.
+    pub fn next_record(&mut self, record: &mut CaptureRecord) -> Option<u64> {
         loop {
             match self.reader.read_packet(&mut self.packet) {
                 Ok(true) => {}
@@ -136,10 +138,11 @@ impl Frames {
             };
             self.kernel.add(Counter::FramesSeen, 1);
             match extract(&frame, wire_len, &self.config, &self.ports, &context) {
-                Ok(record) => {
+                Ok(extracted) => {
                     self.kernel.add(Counter::Matched, 1);
                     self.kernel.add(Counter::Emitted, 1);
-                    return Some((record, timestamp_ns));
+                    *record = extracted;
+                    return Some(timestamp_ns);
                 }
                 Err(outcome) => self.kernel.add(outcome, 1),
             }
@@ -166,7 +169,9 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
             options.threads,
         );
     } else {
-        while let Some((record, timestamp_ns)) = frames.next_record() {
+        // One record buffer, reused: the pipeline borrows it for the duration of a packet.
+        let mut record = Box::new(CaptureRecord::zeroed());
+        while let Some(timestamp_ns) = frames.next_record(&mut record) {
             pipeline.counters.records_read += 1;
             match Record::new(&record) {
                 Ok(view) => pipeline.record(view, timestamp_ns),

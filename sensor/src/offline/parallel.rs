@@ -19,6 +19,8 @@ use std::{
     sync::mpsc::{Receiver, SyncSender, channel, sync_channel},
 };
 
+use sensor_common::CaptureRecord;
+
 use super::analyze::Frames;
 use crate::{
     fingerprint::ipid::SourceHashing,
@@ -114,6 +116,7 @@ fn read(
     // Keyed at random: a capture crafted to put every source on one analyst costs speed only.
     let hashing = SourceHashing::new();
     let shards = to_analysts.len() as u64;
+    let mut record = Box::new(CaptureRecord::zeroed());
     let fresh = || {
         let mut batch = recycle.try_recv().unwrap_or_default();
         batch.clear();
@@ -123,7 +126,7 @@ fn read(
         let mut round: Vec<Batch> = to_analysts.iter().map(|_| fresh()).collect();
         let mut order = Vec::with_capacity(ROUND);
         while order.len() < ROUND {
-            let Some((record, wall_ns)) = frames.next_record() else {
+            let Some(wall_ns) = frames.next_record(&mut record) else {
                 break;
             };
             let shard = match Record::new(&record) {
