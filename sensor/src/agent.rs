@@ -16,7 +16,7 @@ use sensor_common::{
     SensorConfig,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::sampling::SamplingConfig;
 use crate::{
@@ -101,6 +101,8 @@ pub struct RunOptions {
     pub detail: EventDetail,
     /// Write only the first events of each source and template per window.
     pub sampling: Option<SamplingConfig>,
+    /// Analysts on threads of their own; 1: the analysis runs on the loop's thread.
+    pub threads: usize,
 }
 
 /// The configuration file and the command line's keys, laid over the file again at each reload
@@ -152,6 +154,7 @@ impl RunOptions {
             aggregate: AggregateConfig::default(),
             detail: EventDetail::Compact,
             sampling: None,
+            threads: 1,
         }
     }
 
@@ -201,6 +204,7 @@ impl RunOptions {
             "[rotation]",
         );
         check(self.rules != other.rules, "[fingerprint] rules");
+        check(self.threads != other.threads, "[fingerprint] threads");
         check(self.detail != other.detail, "[events] detail");
         check(
             self.sampling.map(|s| s.per_template) != other.sampling.map(|s| s.per_template),
@@ -326,6 +330,7 @@ pub async fn run_with(
         aggregate: options.aggregate,
         detail: options.detail,
         sampling: options.sampling,
+        threads: options.threads,
     })?;
     if options.reactive != ReactivePolicy::Off && options.reactive_prefixes.is_empty() {
         return Err(AgentError::ReactiveWithoutPrefixes);
@@ -415,6 +420,7 @@ pub async fn run_with(
     let limit = options.max_events.unwrap_or(u64::MAX);
     let mut shutdown = pin!(shutdown);
     let mut ticks = tokio::time::interval(PIPELINE_TICK);
+    let analysed = pipeline.analysed_signal();
     let result = loop {
         if pipeline.counters.events_written >= limit {
             break Ok(());
@@ -456,6 +462,10 @@ pub async fn run_with(
                     break Err(e);
                 }
             }
+            // With analyst threads: a round came back, to be written.
+            () = rung(analysed.as_deref()), if pipeline.records_in_flight() > 0 => {
+                pipeline.flush();
+            }
             drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| pipeline.ring_item(bytes, &clock)) => {
                 if let Err(e) = drained {
                     break Err(e.into());
@@ -489,6 +499,8 @@ pub async fn run_with(
     tokio::time::sleep(Duration::from_millis(20)).await;
     reader.drain_now(|bytes| pipeline.ring_item(bytes, &clock));
     let kernel = program.counters()?;
+    // Every record read is written and aggregated before the report.
+    pipeline.settle();
     // Before finish: the report is of the events; finish only writes the final documents.
     let report = pipeline.report(DEFAULT_TOP);
     // Blocking, and nothing else runs now: the Kafka output delivers or spools what is left,
@@ -521,6 +533,14 @@ pub async fn run_with(
 async fn hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
     match signal {
         Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next ring of `signal`, or never without one.
+async fn rung(signal: Option<&Notify>) {
+    match signal {
+        Some(s) => s.notified().await,
         None => std::future::pending().await,
     }
 }

@@ -180,12 +180,17 @@ pub struct RogueSection {
     pub max_servers: Option<u64>,
 }
 
+/// The most analyst threads `[fingerprint] threads` and `--threads` take.
+pub const MAX_THREADS: u16 = 64;
+
 /// `[fingerprint]`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FingerprintSection {
     /// A rule file loaded beside the built-in rules.
     pub rules: Option<PathBuf>,
+    /// Threads analysing records, 1 to 64 (default 1).
+    pub threads: Option<u16>,
 }
 
 /// `[ndjson]`: events as JSON lines.
@@ -288,7 +293,7 @@ overlay!(RogueSection {
     timeout_ms,
     max_servers
 });
-overlay!(FingerprintSection { rules });
+overlay!(FingerprintSection { rules, threads });
 overlay!(NdjsonSection { enabled, path });
 overlay!(PcapngSection { enabled, path });
 overlay!(RotationSection { size, interval });
@@ -444,6 +449,7 @@ impl ConfigFile {
             });
         }
         options.rules = self.fingerprint.rules.clone();
+        options.threads = self.threads(origin)?;
         (options.detail, options.sampling) = self.events(origin)?;
         options.outputs = self.outputs(origin)?;
         options.metrics_listen = self.metrics.listen;
@@ -483,6 +489,7 @@ impl ConfigFile {
                 outputs: self.outputs(origin)?,
                 detail,
                 sampling,
+                threads: self.threads(origin)?,
                 ..Default::default()
             },
             metrics_file: self.metrics.file.clone(),
@@ -504,6 +511,19 @@ impl ConfigFile {
             window_s: crate::aggregate::AggregateConfig::default().campaign_window_s,
         });
         Ok((self.events.detail.unwrap_or_default(), sampling))
+    }
+
+    /// `[fingerprint] threads`: analyst threads.
+    fn threads(&self, origin: &str) -> Result<usize, ConfigError> {
+        let threads = self.fingerprint.threads.unwrap_or(1);
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: "[fingerprint] threads",
+                message: format!("{threads} is out of range: expected 1 to {MAX_THREADS}"),
+            });
+        }
+        Ok(usize::from(threads))
     }
 
     fn prefix_len(&self, origin: &str) -> Result<u16, ConfigError> {
@@ -776,6 +796,12 @@ mod tests {
             options.metrics_listen,
             Some("127.0.0.1:9560".parse().unwrap())
         );
+        assert_eq!(options.threads, 1);
+        let mut flags = ConfigFile::default();
+        flags.fingerprint.threads = Some(3);
+        let layered = config.overlay(&flags);
+        assert_eq!(layered.run_options("t").unwrap().threads, 3);
+        assert_eq!(layered.analyze_settings("t").unwrap().pipeline.threads, 3);
     }
 
     #[test]
@@ -883,6 +909,14 @@ mod tests {
             (
                 "[capture]\ninterface = \"e\"\n[events]\nper_template = 0\n",
                 "[events] per_template: must be at least 1",
+            ),
+            (
+                "[capture]\ninterface = \"e\"\n[fingerprint]\nthreads = 0\n",
+                "[fingerprint] threads: 0 is out of range: expected 1 to 64",
+            ),
+            (
+                "[capture]\ninterface = \"e\"\n[fingerprint]\nthreads = 65\n",
+                "[fingerprint] threads: 65 is out of range: expected 1 to 64",
             ),
         ];
         for (text, needle) in invalid {

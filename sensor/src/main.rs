@@ -287,6 +287,8 @@ struct RunArgs {
     aggregate: AggregateArgs,
     #[command(flatten)]
     events: EventArgs,
+    #[command(flatten)]
+    threads: ThreadArgs,
 }
 
 /// How much each event carries, and how many are written: shared by `run` and `analyze`.
@@ -411,6 +413,7 @@ impl RunArgs {
         c.rogue.timeout_ms = self.rogue_timeout_ms;
         c.rogue.max_servers = self.rogue_max_servers;
         c.fingerprint.rules = self.rules.clone();
+        c.fingerprint.threads = self.threads.threads;
         self.outputs.apply(&mut c);
         self.events.apply(&mut c);
         c.metrics.listen = self.metrics_listen;
@@ -462,13 +465,21 @@ struct AnalyzeArgs {
     aggregate: AggregateArgs,
     #[command(flatten)]
     events: EventArgs,
-    /// Threads analysing records, each with the sources it is given (by address), beside a
-    /// reader and the writer; 1: everything on one thread. Events, campaigns and the report
-    /// are the same, in the file's order; the source bound (--max-sources is the aggregator's)
-    /// of the IP-ID history is per thread, and under --event-detail lean each thread writes
-    /// its own compact example of a template.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    threads: u16,
+    #[command(flatten)]
+    threads: ThreadArgs,
+}
+
+/// Analyst threads: shared by `run` and `analyze`.
+#[derive(clap::Args)]
+struct ThreadArgs {
+    /// Threads analysing records (1 to 64), each with the sources it is given (by a keyed hash
+    /// of the address), beside the thread that reads records and writes events; 1: everything
+    /// on one thread [default: 1, or the config's [fingerprint] threads]. Events, campaigns and
+    /// the report are the same, in the order records were read; the source bound of the IP-ID
+    /// history (--max-sources is the aggregator's) is per thread, and under --event-detail lean
+    /// each thread writes its own compact example of a template.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
 }
 
 /// The sampling of the configuration, in the campaign window of this run.
@@ -488,6 +499,7 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
     layer.capture.match_source_port = args.match_source_port;
     layer.capture.prefix_len = args.prefix_len;
     layer.fingerprint.rules = args.rules.clone();
+    layer.fingerprint.threads = args.threads.threads;
     args.outputs.apply(&mut layer);
     layer.metrics.file = args.metrics_file.clone();
     args.events.apply(&mut layer);
@@ -506,7 +518,6 @@ fn analyze_command(args: AnalyzeArgs) -> anyhow::Result<()> {
         prefix_len: settings.prefix_len,
         pipeline,
         metrics_file: settings.metrics_file,
-        threads: usize::from(args.threads),
     };
     let summary = sensor::offline::analyze::analyze(&args.file, &options)?;
     for notice in &summary.notices {

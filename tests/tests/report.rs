@@ -493,7 +493,6 @@ fn event_schema_doc_names_every_field_the_sensor_writes() {
                 ..PipelineOptions::default()
             },
             metrics_file: None,
-            threads: 1,
         };
         analyze(&corpus::dir().join(&capture.file), &options).expect("analyze");
         for d in read_docs(&out) {

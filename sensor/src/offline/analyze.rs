@@ -30,8 +30,6 @@ pub struct AnalyzeOptions {
     pub pipeline: PipelineOptions,
     /// Write the metrics exposition here at the end.
     pub metrics_file: Option<PathBuf>,
-    /// Threads analysing records (`--threads`); 1: everything on the calling thread.
-    pub threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +67,7 @@ pub struct AnalyzeSummary {
 
 /// The file's frames as the kernel program would see them: a record for each frame it would
 /// match, and what it would count for every frame.
-pub(super) struct Frames {
+struct Frames {
     reader: CaptureReader<BufReader<File>>,
     /// One packet buffer, reused: reading a packet costs no allocation.
     packet: super::Packet,
@@ -161,24 +159,17 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
     pipeline_options.outputs.interface_names = InterfaceNames::Capture(label);
     let mut pipeline = Pipeline::new(&pipeline_options)?;
     pipeline.start_outputs()?;
-    if options.threads > 1 {
-        super::parallel::run(
-            &mut frames,
-            &mut pipeline,
-            &pipeline_options,
-            options.threads,
-        );
-    } else {
-        // One record buffer, reused: the pipeline borrows it for the duration of a packet.
-        let mut record = Box::new(CaptureRecord::zeroed());
-        while let Some(timestamp_ns) = frames.next_record(&mut record) {
-            pipeline.counters.records_read += 1;
-            match Record::new(&record) {
-                Ok(view) => pipeline.record(view, timestamp_ns),
-                Err(_) => pipeline.counters.records_undecodable += 1,
-            }
+    // One record buffer, reused: the pipeline borrows it for the duration of a packet (with
+    // analyst threads, it copies the record into a round).
+    let mut record = Box::new(CaptureRecord::zeroed());
+    while let Some(timestamp_ns) = frames.next_record(&mut record) {
+        pipeline.counters.records_read += 1;
+        match Record::new(&record) {
+            Ok(view) => pipeline.record(view, timestamp_ns),
+            Err(_) => pipeline.counters.records_undecodable += 1,
         }
     }
+    pipeline.settle();
     let kernel = frames.kernel;
     let mut summary = AnalyzeSummary {
         packets: frames.packets,
@@ -251,4 +242,154 @@ pub fn write_metrics_file(path: &Path, text: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, path::Path};
+
+    use serde_json::Value;
+
+    use super::{AnalyzeOptions, AnalyzeSummary, analyze};
+    use crate::offline::{CaptureReader, LinkType};
+    use crate::{
+        capture::PortSet, output::OutputOptions, output::event::EventDetail, rogue::TrackerConfig,
+    };
+
+    /// Every Ethernet packet of every corpus capture, in one nanosecond pcap file, each file's
+    /// packets after the previous file's.
+    fn corpus_capture(path: &Path) -> usize {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
+            .collect();
+        files.sort();
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xa1b2_3c4du32.to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes());
+        for word in [0u32, 0, 65_535, 1] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        let mut packets = 0;
+        for (f, file) in files.iter().enumerate() {
+            for packet in CaptureReader::open(file).unwrap() {
+                let packet = packet.unwrap();
+                if packet.link_type != LinkType::ETHERNET {
+                    continue;
+                }
+                let t = packet.timestamp_ns.unwrap_or(0) + f as u64 * 1_000_000_000;
+                let len = packet.data.len() as u32;
+                for word in [
+                    (t / 1_000_000_000) as u32,
+                    (t % 1_000_000_000) as u32,
+                    len,
+                    len,
+                ] {
+                    out.extend_from_slice(&word.to_le_bytes());
+                }
+                out.extend_from_slice(&packet.data);
+                packets += 1;
+            }
+        }
+        std::fs::write(path, out).unwrap();
+        packets
+    }
+
+    /// The documents written, by event type; every document's `timestamp` (the time it was
+    /// written) removed.
+    fn documents(path: &Path) -> BTreeMap<String, Vec<Value>> {
+        let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let mut doc: Value = serde_json::from_str(line).unwrap();
+            let map = doc.as_object_mut().unwrap();
+            map.remove("timestamp");
+            let kind = map["event_type"].as_str().unwrap().to_string();
+            out.entry(kind).or_default().push(doc);
+        }
+        out
+    }
+
+    fn run(capture: &Path, out: &Path, threads: usize, detail: EventDetail) -> AnalyzeSummary {
+        let _ = std::fs::remove_file(out);
+        let mut ports = PortSet::empty();
+        ports.insert(5060);
+        ports.insert(5061);
+        let options = AnalyzeOptions {
+            ports,
+            match_source_port: true,
+            prefix_len: 1024,
+            pipeline: crate::pipeline::PipelineOptions {
+                outputs: OutputOptions::ndjson_file(out),
+                detect_rogue: Some(TrackerConfig::default()),
+                detail,
+                threads,
+                ..Default::default()
+            },
+            metrics_file: None,
+        };
+        analyze(capture, &options).unwrap()
+    }
+
+    /// Three analysts write the events, campaigns, servers and report one thread writes, in the
+    /// same order; the counters add up the same.
+    #[test]
+    fn threads_write_what_one_thread_writes() {
+        let dir = std::env::temp_dir().join(format!("sensor-parallel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let capture = dir.join("corpus.pcap");
+        let packets = corpus_capture(&capture);
+        let one = run(&capture, &dir.join("one.ndjson"), 1, EventDetail::Compact);
+        let three = run(&capture, &dir.join("three.ndjson"), 3, EventDetail::Compact);
+        assert_eq!(one.packets, packets as u64);
+        assert_eq!(three.packets, one.packets);
+        let records = one.agent.records_read;
+        assert!(records > 200, "{records}");
+        assert_eq!(three.agent.records_read, records);
+        assert_eq!(three.agent.events_written, one.agent.events_written);
+        assert_eq!(one.agent.events_written, records);
+        assert_eq!(
+            three.kernel.iter().collect::<Vec<_>>(),
+            one.kernel.iter().collect::<Vec<_>>()
+        );
+        for agent in [&one.agent, &three.agent] {
+            let cache = agent.fingerprint_cache_hits
+                + agent.fingerprint_cache_misses
+                + agent.fingerprint_cache_bypassed;
+            assert_eq!(cache, records, "{agent:?}");
+        }
+        assert_eq!(three.report.to_string(), one.report.to_string());
+        let (mut a, mut b) = (
+            documents(&dir.join("one.ndjson")),
+            documents(&dir.join("three.ndjson")),
+        );
+        assert_eq!(a["sip_probe"].len() as u64, records);
+        // The stats differ in the classification cache's counters (three caches, not one).
+        let (sa, sb) = (a.remove("stats").unwrap(), b.remove("stats").unwrap());
+        assert_eq!(sa.len(), 1);
+        assert_eq!(sb.len(), 1);
+        assert_eq!(
+            sa[0]["agent"]["events_written"],
+            sb[0]["agent"]["events_written"]
+        );
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (kind, docs) in &a {
+            assert_eq!(docs.len(), b[kind].len(), "{kind}");
+            for (i, (x, y)) in docs.iter().zip(&b[kind]).enumerate() {
+                assert_eq!(x, y, "{kind} document {i}");
+            }
+        }
+        assert!(a.contains_key("campaign") && a.contains_key("sip_server"));
+
+        // Lean: every event written; each analyst writes its own examples of a template.
+        let lean_one = run(&capture, &dir.join("lean1.ndjson"), 1, EventDetail::Lean);
+        let lean_three = run(&capture, &dir.join("lean3.ndjson"), 3, EventDetail::Lean);
+        assert_eq!(lean_one.agent.events_written, records);
+        assert_eq!(lean_three.agent.events_written, records);
+        assert!(lean_three.agent.events_lean <= lean_one.agent.events_lean);
+        assert_eq!(lean_three.report.to_string(), lean_one.report.to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

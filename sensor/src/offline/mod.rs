@@ -2,12 +2,11 @@
 //!
 //! - [`pcap`]: a streaming reader for pcap and pcapng files.
 //! - [`extract`](mod@extract): the record the XDP program would write for a frame.
-//! - [`analyze`](mod@analyze): a capture file through the live pipeline;
-//!   [`parallel`]: the same on several threads.
+//! - [`analyze`](mod@analyze): a capture file through the live pipeline (on several threads
+//!   with `--threads`, as live).
 
 pub mod analyze;
 pub mod extract;
-pub mod parallel;
 pub mod pcap;
 
 pub use extract::{FrameContext, extract};

@@ -67,8 +67,6 @@ pub struct Analyst {
     line: Vec<u8>,
     /// The escaped text of the observations, reused.
     observation_text: ObservationText,
-    /// The counters of analysts that worked beside this one (`sensor analyze --threads`).
-    absorbed: AgentCounters,
 }
 
 impl Analyst {
@@ -85,12 +83,16 @@ impl Analyst {
             identity: options.identity.clone(),
             line: Vec::with_capacity(4096),
             observation_text: ObservationText::default(),
-            absorbed: AgentCounters::default(),
         }
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// The sensor name this analyst writes into observations.
+    pub fn sensor_name(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.name.as_str())
     }
 
     /// One record, with its wall-clock time.
@@ -175,33 +177,17 @@ impl Analyst {
         }
     }
 
-    /// Writes the counters this analyst keeps (the cache's, and the bounded tables' evictions),
-    /// with those it absorbed, into `counters`.
+    /// Writes the counters this analyst keeps (the cache's, and the bounded tables' evictions)
+    /// into `counters`.
     pub fn fill_counters(&self, counters: &mut AgentCounters) {
         let cache = self.cache.counters;
-        let a = &self.absorbed;
-        counters.fingerprint_cache_hits = cache.hits + a.fingerprint_cache_hits;
-        counters.fingerprint_cache_misses = cache.misses + a.fingerprint_cache_misses;
-        counters.fingerprint_cache_evictions = cache.evictions + a.fingerprint_cache_evictions;
-        counters.fingerprint_cache_bypassed = cache.bypassed + a.fingerprint_cache_bypassed;
-        counters.fingerprint_cache_unadmitted = cache.unadmitted + a.fingerprint_cache_unadmitted;
-        counters.source_evictions = self.sources.evictions() + a.source_evictions;
-        counters.syn_join_evictions = self.joiner.evicted + a.syn_join_evictions;
-    }
-
-    /// Adds the counters of `other`, an analyst that shared the records with this one, to those
-    /// this one reports.
-    pub fn absorb_counters(&mut self, other: &Analyst) {
-        let mut theirs = AgentCounters::default();
-        other.fill_counters(&mut theirs);
-        let a = &mut self.absorbed;
-        a.fingerprint_cache_hits += theirs.fingerprint_cache_hits;
-        a.fingerprint_cache_misses += theirs.fingerprint_cache_misses;
-        a.fingerprint_cache_evictions += theirs.fingerprint_cache_evictions;
-        a.fingerprint_cache_bypassed += theirs.fingerprint_cache_bypassed;
-        a.fingerprint_cache_unadmitted += theirs.fingerprint_cache_unadmitted;
-        a.source_evictions += theirs.source_evictions;
-        a.syn_join_evictions += theirs.syn_join_evictions;
+        counters.fingerprint_cache_hits = cache.hits;
+        counters.fingerprint_cache_misses = cache.misses;
+        counters.fingerprint_cache_evictions = cache.evictions;
+        counters.fingerprint_cache_bypassed = cache.bypassed;
+        counters.fingerprint_cache_unadmitted = cache.unadmitted;
+        counters.source_evictions = self.sources.evictions();
+        counters.syn_join_evictions = self.joiner.evicted;
     }
 
     /// Keeps per-source IP-ID state for up to `capacity` sources (beyond it, the tracker's CLOCK
@@ -213,6 +199,33 @@ impl Analyst {
     /// Sources the analyst holds state for.
     pub fn tracked_sources(&self) -> usize {
         self.sources.len()
+    }
+}
+
+/// Writes the sum of the analysts' counters (`parts`, each as [`Analyst::fill_counters`] wrote
+/// it) into `counters`.
+pub fn sum_analyst_counters<'a>(
+    parts: impl IntoIterator<Item = &'a AgentCounters>,
+    counters: &mut AgentCounters,
+) {
+    let c = counters;
+    (
+        c.fingerprint_cache_hits,
+        c.fingerprint_cache_misses,
+        c.fingerprint_cache_evictions,
+        c.fingerprint_cache_bypassed,
+        c.fingerprint_cache_unadmitted,
+        c.source_evictions,
+        c.syn_join_evictions,
+    ) = (0, 0, 0, 0, 0, 0, 0);
+    for p in parts {
+        c.fingerprint_cache_hits += p.fingerprint_cache_hits;
+        c.fingerprint_cache_misses += p.fingerprint_cache_misses;
+        c.fingerprint_cache_evictions += p.fingerprint_cache_evictions;
+        c.fingerprint_cache_bypassed += p.fingerprint_cache_bypassed;
+        c.fingerprint_cache_unadmitted += p.fingerprint_cache_unadmitted;
+        c.source_evictions += p.source_evictions;
+        c.syn_join_evictions += p.syn_join_evictions;
     }
 }
 

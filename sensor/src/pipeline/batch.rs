@@ -5,11 +5,12 @@
 
 use std::net::IpAddr;
 
-use sensor_common::CaptureRecord;
+use sensor_common::RecordHead;
 
 use super::analyst::{Analysed, Analyst, EventOutput};
 use crate::{
     aggregate::{HostSeen, Observation, UNKNOWN},
+    counters::AgentCounters,
     fingerprint::Engine,
     record::Record,
 };
@@ -95,19 +96,23 @@ struct StoredAnalysis {
     output: StoredOutput,
 }
 
-/// Records in the order they were read, each with its wall-clock time and, once an analyst has
-/// been over the batch, its analysis.
+/// Validated records in the order they were pushed, each with its wall-clock time and, once an
+/// analyst has been over the batch, its analysis.
 #[derive(Default)]
 pub struct Batch {
-    /// Whole records: holding only the fixed part and the captured payload (about half, for an
-    /// OPTIONS) measured the same (lean, three analysts, medians of 9: 0.42 s against 0.43).
-    records: Vec<CaptureRecord>,
+    /// The records one after the other, each its fixed part and captured payload only (ring
+    /// items come in several sizes), each starting on a word, as the record's alignment wants.
+    words: Vec<u64>,
+    /// Where each record starts in `words`, and its length in bytes.
+    records: Vec<(u32, u32)>,
     times: Vec<u64>,
-    /// `None`: the record failed validation (counted by the sink).
+    /// `None`: the record no longer validates (never expected; counted by the sink).
     analyses: Vec<Option<StoredAnalysis>>,
     text: String,
     /// Event lines.
     lines: Vec<u8>,
+    /// The counters of the analyst that went over the batch, as they stood after it.
+    pub analyst_counters: AgentCounters,
 }
 
 impl Batch {
@@ -121,6 +126,7 @@ impl Batch {
 
     /// Empties the batch, keeping its buffers.
     pub fn clear(&mut self) {
+        self.words.clear();
         self.records.clear();
         self.times.clear();
         self.analyses.clear();
@@ -128,8 +134,23 @@ impl Batch {
         self.lines.clear();
     }
 
-    pub fn push(&mut self, record: &CaptureRecord, wall_ns: u64) {
-        self.records.push(*record);
+    /// Copies `record` (its fixed part and captured payload) into the batch.
+    pub fn push(&mut self, record: Record<'_>, wall_ns: u64) {
+        let payload = record.payload();
+        let len = RecordHead::SIZE + payload.len();
+        let start = self.words.len();
+        self.words.resize(start + len.div_ceil(8), 0);
+        let bytes = words_as_bytes_mut(&mut self.words[start..]);
+        // SAFETY: `RecordHead` is plain bytes (`#[repr(C)]`, no padding), `SIZE` of them.
+        let head = unsafe {
+            std::slice::from_raw_parts(
+                (record.raw() as *const RecordHead).cast::<u8>(),
+                RecordHead::SIZE,
+            )
+        };
+        bytes[..RecordHead::SIZE].copy_from_slice(head);
+        bytes[RecordHead::SIZE..len].copy_from_slice(payload);
+        self.records.push((start as u32, len as u32));
         self.times.push(wall_ns);
     }
 
@@ -138,13 +159,17 @@ impl Batch {
         self.analyses.clear();
         self.text.clear();
         self.lines.clear();
-        for (raw, &wall_ns) in self.records.iter().zip(&self.times) {
-            let stored = Record::new(raw).ok().map(|record| {
+        for i in 0..self.records.len() {
+            let Some(&wall_ns) = self.times.get(i) else {
+                break;
+            };
+            let stored = record_at(&self.words, &self.records, i).map(|record| {
                 let analysed = analyst.analyse(record, wall_ns);
                 store(&analysed, &mut self.text, &mut self.lines)
             });
             self.analyses.push(stored);
         }
+        analyst.fill_counters(&mut self.analyst_counters);
     }
 
     /// The `i`th record, its time, and its analysis (`None` if it failed validation, or the
@@ -155,9 +180,8 @@ impl Batch {
         engine: &'a Engine,
         sensor: Option<&'a str>,
     ) -> Option<(Record<'a>, u64, Option<Analysed<'a>>)> {
-        let raw = self.records.get(i)?;
         let wall_ns = *self.times.get(i)?;
-        let record = Record::new(raw).ok()?;
+        let record = record_at(&self.words, &self.records, i)?;
         let analysed = self
             .analyses
             .get(i)
@@ -166,6 +190,23 @@ impl Batch {
             .map(|s| view(&s, &self.text, &self.lines, engine, sensor));
         Some((record, wall_ns, analysed))
     }
+}
+
+/// The `i`th record, validated again (it was when pushed; the copy is checked, not trusted).
+fn record_at<'a>(words: &'a [u64], records: &[(u32, u32)], i: usize) -> Option<Record<'a>> {
+    let &(start, len) = records.get(i)?;
+    let bytes = words_as_bytes(words.get(start as usize..)?).get(..len as usize)?;
+    Record::from_bytes(bytes).ok()
+}
+
+fn words_as_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: any `u64` is eight valid bytes; the length is the same memory's.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) }
+}
+
+fn words_as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as above, and any bytes are a valid `u64`.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 fn store(a: &Analysed<'_>, text: &mut String, lines: &mut Vec<u8>) -> StoredAnalysis {
@@ -287,19 +328,24 @@ mod tests {
             let mut batched = Analyst::new(engine.clone(), &options);
             let records = crate::offline::corpus_records_varied();
             let mut batch = Batch::default();
-            for (i, raw) in records.iter().enumerate() {
-                batch.push(raw, 1_795_313_043_000_000_000 + i as u64);
+            let valid: Vec<(usize, Record<'_>)> = records
+                .iter()
+                .enumerate()
+                .filter_map(|(i, raw)| Some((i, Record::new(raw).ok()?)))
+                .collect();
+            for &(i, record) in &valid {
+                batch.push(record, 1_795_313_043_000_000_000 + i as u64);
             }
             batch.analyse(&mut batched);
-            assert_eq!(batch.len(), records.len());
+            assert_eq!(batch.len(), valid.len());
             let mut compared = 0;
-            for (i, raw) in records.iter().enumerate() {
-                let (_, wall_ns, from_batch) = batch.get(i, &engine, None).unwrap();
+            for (j, &(i, record)) in valid.iter().enumerate() {
+                let (copy, wall_ns, from_batch) = batch.get(j, &engine, None).unwrap();
                 assert_eq!(wall_ns, 1_795_313_043_000_000_000 + i as u64);
-                let Ok(record) = Record::new(raw) else {
-                    assert!(from_batch.is_none());
-                    continue;
-                };
+                assert_eq!(copy.payload(), record.payload(), "record {i}");
+                assert_eq!(copy.src_ip(), record.src_ip());
+                assert_eq!(copy.tcp_options(), record.tcp_options());
+                assert_eq!(copy.timestamp_ns(), record.timestamp_ns());
                 let expected = direct.analyse(record, wall_ns);
                 let got = from_batch.unwrap();
                 assert_eq!(got.observation, expected.observation, "record {i}");
@@ -308,6 +354,7 @@ mod tests {
                 assert_eq!(got.output, expected.output, "record {i}");
                 compared += 1;
             }
+            assert!(batch.get(valid.len(), &engine, None).is_none());
             assert!(compared > 200, "{compared}");
             batch.clear();
             assert!(batch.is_empty());

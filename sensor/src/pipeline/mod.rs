@@ -5,16 +5,21 @@
 //!
 //! Two halves: an [`Analyst`] does the per-record work, whose state is keyed by source address,
 //! and a [`Sink`] writes, aggregates and follows servers in the order records arrived. A
-//! [`Pipeline`] is one of each on one thread; `sensor analyze --threads` shares records out among
-//! analysts by source and feeds one sink (`offline::parallel`).
+//! [`Pipeline`] is one of each on the calling thread, or with `--threads N`, N analysts on
+//! threads of their own sharing the records out by source and one sink on the calling thread
+//! ([`pool`]).
 
 pub mod analyst;
 pub mod batch;
+pub mod pool;
 pub mod sink;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
+use tokio::sync::Notify;
+
 pub use analyst::{Analysed, Analyst, EventOutput};
+pub use pool::AnalystPool;
 pub use sink::Sink;
 
 use crate::{
@@ -53,6 +58,9 @@ pub struct PipelineOptions {
     pub detail: EventDetail,
     /// Write only the first events of each source and template per window (`sampling`).
     pub sampling: Option<SamplingConfig>,
+    /// Analysts on threads of their own (`--threads`); 0 or 1: the analysis runs on the
+    /// calling thread.
+    pub threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +71,17 @@ pub enum PipelineError {
     Output(#[from] OutputError),
     #[error(transparent)]
     Kafka(#[from] KafkaOutputError),
+    #[error("cannot start the analyst threads: {0}")]
+    Threads(std::io::Error),
 }
 
 pub struct Pipeline {
+    /// Analyses on the calling thread when there is no pool.
     analyst: Analyst,
+    /// The analysts `--threads` asked for, until [`start`](Pipeline::start_outputs) gives them
+    /// their threads.
+    waiting: Vec<Analyst>,
+    pool: Option<AnalystPool>,
     sink: Sink,
     pub counters: AgentCounters,
 }
@@ -76,16 +91,31 @@ impl Pipeline {
     /// outputs.
     pub fn new(options: &PipelineOptions) -> Result<Self, PipelineError> {
         let engine = Arc::new(Engine::load(options.rules.as_deref())?);
+        let waiting = if options.threads > 1 {
+            (0..options.threads.min(pool::MAX_ANALYSTS))
+                .map(|_| Analyst::new(engine.clone(), options))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             analyst: Analyst::new(engine, options),
+            waiting,
+            pool: None,
             sink: Sink::new(options)?,
             counters: AgentCounters::default(),
         })
     }
 
-    /// Starts the outputs that run threads of their own (Kafka, resuming its spool). Events
-    /// handled before this go to the other outputs only.
+    /// Starts what runs threads of its own: the analysts (`--threads`) and the outputs that
+    /// have threads (Kafka, resuming its spool). Records handled before this are analysed on the
+    /// calling thread, and their events go to the other outputs only. The live agent calls it
+    /// once privileges are dropped: capabilities belong to threads.
     pub fn start_outputs(&mut self) -> Result<(), PipelineError> {
+        if !self.waiting.is_empty() {
+            let analysts = std::mem::take(&mut self.waiting);
+            self.pool = Some(AnalystPool::start(analysts).map_err(PipelineError::Threads)?);
+        }
         self.sink.start_outputs()
     }
 
@@ -101,28 +131,79 @@ impl Pipeline {
         }
     }
 
-    /// One record, with its wall-clock time.
+    /// One record, with its wall-clock time: analysed and written now, or with analyst
+    /// threads, added to the round being filled (written once the round comes back).
     pub fn record(&mut self, record: Record<'_>, wall_ns: u64) {
-        let analysed = self.analyst.analyse(record, wall_ns);
-        self.sink
-            .take(record, wall_ns, &analysed, &mut self.counters);
+        match &mut self.pool {
+            None => {
+                let analysed = self.analyst.analyse(record, wall_ns);
+                self.sink
+                    .take(record, wall_ns, &analysed, &mut self.counters);
+            }
+            Some(pool) => {
+                if pool.push(record, wall_ns) {
+                    send_round(pool, &mut self.sink, &mut self.counters);
+                }
+            }
+        }
     }
 
-    /// The analyst, for the threads of `sensor analyze --threads` (`offline::parallel`).
-    pub fn analyst_mut(&mut self) -> &mut Analyst {
-        &mut self.analyst
+    /// The pool, the sink and the counters, with analyst threads.
+    fn pooled(&mut self) -> Option<(&mut AnalystPool, &mut Sink, &mut AgentCounters)> {
+        let pool = self.pool.as_mut()?;
+        Some((pool, &mut self.sink, &mut self.counters))
     }
 
-    /// The analyst, the sink and the counters, for analysts on threads of their own feeding the
-    /// sink (`offline::parallel`).
-    pub fn parts_mut(&mut self) -> (&mut Analyst, &mut Sink, &mut AgentCounters) {
-        (&mut self.analyst, &mut self.sink, &mut self.counters)
+    /// Writes the rounds the analysts have finished, oldest first, without waiting; then sends
+    /// the round being filled.
+    fn take_analysed(&mut self) {
+        if let Some((pool, sink, counters)) = self.pooled() {
+            while pool.oldest_done() {
+                write_round(pool, sink, counters);
+            }
+            if pool.filling() > 0 {
+                send_round(pool, sink, counters);
+            }
+        }
     }
 
-    /// Pushes buffered output out; called after each batch.
+    /// Sends what is filling and writes every round out, waiting for the analysts: after it,
+    /// every record handed to the pipeline is written and aggregated.
+    pub fn settle(&mut self) {
+        if let Some((pool, sink, counters)) = self.pooled() {
+            send_round(pool, sink, counters);
+            while pool.rounds_out() > 0 {
+                write_round(pool, sink, counters);
+            }
+        }
+    }
+
+    /// Rounds with the analysts, or filling (0 without analyst threads).
+    pub fn records_in_flight(&self) -> usize {
+        self.pool
+            .as_ref()
+            .map_or(0, |p| p.rounds_out() + usize::from(p.filling() > 0))
+    }
+
+    /// Rung when an analyst thread finishes a batch (`None` without analyst threads): wait on it
+    /// while [`records_in_flight`](Self::records_in_flight), then [`flush`](Self::flush).
+    pub fn analysed_signal(&self) -> Option<Arc<Notify>> {
+        self.pool.as_ref().map(AnalystPool::ready)
+    }
+
+    /// Writes what the analyst threads have finished and sends them what is filling, then
+    /// pushes buffered output out; called after each batch of records.
     pub fn flush(&mut self) {
-        self.analyst.fill_counters(&mut self.counters);
+        self.take_analysed();
+        self.fill_analyst_counters();
         self.sink.flush(&mut self.counters);
+    }
+
+    fn fill_analyst_counters(&mut self) {
+        match &self.pool {
+            None => self.analyst.fill_counters(&mut self.counters),
+            Some(pool) => pool.fill_counters(&mut self.counters),
+        }
     }
 
     /// Periodic work, about once a second: campaigns' windows, the rogue tracker's timeouts and
@@ -131,13 +212,16 @@ impl Pipeline {
         self.sink.tick(&mut self.counters);
     }
 
-    /// Keeps per-source IP-ID state for up to `capacity` sources; beyond it a source not seen for
-    /// a turn of the tracker's CLOCK hand is evicted (an approximation of least recently seen).
+    /// Keeps per-source IP-ID state for up to `capacity` sources (per analyst); beyond it a
+    /// source not seen for a turn of the tracker's CLOCK hand is evicted (an approximation of
+    /// least recently seen). Before [`start_outputs`](Self::start_outputs).
     pub fn track_sources(&mut self, capacity: usize) {
-        self.analyst.track_sources(capacity);
+        for analyst in std::iter::once(&mut self.analyst).chain(&mut self.waiting) {
+            analyst.track_sources(capacity);
+        }
     }
 
-    /// Sources the pipeline holds state for.
+    /// Sources the calling thread's analyst holds state for (those on threads are not asked).
     pub fn tracked_sources(&self) -> usize {
         self.analyst.tracked_sources()
     }
@@ -152,7 +236,8 @@ impl Pipeline {
         self.sink.kafka_counters()
     }
 
-    /// The report of everything aggregated so far, `top` rows per table.
+    /// The report of everything aggregated so far, `top` rows per table (with analyst threads,
+    /// [`settle`](Self::settle) first for every record handed in).
     pub fn report(&self, top: usize) -> Summary {
         self.sink.report(top)
     }
@@ -162,7 +247,8 @@ impl Pipeline {
     /// outputs are closed. Stops the Kafka output first, which delivers or spools what is left
     /// (blocking, up to its shutdown timeout).
     pub fn finish(&mut self, kernel: &KernelCounters) -> Option<KafkaStats> {
-        self.analyst.fill_counters(&mut self.counters);
+        self.settle();
+        self.fill_analyst_counters();
         self.sink.finish(kernel, &mut self.counters)
     }
 
@@ -188,6 +274,23 @@ impl Pipeline {
     pub fn write_metrics(&self, out: &mut Exposition) {
         self.sink.write_metrics(out, &self.counters);
     }
+}
+
+/// Sends the round being filled to the analysts, first writing the oldest rounds out (waiting
+/// for them) while as many as the pool allows are out.
+fn send_round(pool: &mut AnalystPool, sink: &mut Sink, counters: &mut AgentCounters) {
+    while !pool.can_send() {
+        write_round(pool, sink, counters);
+    }
+    pool.send();
+}
+
+/// One round the analysts have sent back (waiting for it if need be), through the sink.
+fn write_round(pool: &mut AnalystPool, sink: &mut Sink, counters: &mut AgentCounters) {
+    pool.take(|item| match item {
+        Some((record, wall_ns, analysed)) => sink.take(record, wall_ns, &analysed, counters),
+        None => counters.records_undecodable += 1,
+    });
 }
 
 #[cfg(test)]
