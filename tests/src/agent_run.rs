@@ -8,23 +8,36 @@ use xtask::lab::NetnsGuard;
 use crate::temp_path;
 
 /// Runs the agent in network namespace `ns` while `send` runs in another thread; the agent
-/// stops `settle` after `send` returns. Returns the summary and the NDJSON lines written.
+/// stops `settle` after `send` returns. Returns the summary and the NDJSON lines written (the
+/// agent's other outputs are left as `options` has them).
 pub fn run_agent_in(
     ns: &str,
-    mut options: RunOptions,
+    options: RunOptions,
     settle: Duration,
     send: impl FnOnce() + Send,
 ) -> (RunSummary, Vec<serde_json::Value>) {
+    run_agent_watched(ns, options, settle, |_| send())
+}
+
+/// [`run_agent_in`], with `send` given the path of the NDJSON file the agent is writing, to
+/// look at while the agent runs.
+pub fn run_agent_watched(
+    ns: &str,
+    mut options: RunOptions,
+    settle: Duration,
+    send: impl FnOnce(&Path) + Send,
+) -> (RunSummary, Vec<serde_json::Value>) {
     let output = temp_path("events.ndjson");
-    options.outputs = sensor::output::OutputOptions::ndjson_file(&output);
+    options.outputs.ndjson = Some(sensor::output::Destination::File(output.clone()));
     let (attached_tx, attached_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let summary = std::thread::scope(|scope| {
+        let watched = &output;
         scope.spawn(move || {
             attached_rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("agent attached");
-            send();
+            send(watched);
             let _ = done_tx.send(());
         });
         let _ns = NetnsGuard::enter(ns).expect("enter the agent's namespace");

@@ -36,6 +36,16 @@ fn probes(docs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
         .collect()
 }
 
+/// The sequence number the lab's sender puts in a request's Call-ID (`lab-SEQ@...`).
+fn lab_sequence(payload: &str) -> u32 {
+    payload
+        .split("Call-ID: lab-")
+        .nth(1)
+        .and_then(|s| s.split('@').next())
+        .and_then(|s| s.parse().ok())
+        .expect("Call-ID carries the sequence number")
+}
+
 #[test]
 fn ten_thousand_datagrams_all_arrive_as_records() {
     const COUNT: u32 = 10_000;
@@ -60,12 +70,7 @@ fn ten_thousand_datagrams_all_arrive_as_records() {
             "{text}"
         );
         assert_eq!(p["payload"]["truncated"], false);
-        let seq: u32 = text
-            .split("Call-ID: lab-")
-            .nth(1)
-            .and_then(|s| s.split('@').next())
-            .and_then(|s| s.parse().ok())
-            .expect("Call-ID carries the sequence number");
+        let seq = lab_sequence(text);
         assert!(seqs.insert(seq), "sequence {seq} seen twice");
     }
     assert_eq!(seqs.len() as u32, COUNT);
@@ -296,4 +301,131 @@ fn errors_are_clear_and_leave_nothing_attached() {
         !lab.dark_has_xdp().unwrap(),
         "nothing attached after errors"
     );
+}
+
+/// The documents of `kind`, without what differs between a live run and an analysis of its
+/// pcapng (the time written, the interface).
+fn comparable(docs: &[serde_json::Value], kind: &str) -> Vec<serde_json::Value> {
+    docs.iter()
+        .filter(|d| d["event_type"] == kind)
+        .map(|d| {
+            let mut d = d.clone();
+            let map = d.as_object_mut().unwrap();
+            for key in ["timestamp", "ifindex", "rx_queue"] {
+                map.remove(key);
+            }
+            d
+        })
+        .collect()
+}
+
+/// Threads of this process named as the agent names its analysts.
+fn analyst_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("analyst-"))
+        .count()
+}
+
+#[test]
+fn analyst_threads_write_what_one_thread_writes_live() {
+    const SOURCES: u8 = 6;
+    const PER_SOURCE: u32 = 200;
+    const TOTAL: usize = SOURCES as usize * PER_SOURCE as usize;
+    let lab = Lab::create("thr").expect("lab");
+    let sources: Vec<IpAddr> = (0..SOURCES)
+        .map(|i| IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 20 + i)))
+        .collect();
+    for &source in &sources {
+        lab.add_scan_address(source).expect("address the scanner");
+    }
+    let target = SocketAddr::new(IpAddr::V4(lab::darknet_v4(70)), 5060);
+    let pcapng = temp_path("threads.pcapng");
+    let mut options = RunOptions::new(&lab.dark_if);
+    options.threads = 3;
+    options.outputs.pcapng = Some(sensor::output::Destination::File(pcapng.clone()));
+    let (written_tx, written_rx) = mpsc::channel();
+    let (summary, docs) = sensor_tests::agent_run::run_agent_watched(
+        &lab.dark_ns,
+        options,
+        Duration::from_millis(300),
+        |events| {
+            let sent =
+                traffic::udp_sip_from_sources(&lab, target, &sources, PER_SOURCE).expect("send");
+            assert_eq!(sent as usize, TOTAL);
+            // The analysts' last rounds are written while the agent runs, not at its stop.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut written = 0;
+            while std::time::Instant::now() < deadline {
+                written = std::fs::read_to_string(events)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("\"sip_probe\""))
+                    .count();
+                if written == TOTAL {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            written_tx.send((written, analyst_threads())).unwrap();
+        },
+    );
+    let (written, analysts) = written_rx.recv().unwrap();
+    assert_eq!(written, TOTAL, "written before the stop");
+    assert_eq!(analysts, 3, "the analysts ran on threads of their own");
+    summary.kernel.check().expect("kernel counters reconcile");
+    assert_eq!(summary.kernel.get(Counter::Emitted), TOTAL as u64);
+    assert_eq!(summary.agent.records_read, TOTAL as u64);
+    assert_eq!(summary.agent.events_written, TOTAL as u64);
+    let a = &summary.agent;
+    assert_eq!(
+        a.fingerprint_cache_hits + a.fingerprint_cache_misses + a.fingerprint_cache_bypassed,
+        TOTAL as u64,
+        "every analyst's cache counters are summed: {a:?}"
+    );
+
+    // Each source's datagrams in the order sent.
+    let live = comparable(&docs, "sip_probe");
+    assert_eq!(live.len(), TOTAL);
+    let mut next = std::collections::BTreeMap::new();
+    for p in &live {
+        let seq = lab_sequence(p["payload"]["printable"].as_str().unwrap());
+        let expected = next.entry(p["src_ip"].to_string()).or_insert(0);
+        assert_eq!(seq, *expected, "{}", p["src_ip"]);
+        *expected += 1;
+    }
+    assert_eq!(next.len(), usize::from(SOURCES));
+
+    // The same records analysed on one thread, from the pcapng the live run wrote: the same
+    // events (IP-ID inferences, processes, attribution), campaigns and report.
+    let offline_events = temp_path("threads-offline.ndjson");
+    let analyzed = sensor::offline::analyze::analyze(
+        &pcapng,
+        &sensor::offline::analyze::AnalyzeOptions {
+            ports: sensor::capture::PortSet::default(),
+            match_source_port: false,
+            prefix_len: sensor_common::DEFAULT_PREFIX_LEN,
+            pipeline: sensor::pipeline::PipelineOptions {
+                outputs: sensor::output::OutputOptions::ndjson_file(&offline_events),
+                threads: 1,
+                ..Default::default()
+            },
+            metrics_file: None,
+        },
+    )
+    .expect("analyze the live run's pcapng");
+    let offline = read_ndjson(&offline_events);
+    let _ = std::fs::remove_file(&offline_events);
+    let _ = std::fs::remove_file(&pcapng);
+    assert_eq!(analyzed.agent.events_written, TOTAL as u64);
+    for kind in ["sip_probe", "campaign"] {
+        let (x, y) = (comparable(&docs, kind), comparable(&offline, kind));
+        assert_eq!(x.len(), y.len(), "{kind}");
+        for (i, (x, y)) in x.iter().zip(&y).enumerate() {
+            assert_eq!(x, y, "{kind} {i}");
+        }
+    }
+    assert_eq!(summary.report.to_string(), analyzed.report.to_string());
+    assert!(!lab.dark_has_xdp().unwrap(), "detached after the run");
 }

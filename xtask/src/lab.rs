@@ -177,6 +177,30 @@ impl Lab {
             .context("attach XDP_PASS to the scanner end")
     }
 
+    /// Gives the scanner's interface another address of its subnet (198.51.100.0/24 or
+    /// 2001:db8:5060::/64), to send from as another source.
+    pub fn add_scan_address(&self, addr: IpAddr) -> Result<()> {
+        let (cidr, flags): (String, &[&str]) = match addr {
+            IpAddr::V4(a) if a.octets()[..3] == SCAN_V4.octets()[..3] => (format!("{a}/24"), &[]),
+            // No duplicate address detection: the address is usable at once.
+            IpAddr::V6(a) if a.segments()[..4] == SCAN_V6.segments()[..4] => {
+                (format!("{a}/64"), &["nodad"])
+            }
+            _ => bail!("{addr} is not in the scanner's subnet"),
+        };
+        let mut args = vec![
+            "-n",
+            &self.scan_ns,
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            &self.scan_if,
+        ];
+        args.extend_from_slice(flags);
+        cmd("ip", &args)
+    }
+
     /// Whether any XDP program is attached to the darknet interface.
     pub fn dark_has_xdp(&self) -> Result<bool> {
         let out = Command::new("ip")

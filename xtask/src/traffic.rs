@@ -58,28 +58,63 @@ pub fn udp_sip_burst(lab: &Lab, target: SocketAddr, count: u32) -> Result<u32> {
     };
     let socket = UdpSocket::bind(bind).context("bind UDP socket in scanner namespace")?;
     let from = socket.local_addr()?;
-    let mut sent = 0;
     for seq in 0..count {
         let payload = sip_request("OPTIONS", target.ip(), from.ip(), from.port(), seq);
-        loop {
-            match socket.send_to(&payload, target) {
-                Ok(_) => break,
-                // ENOBUFS: the qdisc is full; give it a moment rather than lose the packet.
-                Err(e)
-                    if e.raw_os_error() == Some(libc::ENOBUFS)
-                        || e.kind() == io::ErrorKind::WouldBlock =>
-                {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err(e) => return Err(e).with_context(|| format!("send to {target}")),
-            }
-        }
-        sent += 1;
-        if seq % 256 == 255 {
-            std::thread::sleep(Duration::from_millis(1));
+        send_paced(&socket, &payload, target, seq)?;
+    }
+    Ok(count)
+}
+
+/// Sends `per_source` SIP OPTIONS over UDP from each of `sources` (addresses of the scanner's
+/// interface, see [`Lab::add_scan_address`]), each from its own socket on port 5060, taking the
+/// sources in turn: their records reach the sensor interleaved.
+pub fn udp_sip_from_sources(
+    lab: &Lab,
+    target: SocketAddr,
+    sources: &[IpAddr],
+    per_source: u32,
+) -> Result<u32> {
+    check_target(&target)?;
+    let _ns = lab.enter_scan()?;
+    let sockets = sources
+        .iter()
+        .map(|&ip| {
+            UdpSocket::bind(SocketAddr::new(ip, 5060))
+                .with_context(|| format!("bind {ip}:5060 in scanner namespace"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut sent = 0;
+    for seq in 0..per_source {
+        for socket in &sockets {
+            let from = socket.local_addr()?;
+            let payload = sip_request("OPTIONS", target.ip(), from.ip(), from.port(), seq);
+            send_paced(socket, &payload, target, sent)?;
+            sent += 1;
         }
     }
     Ok(sent)
+}
+
+/// Sends one datagram, waiting while the qdisc is full rather than losing it, and pausing after
+/// every 256th (`n`: datagrams sent before this one).
+fn send_paced(socket: &UdpSocket, payload: &[u8], target: SocketAddr, n: u32) -> Result<()> {
+    loop {
+        match socket.send_to(payload, target) {
+            Ok(_) => break,
+            // ENOBUFS: the qdisc is full; give it a moment rather than lose the packet.
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOBUFS)
+                    || e.kind() == io::ErrorKind::WouldBlock =>
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => return Err(e).with_context(|| format!("send to {target}")),
+        }
+    }
+    if n % 256 == 255 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// What the demonstration mix sent.
