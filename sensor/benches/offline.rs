@@ -317,9 +317,8 @@ fn main() {
         bytes as f64 / 1e6
     );
     // The sensor on one thread, and with one analysing thread more than there are CPUs
-    // (`--threads`): the reader and the sink need about a quarter of a CPU between them, and on
-    // two CPUs three analysts balanced best (lean, medians of five: two 0.46 s, three 0.40 s,
-    // four 0.47 s).
+    // (`--threads`): the thread that reads the file and writes the events does about a fifth of
+    // the instructions, and on two CPUs three analysts balanced best (BENCHMARKS.md, section 3).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut tools: Vec<Tool> = Vec::new();
     for threads in [1, cpus + 1] {
