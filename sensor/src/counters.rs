@@ -159,6 +159,10 @@ pub struct AgentCounters {
     /// Misses classified in full without making an entry: a template's first message within
     /// the cache's recent reach (its entry is made at the second).
     pub fingerprint_cache_unadmitted: u64,
+    /// With analyst threads (`--threads`): times the thread that reads records waited for the
+    /// analysts, every round it may hand out being out. Live, a count that keeps rising means
+    /// the analysts fall behind the traffic (the ring then fills: `kernel.ring_full`).
+    pub analyst_waits: u64,
 }
 
 impl AgentCounters {
@@ -186,6 +190,7 @@ impl AgentCounters {
                 "fingerprint_cache_unadmitted",
                 self.fingerprint_cache_unadmitted,
             ),
+            ("analyst_waits", self.analyst_waits),
         ]
         .into_iter()
     }

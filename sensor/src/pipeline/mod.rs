@@ -273,12 +273,26 @@ impl Pipeline {
     /// The pipeline's metric families: agent counters, events per tool, the outputs, campaigns.
     pub fn write_metrics(&self, out: &mut Exposition) {
         self.sink.write_metrics(out, &self.counters);
+        out.gauge(
+            "sensor_analyst_threads",
+            "Threads analysing records (--threads); 0: the analysis runs on the reading thread.",
+            self.pool.as_ref().map_or(0, AnalystPool::threads) as u64,
+        );
+        out.counter(
+            "sensor_agent_analyst_waits_total",
+            "Times the reading thread waited for the analyst threads, every round being out: \
+             rising while live, the analysts fall behind the traffic.",
+            self.counters.analyst_waits,
+        );
     }
 }
 
 /// Sends the round being filled to the analysts, first writing the oldest rounds out (waiting
 /// for them) while as many as the pool allows are out.
 fn send_round(pool: &mut AnalystPool, sink: &mut Sink, counters: &mut AgentCounters) {
+    if !pool.can_send() {
+        counters.analyst_waits += 1;
+    }
     while !pool.can_send() {
         write_round(pool, sink, counters);
     }

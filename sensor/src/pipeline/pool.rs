@@ -125,6 +125,11 @@ impl AnalystPool {
         self.order.len() >= ROUND
     }
 
+    /// Analyst threads.
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Records pushed and not yet sent.
     pub fn filling(&self) -> usize {
         self.order.len()
