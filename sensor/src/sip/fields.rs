@@ -2,6 +2,8 @@
 //! (From/To/Contact), SIP URIs, CSeq, and the SDP session lines. Zero-copy and lenient: a part
 //! that is missing is `None`/empty, never an error.
 
+use memchr::{memchr, memchr2, memrchr};
+
 use super::message::parse_u32;
 
 /// A SIP or SIPS URI (`sip:user@host:port;params`), or whatever stands where one should be.
@@ -22,23 +24,23 @@ pub struct Uri<'a> {
 impl<'a> Uri<'a> {
     pub fn parse(raw: &'a [u8]) -> Self {
         let raw = raw.trim_ascii();
-        let (scheme, rest) = match raw.iter().position(|&b| b == b':') {
-            Some(colon) if colon > 0 && raw[..colon].iter().all(|b| b.is_ascii_alphabetic()) => {
-                (&raw[..colon], &raw[colon + 1..])
-            }
+        // A scheme is letters up to the first ':' (the first byte that is not a letter).
+        let letters = raw
+            .iter()
+            .position(|b| !b.is_ascii_alphabetic())
+            .unwrap_or(raw.len());
+        let (scheme, rest) = match raw.get(letters) {
+            Some(b':') if letters > 0 => (&raw[..letters], &raw[letters + 1..]),
             _ => (&raw[..0], raw),
         };
         // The user part ends at the last '@' before any header part ('?').
-        let before_headers = &rest[..rest.iter().position(|&b| b == b'?').unwrap_or(rest.len())];
-        let (user, hostpart) = match before_headers.iter().rposition(|&b| b == b'@') {
+        let before_headers = &rest[..memchr(b'?', rest).unwrap_or(rest.len())];
+        let (user, hostpart) = match memrchr(b'@', before_headers) {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
-        let user = user.map(|u| &u[..u.iter().position(|&b| b == b':').unwrap_or(u.len())]);
-        let params_at = hostpart
-            .iter()
-            .position(|&b| b == b';' || b == b'?')
-            .unwrap_or(hostpart.len());
+        let user = user.map(|u| &u[..memchr(b':', u).unwrap_or(u.len())]);
+        let params_at = memchr2(b';', b'?', hostpart).unwrap_or(hostpart.len());
         let params = hostpart.get(params_at + 1..).unwrap_or_default();
         let (host, port_raw) = split_host_port(&hostpart[..params_at]);
         Uri {
@@ -57,7 +59,7 @@ impl<'a> Uri<'a> {
 pub fn split_host_port(hostport: &[u8]) -> (&[u8], &[u8]) {
     let hostport = hostport.trim_ascii();
     if hostport.first() == Some(&b'[') {
-        if let Some(close) = hostport.iter().position(|&b| b == b']') {
+        if let Some(close) = memchr(b']', hostport) {
             let after = &hostport[close + 1..];
             let port = after.strip_prefix(b":").unwrap_or_default();
             return (&hostport[..=close], port);
@@ -65,9 +67,10 @@ pub fn split_host_port(hostport: &[u8]) -> (&[u8], &[u8]) {
         return (hostport, &hostport[..0]);
     }
     // More than one colon without brackets: a bare IPv6 address, no port.
-    let colons = hostport.iter().filter(|&&b| b == b':').count();
-    match hostport.iter().rposition(|&b| b == b':') {
-        Some(colon) if colons == 1 => (&hostport[..colon], &hostport[colon + 1..]),
+    match memrchr(b':', hostport) {
+        Some(colon) if memchr(b':', &hostport[..colon]).is_none() => {
+            (&hostport[..colon], &hostport[colon + 1..])
+        }
         _ => (hostport, &hostport[..0]),
     }
 }
@@ -111,18 +114,15 @@ impl<'a> Via<'a> {
     pub fn parse(value: &'a [u8]) -> Self {
         let value = value.trim_ascii();
         // Several Vias may share one header, comma-separated: keep the first.
-        let value = &value[..value.iter().position(|&b| b == b',').unwrap_or(value.len())];
+        let value = &value[..memchr(b',', value).unwrap_or(value.len())];
         let proto_end = value
             .iter()
             .position(|b| b.is_ascii_whitespace())
             .unwrap_or(value.len());
         let protocol = &value[..proto_end];
-        let transport = &protocol[protocol
-            .iter()
-            .rposition(|&b| b == b'/')
-            .map_or(0, |p| p + 1)..];
+        let transport = &protocol[memrchr(b'/', protocol).map_or(0, |p| p + 1)..];
         let rest = &value[proto_end..];
-        let semi = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+        let semi = memchr(b';', rest).unwrap_or(rest.len());
         let (host, port_raw) = split_host_port(&rest[..semi]);
         Via {
             protocol,
@@ -188,7 +188,7 @@ impl<'a> NameAddr<'a> {
         }
         let uri_part;
         let after;
-        match rest.iter().position(|&b| b == b'<') {
+        match memchr(b'<', rest) {
             Some(lt) => {
                 let before = &rest[..lt];
                 if !out.display_quoted {
@@ -203,12 +203,12 @@ impl<'a> NameAddr<'a> {
                 }
                 out.angle = true;
                 let inner = &rest[lt + 1..];
-                let gt = inner.iter().position(|&b| b == b'>').unwrap_or(inner.len());
+                let gt = memchr(b'>', inner).unwrap_or(inner.len());
                 uri_part = &inner[..gt];
                 after = inner.get(gt + 1..).unwrap_or_default();
             }
             None => {
-                let semi = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+                let semi = memchr(b';', rest).unwrap_or(rest.len());
                 // Without brackets a `;` ends the URI: what follows are header parameters.
                 let bare = &rest[..semi];
                 let space_tag = find_subslice(bare, b" tag=");
