@@ -463,7 +463,7 @@ pub async fn run_with(
                 }
             }
             // With analyst threads: a round came back, to be written.
-            () = rung(analysed.as_deref()), if pipeline.records_in_flight() > 0 => {
+            () = rung(analysed.as_deref()), if pipeline.awaiting_analysts() => {
                 pipeline.flush();
             }
             drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| pipeline.ring_item(bytes, &clock)) => {

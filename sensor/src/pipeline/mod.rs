@@ -178,15 +178,14 @@ impl Pipeline {
         }
     }
 
-    /// Rounds with the analysts, or filling (0 without analyst threads).
-    pub fn records_in_flight(&self) -> usize {
-        self.pool
-            .as_ref()
-            .map_or(0, |p| p.rounds_out() + usize::from(p.filling() > 0))
+    /// Whether rounds of records are out with the analyst threads (never without them). After
+    /// [`flush`](Self::flush) nothing is left filling: every record handed in is written or out.
+    pub fn awaiting_analysts(&self) -> bool {
+        self.pool.as_ref().is_some_and(|p| p.rounds_out() > 0)
     }
 
     /// Rung when an analyst thread finishes a batch (`None` without analyst threads): wait on it
-    /// while [`records_in_flight`](Self::records_in_flight), then [`flush`](Self::flush).
+    /// while [`awaiting_analysts`](Self::awaiting_analysts), then [`flush`](Self::flush).
     pub fn analysed_signal(&self) -> Option<Arc<Notify>> {
         self.pool.as_ref().map(AnalystPool::ready)
     }
