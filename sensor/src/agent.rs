@@ -813,11 +813,13 @@ mod tests {
         new.outputs.pcapng = Some(crate::output::Destination::File("/tmp/x".into()));
         new.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
         new.detail = EventDetail::Lean;
+        new.threads = 3;
         assert_eq!(
             old.restart_only_changes(&new),
             [
                 "[capture] interface",
                 "[pcapng]",
+                "[fingerprint] threads",
                 "[events] detail",
                 "[metrics] listen"
             ]
