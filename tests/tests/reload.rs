@@ -38,6 +38,9 @@ interface = "{iface}"
 ports = "{ports}"
 action = "{action}"
 
+[fingerprint]
+threads = 2
+
 [ndjson]
 path = "{dir}/events.ndjson"
 
@@ -328,6 +331,8 @@ fn port_set_and_action_change_under_traffic_without_loss() {
     assert_eq!(metric(&metrics_mid, "sensor_config_changes_total"), 6);
     assert!(metrics_mid.contains("sensor_kernel_percpu_emitted_total{cpu=\"0\"}"));
     assert!(metrics_mid.contains("sensor_config_action{action=\"drop\"} 1"));
+    // Two analyst threads, from the file's key, through every reload.
+    assert_eq!(metric(&metrics_mid, "sensor_analyst_threads"), 2);
     assert!(metrics_mid.contains("sensor_output_up{output=\"pcapng\"} 1"));
 
     // Every NDJSON file, in name order: each line is whole JSON (rotation split nothing).
