@@ -580,13 +580,15 @@ impl Live {
                 let c = &pipeline.counters;
                 return format!(
                     "ok: {}; events {}; records_read {}; output_errors {}; changes {}; \
-                     failed changes {}",
+                     failed changes {}; analyst threads {}; analyst waits {}",
                     self.current.describe_live(),
                     c.events_written,
                     c.records_read,
                     c.output_errors,
                     self.changes,
-                    self.failures
+                    self.failures,
+                    pipeline.analyst_threads(),
+                    c.analyst_waits
                 );
             }
             ControlCommand::Help => return format!("ok: {}", crate::control::HELP),

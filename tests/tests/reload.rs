@@ -320,6 +320,10 @@ fn port_set_and_action_change_under_traffic_without_loss() {
         status_line.contains("ports 5060,5080-5090; action drop"),
         "{status_line}"
     );
+    assert!(
+        status_line.contains("; analyst threads 2; analyst waits "),
+        "{status_line}"
+    );
     let changes = stderr
         .lines()
         .find_map(|l| l.trim().strip_prefix("config.changes"))

@@ -184,6 +184,11 @@ impl Pipeline {
         self.pool.as_ref().is_some_and(|p| p.rounds_out() > 0)
     }
 
+    /// Analyst threads running (0: the analysis runs on the calling thread).
+    pub fn analyst_threads(&self) -> usize {
+        self.pool.as_ref().map_or(0, AnalystPool::threads)
+    }
+
     /// Rung when an analyst thread finishes a batch (`None` without analyst threads): wait on it
     /// while [`awaiting_analysts`](Self::awaiting_analysts), then [`flush`](Self::flush).
     pub fn analysed_signal(&self) -> Option<Arc<Notify>> {
@@ -275,7 +280,7 @@ impl Pipeline {
         out.gauge(
             "sensor_analyst_threads",
             "Threads analysing records (--threads); 0: the analysis runs on the reading thread.",
-            self.pool.as_ref().map_or(0, AnalystPool::threads) as u64,
+            self.analyst_threads() as u64,
         );
         out.counter(
             "sensor_agent_analyst_waits_total",
