@@ -478,7 +478,7 @@ struct ThreadArgs {
     /// the report are the same, in the order records were read; the source bound of the IP-ID
     /// history (--max-sources is the aggregator's) is per thread, and under --event-detail lean
     /// each thread writes its own compact example of a template.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(config::MAX_THREADS)))]
     threads: Option<u16>,
 }
 
