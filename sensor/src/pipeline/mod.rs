@@ -171,7 +171,11 @@ impl Pipeline {
     /// every record handed to the pipeline is written and aggregated.
     pub fn settle(&mut self) {
         if let Some((pool, sink, counters)) = self.pooled() {
-            send_round(pool, sink, counters);
+            // Waiting here is the point, not a sign of analysts behind: not counted.
+            while pool.filling() > 0 && !pool.can_send() {
+                write_round(pool, sink, counters);
+            }
+            pool.send();
             while pool.rounds_out() > 0 {
                 write_round(pool, sink, counters);
             }

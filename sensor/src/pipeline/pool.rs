@@ -11,12 +11,15 @@
 //!
 //! Records go out in rounds of at most [`ROUND`]: each analyst gets its share of a round as one
 //! batch (possibly empty), and the pool keeps the round's order (which analyst had each record).
-//! At most [`DEPTH`] rounds are out at a time and every queue holds [`DEPTH`] batches, so no send
-//! ever waits: the one thread that feeds and drains the queues cannot deadlock with the
-//! analysts.
+//! At most [`ROUNDS_OUT`] rounds and [`RECORDS_OUT`] records are out at a time, and every queue
+//! holds [`ROUNDS_OUT`] batches, so no send ever waits: the one thread that feeds and drains the
+//! queues cannot deadlock with the analysts. Live, a drain of the rings often gives a handful of
+//! records, sent at once as a small round: the bound on rounds is loose so that a few such rounds
+//! do not make the reading thread wait while the analysts wake up; the bound on records is what
+//! holds memory.
 //!
 //! The live agent's loop, on a tokio runtime, waits for a round on [`AnalystPool::ready`];
-//! `sensor analyze`, and the live loop when [`DEPTH`] rounds are already out, block instead
+//! `sensor analyze`, and the live loop when no more may go out, block instead
 //! ([`AnalystPool::wait`]): an analyst's share of one round is a fraction of a millisecond.
 
 use std::{
@@ -43,7 +46,10 @@ use crate::{
 pub const ROUND: usize = if cfg!(test) { 7 } else { 128 };
 
 /// Rounds out at a time, and the capacity of every queue.
-pub const DEPTH: usize = 4;
+pub const ROUNDS_OUT: usize = 16;
+
+/// Records out at a time (four full rounds).
+pub const RECORDS_OUT: usize = 4 * ROUND;
 
 /// A round's order names each record's analyst in a byte.
 pub const MAX_ANALYSTS: usize = u8::MAX as usize;
@@ -68,8 +74,9 @@ pub struct AnalystPool {
     /// The round being filled, one batch per analyst, and which analyst has each record.
     filling: Vec<Batch>,
     order: Vec<u8>,
-    /// The orders of the rounds out, oldest first.
+    /// The orders of the rounds out, oldest first, and the records they hold.
     out: VecDeque<Vec<u8>>,
+    records_out: usize,
     /// Emptied batches and orders, for the rounds to come.
     spare_batches: Vec<Batch>,
     spare_orders: Vec<Vec<u8>>,
@@ -89,8 +96,8 @@ impl AnalystPool {
         let ready = Arc::new(Notify::new());
         let mut workers = Vec::with_capacity(analysts.len());
         for (index, analyst) in analysts.into_iter().take(MAX_ANALYSTS).enumerate() {
-            let (to, input) = sync_channel::<Batch>(DEPTH);
-            let (output, from) = sync_channel::<Batch>(DEPTH);
+            let (to, input) = sync_channel::<Batch>(ROUNDS_OUT);
+            let (output, from) = sync_channel::<Batch>(ROUNDS_OUT);
             let rung = ready.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("analyst-{index}"))
@@ -109,7 +116,8 @@ impl AnalystPool {
             ready,
             hashing: SourceHashing::new(),
             order: Vec::with_capacity(ROUND),
-            out: VecDeque::with_capacity(DEPTH),
+            out: VecDeque::with_capacity(ROUNDS_OUT),
+            records_out: 0,
             spare_batches: Vec::new(),
             spare_orders: Vec::new(),
             engine,
@@ -140,9 +148,10 @@ impl AnalystPool {
         self.out.len()
     }
 
-    /// Whether a round can be sent now (fewer than [`DEPTH`] are out).
+    /// Whether the round being filled can be sent now (fewer than [`ROUNDS_OUT`] rounds are out,
+    /// and it keeps the records out within [`RECORDS_OUT`]).
     pub fn can_send(&self) -> bool {
-        self.out.len() < DEPTH
+        self.out.len() < ROUNDS_OUT && self.records_out + self.order.len() <= RECORDS_OUT
     }
 
     /// Sends the round being filled, if it holds records. The caller has checked
@@ -161,6 +170,7 @@ impl AnalystPool {
             let _ = worker.to.try_send(batch);
         }
         let next = self.spare_orders.pop().unwrap_or_default();
+        self.records_out += self.order.len();
         self.out.push_back(std::mem::replace(&mut self.order, next));
     }
 
@@ -212,6 +222,7 @@ impl AnalystPool {
         let Some(order) = self.out.pop_front() else {
             return;
         };
+        self.records_out -= order.len();
         let mut cursors = [0usize; MAX_ANALYSTS];
         let sensor = self.sensor.as_deref();
         for &shard in &order {
