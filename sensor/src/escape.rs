@@ -17,9 +17,8 @@ pub fn escape_bytes_into(bytes: &[u8], out: &mut String) {
             .iter()
             .position(|&b| !(0x20..=0x7e).contains(&b) || b == b'\\')
             .unwrap_or(rest.len());
-        if let Ok(run) = std::str::from_utf8(&rest[..plain]) {
-            out.push_str(run);
-        }
+        // SAFETY: every byte of the run is printable ASCII (0x20 to 0x7e), which is UTF-8.
+        out.push_str(unsafe { std::str::from_utf8_unchecked(&rest[..plain]) });
         let Some((&b, tail)) = rest[plain..].split_first() else {
             break;
         };
