@@ -253,6 +253,20 @@ struct Tool {
     output_bytes: u64,
 }
 
+impl Tool {
+    fn new(name: String, lean: bool, threads: usize, command: String) -> Self {
+        Tool {
+            name,
+            lean,
+            threads,
+            command,
+            wall: Vec::new(),
+            cpu: Vec::new(),
+            output_bytes: 0,
+        }
+    }
+}
+
 fn run(tool: &mut Tool, capture: &Path, out: &Path) -> bool {
     let _ = std::fs::remove_file(out);
     let mut command = match tool.name.as_str() {
@@ -333,15 +347,7 @@ fn main() {
                     name.push_str(&format!("-t{threads}"));
                     command.push_str(&format!(" --threads {threads}"));
                 }
-                tools.push(Tool {
-                    name,
-                    lean,
-                    threads,
-                    command,
-                    wall: Vec::new(),
-                    cpu: Vec::new(),
-                    output_bytes: 0,
-                });
+                tools.push(Tool::new(name, lean, threads, command));
             }
         }
     }
@@ -352,15 +358,7 @@ fn main() {
             format!("tshark -r {} -Y sip > OUT", capture.display()),
         ),
     ] {
-        tools.push(Tool {
-            name: name.into(),
-            lean: false,
-            threads: 1,
-            command,
-            wall: Vec::new(),
-            cpu: Vec::new(),
-            output_bytes: 0,
-        });
+        tools.push(Tool::new(name.into(), false, 1, command));
     }
     for _ in 0..runs {
         for tool in &mut tools {

@@ -286,9 +286,7 @@ impl SourceHashing {
             k1: u64::from_le_bytes(key[8..].try_into().unwrap_or_default()) | 1,
         }
     }
-}
 
-impl SourceHashing {
     /// The same keys in every run, for hashes whose results must not change between runs (the
     /// aggregator's distinct counters, so that a report over the same documents gives the same
     /// estimates). Not for an index a sender could aim at.

@@ -428,20 +428,13 @@ pub(super) fn timestamp(out: &mut Vec<u8>, epoch_ns: u64) {
     let secs = epoch_ns / 1_000_000_000;
     let micros = (epoch_ns % 1_000_000_000) / 1_000;
     out.push(b'"');
-    match second_text(secs) {
-        Some(text) => out.extend_from_slice(&text),
-        None => {
-            let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-            let rem = secs % 86_400;
-            let _ = write!(
-                out,
-                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-                rem / 3600,
-                (rem / 60) % 60,
-                rem % 60
-            );
-        }
-    }
+    let Some(text) = second_text(secs) else {
+        // Beyond the year 9999: the general formatter (no packet's clock says so).
+        out.extend_from_slice(crate::clock::rfc3339_micros(epoch_ns).as_bytes());
+        out.push(b'"');
+        return;
+    };
+    out.extend_from_slice(&text);
     out.push(b'.');
     two(out, micros / 10_000);
     two(out, micros / 100);

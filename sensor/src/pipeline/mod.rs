@@ -92,7 +92,7 @@ impl Pipeline {
     pub fn new(options: &PipelineOptions) -> Result<Self, PipelineError> {
         let engine = Arc::new(Engine::load(options.rules.as_deref())?);
         let waiting = if options.threads > 1 {
-            (0..options.threads.min(pool::MAX_ANALYSTS))
+            (0..options.threads)
                 .map(|_| Analyst::new(engine.clone(), options))
                 .collect()
         } else {
