@@ -38,7 +38,7 @@ use sensor::{
     clock::WallClock,
     counters::AgentCounters,
     event::Event,
-    fingerprint::{ClassCache, Engine, Packet, SourceTracker, facts::Facts},
+    fingerprint::{ClassCache, Engine, Packet, Recalled, SourceTracker, facts::Facts},
     output::event::EventDetail,
     pipeline::{Pipeline, PipelineOptions},
     record::{Record, Transport},
@@ -162,11 +162,12 @@ fn agent_pass(
                 record,
                 wall_ns: record.timestamp_ns(),
             };
-            let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+            let (sip, recalled) = cache.parse(record.payload(), record.payload_truncated());
             let packet = Packet::from_event(&event);
             let view = sources.observe(&packet, event.wall_ns);
-            let facts = Facts::new(&sip, Some(packet));
-            let verdict = cache.classify(engine, &facts);
+            let facts =
+                Facts::new(&sip, Some(packet)).with_places(recalled.and_then(Recalled::places));
+            let verdict = cache.classify(engine, &facts, recalled);
             black_box(view);
             verdict.winner.map_or(0, |(r, _)| usize::from(r))
         })

@@ -124,7 +124,7 @@ fn every_tool_is_identified_from_what_it_really_sent() {
 /// evidence with its observed values, modifications, alternatives, template and inferences.
 #[test]
 fn the_classification_cache_changes_no_attribution() {
-    use sensor::fingerprint::{ClassCache, Packet, facts::Facts};
+    use sensor::fingerprint::{ClassCache, Packet, Recalled, facts::Facts};
     let engine = Engine::builtin().expect("built-in rules");
     let manifest = corpus::manifest();
     let mut cache = ClassCache::default();
@@ -148,8 +148,12 @@ fn the_classification_cache_changes_no_attribution() {
                     let reference = engine.classify_tracked(&event, &sip, &mut reference_sources);
                     let packet = Packet::from_event(&event);
                     let source = sources.observe(&packet, event.wall_ns);
-                    let facts = Facts::new(&sip, Some(packet));
-                    let verdict = cache.classify(&engine, &facts);
+                    // The cache's way in: a template's later packets are recalled, not parsed.
+                    let (recalled_sip, recalled) =
+                        cache.parse(record.payload(), record.payload_truncated());
+                    let facts = Facts::new(&recalled_sip, Some(packet))
+                        .with_places(recalled.and_then(Recalled::places));
+                    let verdict = cache.classify(&engine, &facts, recalled);
                     let cached = cache.fingerprint(&engine, &verdict, &facts, Some(source));
                     let describe = |fp: &Fingerprint| {
                         format!(

@@ -18,6 +18,7 @@ use crate::{setup::EBPF_TOOLCHAIN, workspace_root};
 pub const TARGETS: &[(&str, u64)] = &[
     ("sip_parse", 20_000),
     ("fingerprint", 3_000),
+    ("recall", 3_000),
     ("capture_reader", 200_000),
     ("extract", 100_000),
 ];

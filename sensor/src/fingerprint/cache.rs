@@ -8,11 +8,18 @@
 //! pin down. Per packet only those run; the scoring and the choice of the winner are then
 //! remembered per outcome of the remaining predicates.
 //!
+//! Most packets of a template differ from its first only in the values of their digits. The
+//! cache keeps that first packet's parse ([`super::recall`]): such a packet is found by its
+//! payload, without being parsed or building its key, and gets the parse, the places of its
+//! fields and the entry.
+//!
 //! The verdict is by construction the engine's own ([`Engine::classify_packet`]): the same
 //! scoring function reads the same outcomes. `tests::cache_changes_no_attribution` and the
 //! corpus test check it on every packet they have.
 
 use std::{cell::OnceCell, collections::HashMap};
+
+use crate::sip::SipMessage;
 
 use super::{
     engine::{
@@ -22,6 +29,7 @@ use super::{
     facts::{Facts, KeyBearing, Value},
     ipid::SourceView,
     key::{self, KeyBuilder},
+    recall::{Recall, Recalled},
     rules::{Condition, Op},
     template::{TemplateHash, template_hash},
     uniform,
@@ -145,14 +153,7 @@ struct Entry {
     residual: Box<[CondRef]>,
     decisions: Vec<(u128, Decision)>,
     referenced: bool,
-    /// Which entry this is (slots are reused): quick keys point at an entry and a generation.
-    generation: u32,
-}
-
-/// A quick key ([`KeyBuilder::build_quick`]) met before, and the entry of its key.
-struct QuickAlias {
-    key: Box<[u8]>,
-    entry: u32,
+    /// Which entry this is (slots are reused): recalled templates point at an entry and a generation.
     generation: u32,
 }
 
@@ -163,9 +164,9 @@ pub struct ClassCache {
     entries: Vec<Entry>,
     capacity: usize,
     hand: usize,
-    /// Quick keys to entries: most packets of a template differ from each other only in the
-    /// values of their digits, and find their entry here without building the full key.
-    quick: HashMap<u64, QuickAlias, BuildIdentity>,
+    /// Templates met (packets that differ only in the values of digits), with their parse and
+    /// entry: most packets find their entry there without being parsed or building their key.
+    recall: Recall,
     generations: u32,
     doorkeeper: Doorkeeper,
     pub counters: CacheCounters,
@@ -225,15 +226,15 @@ impl Doorkeeper {
     }
 }
 
-/// Quick keys remembered per template kept (a template has one per combination of its
-/// digit-run lengths).
-const QUICK_PER_ENTRY: usize = 8;
+/// Recalled templates kept per cache entry (an entry has one per combination of its digit-run
+/// lengths).
+const TEMPLATES_PER_ENTRY: usize = 8;
 
 /// The map's keys are already hashes.
 #[derive(Clone, Copy, Default)]
-struct BuildIdentity;
+pub(super) struct BuildIdentity;
 
-struct Identity(u64);
+pub(super) struct Identity(u64);
 
 impl std::hash::BuildHasher for BuildIdentity {
     type Hasher = Identity;
@@ -270,7 +271,7 @@ impl ClassCache {
             entries: Vec::with_capacity(capacity.min(4096)),
             capacity: capacity.max(1),
             hand: 0,
-            quick: HashMap::with_hasher(BuildIdentity),
+            recall: Recall::new(capacity.max(1) * TEMPLATES_PER_ENTRY),
             generations: 0,
             doorkeeper: Doorkeeper::new(capacity.max(1)),
             counters: CacheCounters::default(),
@@ -285,41 +286,44 @@ impl ClassCache {
         self.entries.is_empty()
     }
 
-    /// The engine's verdict on a message.
-    pub fn classify(&mut self, engine: &Engine, facts: &Facts<'_>) -> Verdict {
-        let quick_hash = match self.builder.build_quick(facts.msg) {
-            Some(quick) => {
-                let h = key::hash(quick);
-                if let Some(alias) = self.quick.get(&h)
-                    && *alias.key == *quick
-                    && self.entries.get(alias.entry as usize).map(|e| e.generation)
-                        == Some(alias.generation)
-                {
-                    self.counters.hits += 1;
-                    return self.verdict(engine, facts, alias.entry);
-                }
-                Some(h)
-            }
-            None => None,
+    /// The message of a payload: parsed, or, for a template met before, that template's parse
+    /// laid over it ([`super::recall`]). Pass what comes with it to [`Facts::with_places`] and
+    /// [`ClassCache::classify`].
+    #[inline]
+    pub fn parse<'p>(
+        &mut self,
+        payload: &'p [u8],
+        cut: bool,
+    ) -> (SipMessage<'p>, Option<Recalled>) {
+        self.recall.parse(payload, cut)
+    }
+
+    /// The engine's verdict on a message; `recalled` is what [`ClassCache::parse`] gave with
+    /// it (`None` for a message parsed otherwise).
+    pub fn classify(
+        &mut self,
+        engine: &Engine,
+        facts: &Facts<'_>,
+        recalled: Option<Recalled>,
+    ) -> Verdict {
+        if let Some(r) = &recalled
+            && let Some((entry, generation)) = self.recall.entry(r)
+            && self.entries.get(entry as usize).map(|e| e.generation) == Some(generation)
+        {
+            self.counters.hits += 1;
+            return self.verdict(engine, facts, entry);
+        }
+        let Some(slot) = self.slot(engine, facts) else {
+            return evaluate_all(engine, facts);
         };
-        let slot = self.slot(engine, facts);
-        if let (Some(slot), Some(h)) = (slot, quick_hash) {
-            if self.quick.len() >= self.capacity * QUICK_PER_ENTRY {
-                self.quick.clear();
-            }
-            self.quick.insert(
-                h,
-                QuickAlias {
-                    key: self.builder.last_quick_key().into(),
-                    entry: slot,
-                    generation: self.entries[slot as usize].generation,
-                },
-            );
+        let generation = self.entries[slot as usize].generation;
+        match &recalled {
+            Some(r) => self.recall.set_entry(r, slot, generation),
+            None => self
+                .recall
+                .learn(&mut self.builder, facts.msg, slot, generation),
         }
-        match slot {
-            Some(slot) => self.verdict(engine, facts, slot),
-            None => evaluate_all(engine, facts),
-        }
+        self.verdict(engine, facts, slot)
     }
 
     /// The entry of the message's key, made if new; `None` when the message goes without the
@@ -634,11 +638,13 @@ mod tests {
         p: Packet,
         cut: bool,
     ) {
-        let msg = SipMessage::parse_captured(payload, cut);
-        let facts = Facts::new(&msg, Some(p));
-        let verdict = cache.classify(engine, &facts);
+        // The cache's own way in: recalled templates' parses and field places included.
+        let (msg, recalled) = cache.parse(payload, cut);
+        let facts = Facts::new(&msg, Some(p)).with_places(recalled.and_then(Recalled::places));
+        let verdict = cache.classify(engine, &facts, recalled);
         let cached = cache.fingerprint(engine, &verdict, &facts, None);
-        let reference = engine.classify_packet(&msg, Some(p), None);
+        let parsed = SipMessage::parse_captured(payload, cut);
+        let reference = engine.classify_packet(&parsed, Some(p), None);
         assert_eq!(
             summary(&cached),
             summary(&reference),
@@ -791,7 +797,7 @@ mod tests {
             let msg = SipMessage::parse_captured(&payload, cut);
             let facts = Facts::new(&msg, Some(p));
             let view = sources.observe(&p, 1);
-            let verdict = cache.classify(&engine, &facts);
+            let verdict = cache.classify(&engine, &facts, None);
             let cached = cache.fingerprint(&engine, &verdict, &facts, Some(view));
             let reference_view = reference_sources.observe(&p, 1);
             let reference = engine.classify_packet(&msg, Some(p), Some(reference_view));

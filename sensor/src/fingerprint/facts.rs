@@ -10,6 +10,7 @@ use crate::{
         HeaderName, SipMessage,
         fields::{CSeq, NameAddr, Uri, Via, sdp_line},
         message::parse_u32,
+        places::{CSeqAt, NameAddrAt, UriAt, ViaAt},
     },
 };
 
@@ -62,6 +63,44 @@ pub struct Facts<'a> {
     contact: OnceCell<Option<NameAddr<'a>>>,
     cseq: OnceCell<Option<CSeq<'a>>>,
     sv_tag: OnceCell<Option<SvTag>>,
+    /// Where the structured fields lie, when the message's template is known: laid over the
+    /// message instead of parsing them.
+    places: Option<FieldPlaces>,
+}
+
+/// Where a template's structured fields lie (see [`crate::sip::places`]): what [`Facts`] would
+/// parse, found once per template. A field the template lacks is `None` here too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldPlaces {
+    ruri: Option<UriAt>,
+    via: Option<ViaAt>,
+    from: Option<NameAddrAt>,
+    to: Option<NameAddrAt>,
+    contact: Option<NameAddrAt>,
+    cseq: Option<CSeqAt>,
+}
+
+impl FieldPlaces {
+    /// The places of `msg`'s fields; `None` when one of them cannot be placed.
+    pub fn of(msg: &SipMessage<'_>) -> Option<Self> {
+        let bytes = msg.bytes();
+        let facts = Facts::new(msg, None);
+        // Outer `None`: a field that is there but cannot be placed.
+        fn place<T, A>(field: Option<T>, at: impl FnOnce(&T) -> Option<A>) -> Option<Option<A>> {
+            match field {
+                None => Some(None),
+                Some(f) => at(&f).map(Some),
+            }
+        }
+        Some(FieldPlaces {
+            ruri: place(facts.ruri(), |u| UriAt::of(bytes, u))?,
+            via: place(facts.via(), |v| ViaAt::of(bytes, v))?,
+            from: place(facts.from(), |a| NameAddrAt::of(bytes, a))?,
+            to: place(facts.to(), |a| NameAddrAt::of(bytes, a))?,
+            contact: place(facts.contact(), |a| NameAddrAt::of(bytes, a))?,
+            cseq: place(facts.cseq(), |c| CSeqAt::of(bytes, c))?,
+        })
+    }
 }
 
 impl<'a> Facts<'a> {
@@ -76,45 +115,60 @@ impl<'a> Facts<'a> {
             contact: OnceCell::new(),
             cseq: OnceCell::new(),
             sv_tag: OnceCell::new(),
+            places: None,
         }
     }
 
+    /// Reads the structured fields from `places` instead of parsing them. The places must be
+    /// those of a message of the same template ([`crate::sip::Layout`]).
+    pub fn with_places(mut self, places: Option<FieldPlaces>) -> Self {
+        self.places = places;
+        self
+    }
+
     pub fn ruri(&self) -> Option<Uri<'a>> {
-        *self
-            .ruri
-            .get_or_init(|| self.msg.request_uri().map(Uri::parse))
+        *self.ruri.get_or_init(|| match &self.places {
+            Some(p) => p.ruri.map(|at| at.at(self.msg.bytes())),
+            None => self.msg.request_uri().map(Uri::parse),
+        })
     }
 
     pub fn via(&self) -> Option<Via<'a>> {
-        *self
-            .via
-            .get_or_init(|| self.msg.header_value(HeaderName::Via).map(Via::parse))
+        *self.via.get_or_init(|| match &self.places {
+            Some(p) => p.via.map(|at| at.at(self.msg.bytes())),
+            None => self.msg.header_value(HeaderName::Via).map(Via::parse),
+        })
     }
 
     pub fn from(&self) -> Option<NameAddr<'a>> {
-        *self
-            .from
-            .get_or_init(|| self.msg.header_value(HeaderName::From).map(NameAddr::parse))
+        *self.from.get_or_init(|| match &self.places {
+            Some(p) => p.from.map(|at| at.at(self.msg.bytes())),
+            None => self.msg.header_value(HeaderName::From).map(NameAddr::parse),
+        })
     }
 
     pub fn to(&self) -> Option<NameAddr<'a>> {
-        *self
-            .to
-            .get_or_init(|| self.msg.header_value(HeaderName::To).map(NameAddr::parse))
+        *self.to.get_or_init(|| match &self.places {
+            Some(p) => p.to.map(|at| at.at(self.msg.bytes())),
+            None => self.msg.header_value(HeaderName::To).map(NameAddr::parse),
+        })
     }
 
     pub fn contact(&self) -> Option<NameAddr<'a>> {
-        *self.contact.get_or_init(|| {
-            self.msg
+        *self.contact.get_or_init(|| match &self.places {
+            Some(p) => p.contact.map(|at| at.at(self.msg.bytes())),
+            None => self
+                .msg
                 .header_value(HeaderName::Contact)
-                .map(NameAddr::parse)
+                .map(NameAddr::parse),
         })
     }
 
     pub fn cseq(&self) -> Option<CSeq<'a>> {
-        *self
-            .cseq
-            .get_or_init(|| self.msg.header_value(HeaderName::CSeq).map(CSeq::parse))
+        *self.cseq.get_or_init(|| match &self.places {
+            Some(p) => p.cseq.map(|at| at.at(self.msg.bytes())),
+            None => self.msg.header_value(HeaderName::CSeq).map(CSeq::parse),
+        })
     }
 
     pub fn call_id(&self) -> Option<&'a [u8]> {

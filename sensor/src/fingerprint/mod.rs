@@ -7,7 +7,8 @@
 //! - [`infer`]: tag decoding, Via/Contact host classes, process count, TTL.
 //! - [`ipid`]: IP-ID behaviour per packet and per source (bounded, CLOCK eviction).
 //! - [`template`]: the structural template hash that clusters unnamed tools.
-//! - [`cache`]: rule evaluation once per template ([`key`]), per-packet predicates only.
+//! - [`cache`]: rule evaluation once per template ([`key`]), per-packet predicates only;
+//!   a template's later packets are recalled without being parsed (`recall`).
 //!
 //! ```no_run
 //! # use sensor::{fingerprint::{Engine, SourceTracker}, sip::SipMessage, event::Event};
@@ -26,6 +27,7 @@ pub mod facts;
 pub mod infer;
 pub mod ipid;
 pub mod key;
+pub mod recall;
 pub mod rules;
 pub mod template;
 mod uniform;
@@ -37,4 +39,5 @@ pub use cache::{ClassCache, Verdict};
 pub use engine::{Alternative, BUILTIN_RULES, Engine, Evidence, Fingerprint, Inferences};
 pub use facts::Packet;
 pub use ipid::{SourceTracker, SourceView};
+pub use recall::Recalled;
 pub use rules::{Category, Rule, RuleError, RuleFile};

@@ -1142,7 +1142,7 @@ pub(crate) fn for_each_corpus_analysis(
     mut check: impl FnMut(&Event<'_>, &SipMessage<'_>, &Analysis<'_, '_>),
 ) -> u64 {
     use crate::{
-        fingerprint::{Packet, SourceTracker},
+        fingerprint::{Packet, Recalled, SourceTracker},
         record::Record,
     };
     let engine = Engine::builtin().expect("built-in rules");
@@ -1155,11 +1155,11 @@ pub(crate) fn for_each_corpus_analysis(
             record,
             wall_ns: 1_795_313_043_123_456_789 + count,
         };
-        let msg = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+        let (msg, recalled) = cache.parse(record.payload(), record.payload_truncated());
         let packet = Packet::from_event(&event);
         let source = sources.observe(&packet, event.wall_ns);
-        let facts = Facts::new(&msg, Some(packet));
-        let verdict = cache.classify(&engine, &facts);
+        let facts = Facts::new(&msg, Some(packet)).with_places(recalled.and_then(Recalled::places));
+        let verdict = cache.classify(&engine, &facts, recalled);
         let analysis = Analysis {
             engine: &engine,
             cache: &cache,

@@ -12,7 +12,7 @@ use crate::{
     aggregate::{Observation, ObservationText},
     counters::AgentCounters,
     event::Event,
-    fingerprint::{ClassCache, Engine, Packet, SourceTracker, facts::Facts},
+    fingerprint::{ClassCache, Engine, Packet, Recalled, SourceTracker, facts::Facts},
     identity::SensorIdentity,
     output::{
         event::{Analysis, EventDetail, write_event},
@@ -98,11 +98,13 @@ impl Analyst {
     /// One record, with its wall-clock time.
     pub fn analyse<'s>(&'s mut self, record: Record<'_>, wall_ns: u64) -> Analysed<'s> {
         let event = Event { record, wall_ns };
-        let sip = SipMessage::parse_captured(record.payload(), record.payload_truncated());
+        let (sip, recalled) = self
+            .cache
+            .parse(record.payload(), record.payload_truncated());
         let packet = Packet::from_event(&event);
         let source = self.sources.observe(&packet, wall_ns);
-        let facts = Facts::new(&sip, Some(packet));
-        let verdict = self.cache.classify(&self.engine, &facts);
+        let facts = Facts::new(&sip, Some(packet)).with_places(recalled.and_then(Recalled::places));
+        let verdict = self.cache.classify(&self.engine, &facts, recalled);
         // The join table forgets the SYN once its request arrives, written or not.
         let syn = if record.raw().flags
             & (record_flags::SYN_ANSWERED | record_flags::REACTIVE_SESSION)

@@ -75,7 +75,7 @@ pub fn split_host_port(hostport: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-fn parse_port(raw: &[u8]) -> Option<u16> {
+pub(crate) fn parse_port(raw: &[u8]) -> Option<u16> {
     parse_u32(raw).and_then(|n| u16::try_from(n).ok())
 }
 
@@ -237,6 +237,8 @@ fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CSeq<'a> {
     pub number: Option<u32>,
+    /// The number as written.
+    pub number_raw: &'a [u8],
     pub method: &'a [u8],
 }
 
@@ -249,6 +251,7 @@ impl<'a> CSeq<'a> {
             .unwrap_or(value.len());
         CSeq {
             number: parse_u32(&value[..split]),
+            number_raw: &value[..split],
             method: value[split..].trim_ascii(),
         }
     }
@@ -355,6 +358,7 @@ mod tests {
             CSeq::parse(b"1 OPTIONS"),
             CSeq {
                 number: Some(1),
+                number_raw: b"1",
                 method: b"OPTIONS"
             }
         );

@@ -152,7 +152,7 @@ pub enum StartLine<'a> {
     None,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum StartKind {
     Request,
     Response,
@@ -283,9 +283,7 @@ impl<'a> SipMessage<'a> {
             if code_len != 3 || (rest.len() > 3 && rest[3] != b' ') {
                 self.flags |= message_flags::START_LINE_MALFORMED;
             }
-            self.status_code = rest[..code_len.min(3)]
-                .iter()
-                .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+            self.status_code = status_code(&rest[..code_len]);
             self.start = [
                 Span::new(0, version_end),
                 Span::new(rest_start, rest_start + code_len),
@@ -600,6 +598,83 @@ impl<'a> SipMessage<'a> {
             (false, false) => LineEndings::None,
         }
     }
+}
+
+/// A parse without the bytes it was made from: what every payload that differs from that one
+/// only in the values of digits inside header values, the request URI, the status line after
+/// the version and the body parses into. The parser reads no digit's value there (it splits on
+/// punctuation, whitespace and line ends, and compares names outside those parts), so such a
+/// payload has its lines, headers and flags at the same offsets; only the status code is read
+/// again ([`Layout::bind`]).
+#[derive(Clone, Debug)]
+pub struct Layout {
+    len: usize,
+    kind: PayloadKind,
+    start_kind: StartKind,
+    start: [Span; 3],
+    start_line: Span,
+    overflow: u32,
+    body_start: Option<u32>,
+    flags: u16,
+    slots: Box<[Slot]>,
+}
+
+impl SipMessage<'_> {
+    /// This message's parse, for [`Layout::bind`].
+    pub fn layout(&self) -> Layout {
+        Layout {
+            len: self.bytes.len(),
+            kind: self.kind,
+            start_kind: self.start_kind,
+            start: self.start,
+            start_line: self.start_line,
+            overflow: self.overflow,
+            body_start: self.body_start,
+            flags: self.flags,
+            slots: self.slots().into(),
+        }
+    }
+}
+
+impl Layout {
+    /// The message `bytes` parse into, when they differ from the layout's bytes only where
+    /// [`Layout`] says; `None` when their length differs. Other bytes give a message that does
+    /// not describe them: the caller checks.
+    // Inlined for the reason `parse_captured` is.
+    #[inline]
+    pub fn bind<'a>(&self, bytes: &'a [u8]) -> Option<SipMessage<'a>> {
+        if bytes.len() != self.len {
+            return None;
+        }
+        let mut msg = SipMessage {
+            bytes,
+            kind: self.kind,
+            start_kind: self.start_kind,
+            start: self.start,
+            start_line: self.start_line,
+            status_code: 0,
+            slots: [MaybeUninit::uninit(); MAX_HEADERS],
+            count: self.slots.len() as u8,
+            overflow: self.overflow,
+            body_start: self.body_start,
+            flags: self.flags,
+        };
+        for (slot, kept) in msg.slots.iter_mut().zip(self.slots.iter()) {
+            *slot = MaybeUninit::new(*kept);
+        }
+        if let StartKind::Response = self.start_kind {
+            msg.status_code = status_code(self.start[1].get(bytes));
+        }
+        Some(msg)
+    }
+}
+
+/// The status code of the code digits as the start line has them (the first three).
+fn status_code(digits: &[u8]) -> u16 {
+    digits
+        .iter()
+        .take(3)
+        .fold(0u16, |n, d| n * 10 + u16::from(d.wrapping_sub(b'0')))
 }
 
 /// Parses a decimal u32 (surrounding whitespace allowed); `None` on anything else or overflow.

@@ -84,6 +84,8 @@ fn record_bytes(record: &CaptureRecord) -> &[u8] {
 fn main() -> std::io::Result<()> {
     let root = xtask::workspace_root().join("fuzz/seeds");
     let mut sip = Seeds::new(&root, "sip_parse")?;
+    // The same inputs: a cut flag, then a payload.
+    let mut recall = Seeds::new(&root, "recall")?;
     let mut fingerprint = Seeds::new(&root, "fingerprint")?;
     let mut extractor = Seeds::new(&root, "extract")?;
     let mut captures = Seeds::new(&root, "capture_reader")?;
@@ -114,6 +116,7 @@ fn main() -> std::io::Result<()> {
             let mut input = vec![u8::from(record.captured_len < record.payload_len)];
             input.extend_from_slice(payload);
             sip.add(&input)?;
+            recall.add(&input)?;
         }
     }
     for text in ATTRIBUTION_PAYLOADS {
@@ -121,6 +124,7 @@ fn main() -> std::io::Result<()> {
             let mut input = vec![0];
             input.extend_from_slice(payload.as_bytes());
             sip.add(&input)?;
+            recall.add(&input)?;
         }
     }
     let mut files: Vec<_> = std::fs::read_dir(sensor_tests::corpus::dir())?
@@ -137,7 +141,7 @@ fn main() -> std::io::Result<()> {
     for file in files {
         captures.add(&std::fs::read(file)?)?;
     }
-    for seeds in [&sip, &fingerprint, &extractor, &captures] {
+    for seeds in [&sip, &recall, &fingerprint, &extractor, &captures] {
         seeds.report();
     }
     Ok(())

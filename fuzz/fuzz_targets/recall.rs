@@ -1,0 +1,98 @@
+//! The classification cache's recall against the parser: a payload's template is learnt, then
+//! the payload with its digits redrawn is read through the cache. Whatever the cache lays over
+//! it (a recalled template's parse and field places) must be what parsing it gives, and its
+//! verdict the engine's. The first byte says whether the capture was cut; the payload's own
+//! bytes seed the redrawing.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use sensor::{
+    fingerprint::{ClassCache, Engine, Recalled, facts::Facts},
+    sip::SipMessage,
+};
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::builtin().expect("the built-in rules load"))
+}
+
+/// What the parse and the fields say, offsets included.
+fn described(
+    msg: &SipMessage<'_>,
+    places: Option<sensor::fingerprint::facts::FieldPlaces>,
+) -> String {
+    let facts = Facts::new(msg, None).with_places(places);
+    let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(msg.bytes().as_ptr() as usize);
+    let headers: Vec<_> = msg
+        .headers()
+        .map(|h| (h, at(h.line), at(h.value), at(h.raw_name), at(h.separator)))
+        .collect();
+    format!(
+        "{msg:?} {headers:?} {:?} {} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        msg.start_line(),
+        msg.truncated(),
+        msg.body().map(at),
+        msg.status_code(),
+        facts.ruri(),
+        facts.via(),
+        facts.from(),
+        facts.to(),
+        facts.contact(),
+        facts.cseq(),
+    )
+}
+
+fuzz_target!(|data: &[u8]| {
+    let engine = engine();
+    let (cut, payload) = match data.split_first() {
+        Some((flag, rest)) => (flag & 1 == 1, rest),
+        None => (false, data),
+    };
+    let mut cache = ClassCache::new(4);
+    let classify = |cache: &mut ClassCache, bytes: &[u8]| {
+        let (msg, recalled) = cache.parse(bytes, cut);
+        let places = recalled.and_then(Recalled::places);
+        let facts = Facts::new(&msg, None).with_places(places);
+        let verdict = cache.classify(engine, &facts, recalled);
+        let cached = cache.fingerprint(engine, &verdict, &facts, None);
+        let parsed = SipMessage::parse_captured(bytes, cut);
+        assert_eq!(described(&msg, places), described(&parsed, None));
+        let reference = engine.classify_packet(&parsed, None, None);
+        assert_eq!(
+            (
+                cached.rule_id(),
+                cached.confidence.to_bits(),
+                &cached.evidence,
+                cached.template
+            ),
+            (
+                reference.rule_id(),
+                reference.confidence.to_bits(),
+                &reference.evidence,
+                reference.template
+            )
+        );
+    };
+    // Twice: a template gets its cache entry, and is learnt, at its second sighting.
+    classify(&mut cache, payload);
+    classify(&mut cache, payload);
+    let mut state = payload.iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) | 1;
+    let redrawn: Vec<u8> = payload
+        .iter()
+        .map(|&b| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if b.is_ascii_digit() {
+                b'0' + (state % 10) as u8
+            } else {
+                b
+            }
+        })
+        .collect();
+    classify(&mut cache, &redrawn);
+});
