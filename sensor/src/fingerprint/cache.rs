@@ -17,7 +17,10 @@
 //! scoring function reads the same outcomes. `tests::cache_changes_no_attribution` and the
 //! corpus test check it on every packet they have.
 
-use std::{cell::OnceCell, collections::HashMap};
+use std::{
+    cell::{OnceCell, RefCell},
+    collections::HashMap,
+};
 
 use crate::sip::SipMessage;
 
@@ -28,13 +31,16 @@ use super::{
     },
     facts::{Facts, KeyBearing, Value},
     ipid::SourceView,
-    key::{self, KeyBuilder},
+    key::{self, Item, KeyBuilder},
     recall::{Recall, Recalled},
     rules::{Condition, Op},
     template::{TemplateHash, template_hash},
     uniform,
 };
 
+/// Decisions of a predicate over a value's items kept ([`ClassCache`]'s `decided`); when full,
+/// all are forgotten.
+const DECIDED_KEPT: usize = 4096;
 /// Templates kept; beyond, the least recently used (clock) is dropped.
 pub const DEFAULT_CAPACITY: usize = 1024;
 /// Outcome combinations of the per-packet predicates remembered per template.
@@ -169,7 +175,34 @@ pub struct ClassCache {
     recall: Recall,
     generations: u32,
     doorkeeper: Doorkeeper,
+    /// What [`uniform::decide`] said, by predicate and the value's items: templates share most
+    /// of their values (a tool's User-Agent, its Via parameters), and deciding one over an
+    /// automaton costs more than building the rest of an entry.
+    decided: RefCell<HashMap<u64, Decided, BuildIdentity>>,
     pub counters: CacheCounters,
+}
+
+/// A predicate decided over a value's items (by the hash of both).
+struct Decided {
+    predicate: usize,
+    items: Box<[Item]>,
+    test: Option<bool>,
+}
+
+/// The hash of a predicate and a value's items, for [`Decided`].
+fn items_hash(predicate: usize, items: &[Item]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    items
+        .iter()
+        .fold((predicate as u64).wrapping_mul(K), |h, item| {
+            let word = match *item {
+                Item::Byte(b) => u64::from(b),
+                Item::Run { classes, min, max } => {
+                    1 << 48 | u64::from(classes) << 32 | u64::from(min) << 16 | u64::from(max)
+                }
+            };
+            (h ^ word).wrapping_mul(K).rotate_left(29)
+        })
 }
 
 /// Which keys were met once recently: a key gets an entry only at its second sighting.
@@ -274,6 +307,7 @@ impl ClassCache {
             recall: Recall::new(capacity.max(1) * TEMPLATES_PER_ENTRY),
             generations: 0,
             doorkeeper: Doorkeeper::new(capacity.max(1)),
+            decided: RefCell::new(HashMap::with_hasher(BuildIdentity)),
             counters: CacheCounters::default(),
         }
     }
@@ -514,7 +548,28 @@ impl ClassCache {
                         .get_or_init(|| uniform::build(&c.op))
                         .as_ref()
                 };
-                uniform::decide(&c.op, &items, dfa).map(|test| test != c.negate)
+                let hash = items_hash(predicate, &items);
+                let mut decided = self.decided.borrow_mut();
+                let test = match decided.get(&hash) {
+                    Some(d) if d.predicate == predicate && *d.items == *items => d.test,
+                    _ => {
+                        let test = uniform::decide(&c.op, &items, dfa);
+                        if decided.len() >= DECIDED_KEPT {
+                            decided.clear();
+                        }
+                        let items = items.into();
+                        decided.insert(
+                            hash,
+                            Decided {
+                                predicate,
+                                items,
+                                test,
+                            },
+                        );
+                        test
+                    }
+                };
+                test.map(|test| test != c.negate)
             }
         }
     }
