@@ -52,7 +52,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut cache = ClassCache::new(4);
     let classify = |cache: &mut ClassCache, bytes: &[u8]| {
-        let (msg, recalled) = cache.parse(bytes, cut);
+        let mut msg = SipMessage::unparsed(bytes, cut);
+        let recalled = cache.parse(&mut msg);
         let places = recalled.and_then(Recalled::places);
         let facts = Facts::new(&msg, None).with_places(places);
         let verdict = cache.classify(engine, &facts, recalled);

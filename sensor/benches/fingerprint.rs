@@ -162,7 +162,8 @@ fn agent_pass(
                 record,
                 wall_ns: record.timestamp_ns(),
             };
-            let (sip, recalled) = cache.parse(record.payload(), record.payload_truncated());
+            let mut sip = SipMessage::unparsed(record.payload(), record.payload_truncated());
+            let recalled = cache.parse(&mut sip);
             let packet = Packet::from_event(&event);
             let view = sources.observe(&packet, event.wall_ns);
             let facts =

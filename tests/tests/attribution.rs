@@ -149,8 +149,9 @@ fn the_classification_cache_changes_no_attribution() {
                     let packet = Packet::from_event(&event);
                     let source = sources.observe(&packet, event.wall_ns);
                     // The cache's way in: a template's later packets are recalled, not parsed.
-                    let (recalled_sip, recalled) =
-                        cache.parse(record.payload(), record.payload_truncated());
+                    let mut recalled_sip =
+                        SipMessage::unparsed(record.payload(), record.payload_truncated());
+                    let recalled = cache.parse(&mut recalled_sip);
                     let facts = Facts::new(&recalled_sip, Some(packet))
                         .with_places(recalled.and_then(Recalled::places));
                     let verdict = cache.classify(&engine, &facts, recalled);

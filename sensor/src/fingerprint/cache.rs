@@ -320,19 +320,14 @@ impl ClassCache {
         self.entries.is_empty()
     }
 
-    /// The message of a payload: parsed, or, for a template met before, that template's parse
-    /// laid over it ([`super::recall`]). Pass what comes with it to [`Facts::with_places`] and
-    /// [`ClassCache::classify`].
-    #[inline]
-    pub fn parse<'p>(
-        &mut self,
-        payload: &'p [u8],
-        cut: bool,
-    ) -> (SipMessage<'p>, Option<Recalled>) {
-        self.recall.parse(payload, cut)
+    /// Parses `msg` ([`SipMessage::unparsed`]), or, for a template met before, lays that
+    /// template's parse over it ([`super::recall`]). What it returns goes to
+    /// [`Facts::with_places`] and [`ClassCache::classify`].
+    pub fn parse(&mut self, msg: &mut SipMessage<'_>) -> Option<Recalled> {
+        self.recall.parse(msg)
     }
 
-    /// The engine's verdict on a message; `recalled` is what [`ClassCache::parse`] gave with
+    /// The engine's verdict on a message; `recalled` is what [`ClassCache::parse`] returned for
     /// it (`None` for a message parsed otherwise).
     pub fn classify(
         &mut self,
@@ -694,7 +689,8 @@ mod tests {
         cut: bool,
     ) {
         // The cache's own way in: recalled templates' parses and field places included.
-        let (msg, recalled) = cache.parse(payload, cut);
+        let mut msg = SipMessage::unparsed(payload, cut);
+        let recalled = cache.parse(&mut msg);
         let facts = Facts::new(&msg, Some(p)).with_places(recalled.and_then(Recalled::places));
         let verdict = cache.classify(engine, &facts, recalled);
         let cached = cache.fingerprint(engine, &verdict, &facts, None);

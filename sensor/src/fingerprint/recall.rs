@@ -80,30 +80,28 @@ impl Recall {
         Some(key::hash(&self.masked))
     }
 
-    /// The message of `payload`: its template's parse laid over it when the template is known,
-    /// parsed otherwise.
-    #[inline]
-    pub fn parse<'p>(
-        &mut self,
-        payload: &'p [u8],
-        cut: bool,
-    ) -> (SipMessage<'p>, Option<Recalled>) {
-        if let Some(id) = self.mask(payload, cut)
-            && let Some(t) = self.templates.get(&id)
-            && *t.masked == *self.masked
+    /// The template of `payload`, when it is one met before.
+    fn find(&mut self, payload: &[u8], cut: bool) -> Option<(u64, &Template)> {
+        let id = self.mask(payload, cut)?;
+        let t = self.templates.get(&id)?;
+        let found = *t.masked == *self.masked
+            && t.layout.fits(payload)
             && t.kept_digits
                 .iter()
                 .all(|&(i, d)| payload.get(usize::from(i)) == Some(&d))
-            && let Some(msg) = t.layout.bind(payload)
-            && msg.truncated() == t.truncated
-        {
-            let recalled = Recalled {
-                id,
-                places: t.places,
-            };
-            return (msg, Some(recalled));
-        }
-        (SipMessage::parse_captured(payload, cut), None)
+            && t.layout.truncated(payload) == t.truncated;
+        found.then_some((id, t))
+    }
+
+    /// Parses `msg` ([`SipMessage::unparsed`]), or, when its template is one met before, lays
+    /// that template's parse over it; the template recalled, if any.
+    pub fn parse(&mut self, msg: &mut SipMessage<'_>) -> Option<Recalled> {
+        let found = self.find(msg.bytes(), msg.has(message_flags::CAPTURE_CUT));
+        msg.parse_or_lay(found.map(|(_, t)| &t.layout));
+        found.map(|(id, t)| Recalled {
+            id,
+            places: t.places,
+        })
     }
 
     /// The cache entry a recalled template last met, and that entry's generation then.
@@ -219,8 +217,8 @@ mod tests {
                 let cut = round % 7 == 0;
                 let parsed = SipMessage::parse_captured(&p, cut);
                 let key = builder.build(&parsed).unwrap().to_vec();
-                let (msg, recalled) = recall.parse(&p, cut);
-                match recalled {
+                let mut msg = SipMessage::unparsed(&p, cut);
+                match recall.parse(&mut msg) {
                     Some(r) => {
                         recalled_count += 1;
                         assert_eq!(
@@ -233,8 +231,9 @@ mod tests {
                     }
                     None => {
                         recall.learn(&mut builder, &parsed, 0, 0);
-                        let (_, again) = recall.parse(&p, cut);
-                        let again = again.expect("a template learnt is recalled");
+                        let again = recall
+                            .parse(&mut SipMessage::unparsed(&p, cut))
+                            .expect("a template learnt is recalled");
                         keys.insert(again.id, key);
                     }
                 }

@@ -1155,7 +1155,8 @@ pub(crate) fn for_each_corpus_analysis(
             record,
             wall_ns: 1_795_313_043_123_456_789 + count,
         };
-        let (msg, recalled) = cache.parse(record.payload(), record.payload_truncated());
+        let mut msg = SipMessage::unparsed(record.payload(), record.payload_truncated());
+        let recalled = cache.parse(&mut msg);
         let packet = Packet::from_event(&event);
         let source = sources.observe(&packet, event.wall_ns);
         let facts = Facts::new(&msg, Some(packet)).with_places(recalled.and_then(Recalled::places));

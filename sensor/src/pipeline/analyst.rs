@@ -98,9 +98,8 @@ impl Analyst {
     /// One record, with its wall-clock time.
     pub fn analyse<'s>(&'s mut self, record: Record<'_>, wall_ns: u64) -> Analysed<'s> {
         let event = Event { record, wall_ns };
-        let (sip, recalled) = self
-            .cache
-            .parse(record.payload(), record.payload_truncated());
+        let mut sip = SipMessage::unparsed(record.payload(), record.payload_truncated());
+        let recalled = self.cache.parse(&mut sip);
         let packet = Packet::from_event(&event);
         let source = self.sources.observe(&packet, wall_ns);
         let facts = Facts::new(&sip, Some(packet)).with_places(recalled.and_then(Recalled::places));

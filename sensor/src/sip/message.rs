@@ -214,8 +214,18 @@ impl<'a> SipMessage<'a> {
     // from an outlined function costs a copy per message.
     #[inline]
     pub fn parse_captured(bytes: &'a [u8], cut: bool) -> Self {
+        let mut msg = Self::unparsed(bytes, cut);
+        msg.parse_all();
+        msg
+    }
+
+    /// A message of `bytes` not parsed yet: [`SipMessage::parse_or_lay`] parses it where it is.
+    /// (A message parsed in a function and returned is copied, 2 KB, where the caller keeps it,
+    /// unless the function is inlined and the compiler sees through it; this way it never is.)
+    #[inline]
+    pub fn unparsed(bytes: &'a [u8], cut: bool) -> Self {
         let bytes = &bytes[..bytes.len().min(u32::MAX as usize)];
-        let mut msg = SipMessage {
+        SipMessage {
             bytes,
             kind: PayloadKind::Empty,
             start_kind: StartKind::None,
@@ -227,9 +237,32 @@ impl<'a> SipMessage<'a> {
             overflow: 0,
             body_start: None,
             flags: if cut { message_flags::CAPTURE_CUT } else { 0 },
-        };
-        msg.parse_all();
-        msg
+        }
+    }
+
+    /// Parses the message's bytes (again, if it was parsed), or lays `layout` over them: a
+    /// layout made from a message they differ from only where [`Layout`] says (the caller
+    /// checks; other bytes give a message that does not describe them, but reads only inside
+    /// them).
+    pub fn parse_or_lay(&mut self, layout: Option<&Layout>) {
+        let cut = self.flags & message_flags::CAPTURE_CUT;
+        (self.kind, self.start_kind, self.start, self.start_line) = (
+            PayloadKind::Empty,
+            StartKind::None,
+            [Span::default(); 3],
+            Span::default(),
+        );
+        (
+            self.status_code,
+            self.count,
+            self.overflow,
+            self.body_start,
+            self.flags,
+        ) = (0, 0, 0, None, cut);
+        match layout {
+            Some(layout) => layout.lay_over(self),
+            None => self.parse_all(),
+        }
     }
 
     fn parse_all(&mut self) {
@@ -561,19 +594,9 @@ impl<'a> SipMessage<'a> {
     /// The message is incomplete: the capture says it was cut, its last header line has no
     /// ending, or the body is shorter than its Content-Length.
     pub fn truncated(&self) -> bool {
-        if self.has(message_flags::CAPTURE_CUT) {
-            return true;
-        }
-        if !self.is_sip() {
-            return false;
-        }
-        if self.has(message_flags::LAST_LINE_UNTERMINATED) && !self.headers_complete() {
-            return true;
-        }
-        match (self.body(), self.content_length()) {
-            (Some(body), Some(declared)) => (body.len() as u64) < u64::from(declared),
-            _ => false,
-        }
+        truncated(self.flags, self.kind, self.body().map(<[u8]>::len), || {
+            self.content_length()
+        })
     }
 
     /// The bytes after the blank line; `None` when the blank line was not seen.
@@ -605,7 +628,7 @@ impl<'a> SipMessage<'a> {
 /// the version and the body parses into. The parser reads no digit's value there (it splits on
 /// punctuation, whitespace and line ends, and compares names outside those parts), so such a
 /// payload has its lines, headers and flags at the same offsets; only the status code is read
-/// again ([`Layout::bind`]).
+/// again ([`SipMessage::parse_or_lay`]).
 #[derive(Clone, Debug)]
 pub struct Layout {
     len: usize,
@@ -620,7 +643,7 @@ pub struct Layout {
 }
 
 impl SipMessage<'_> {
-    /// This message's parse, for [`Layout::bind`].
+    /// This message's parse, for [`SipMessage::parse_or_lay`].
     pub fn layout(&self) -> Layout {
         Layout {
             len: self.bytes.len(),
@@ -637,35 +660,65 @@ impl SipMessage<'_> {
 }
 
 impl Layout {
-    /// The message `bytes` parse into, when they differ from the layout's bytes only where
-    /// [`Layout`] says; `None` when their length differs. Other bytes give a message that does
-    /// not describe them: the caller checks.
-    // Inlined for the reason `parse_captured` is.
-    #[inline]
-    pub fn bind<'a>(&self, bytes: &'a [u8]) -> Option<SipMessage<'a>> {
-        if bytes.len() != self.len {
-            return None;
-        }
-        let mut msg = SipMessage {
-            bytes,
-            kind: self.kind,
-            start_kind: self.start_kind,
-            start: self.start,
-            start_line: self.start_line,
-            status_code: 0,
-            slots: [MaybeUninit::uninit(); MAX_HEADERS],
-            count: self.slots.len() as u8,
-            overflow: self.overflow,
-            body_start: self.body_start,
-            flags: self.flags,
-        };
+    /// Whether the message of `bytes` (laid over, [`SipMessage::parse_or_lay`]) is truncated: it depends
+    /// on the value of the Content-Length, so it is the one thing the layout does not say.
+    pub fn truncated(&self, bytes: &[u8]) -> bool {
+        let body_len = self
+            .body_start
+            .and_then(|start| bytes.len().checked_sub(start as usize));
+        truncated(self.flags, self.kind, body_len, || {
+            let slot = self
+                .slots
+                .iter()
+                .find(|s| s.name == HeaderName::ContentLength)?;
+            parse_u32(slot.value.get(bytes))
+        })
+    }
+
+    /// Whether `bytes` are as long as the layout's.
+    pub fn fits(&self, bytes: &[u8]) -> bool {
+        bytes.len() == self.len
+    }
+
+    /// Writes the layout into a message of its bytes, as `parse_all` would.
+    fn lay_over(&self, msg: &mut SipMessage<'_>) {
+        msg.kind = self.kind;
+        msg.start_kind = self.start_kind;
+        msg.start = self.start;
+        msg.start_line = self.start_line;
+        msg.overflow = self.overflow;
+        msg.body_start = self.body_start;
+        msg.flags = self.flags;
         for (slot, kept) in msg.slots.iter_mut().zip(self.slots.iter()) {
             *slot = MaybeUninit::new(*kept);
         }
+        msg.count = self.slots.len() as u8;
         if let StartKind::Response = self.start_kind {
-            msg.status_code = status_code(self.start[1].get(bytes));
+            msg.status_code = status_code(self.start[1].get(msg.bytes));
         }
-        Some(msg)
+    }
+}
+
+/// [`SipMessage::truncated`], from the parts of a parse it reads.
+fn truncated(
+    flags: u16,
+    kind: PayloadKind,
+    body_len: Option<usize>,
+    content_length: impl FnOnce() -> Option<u32>,
+) -> bool {
+    let has = |flag| flags & flag != 0;
+    if has(message_flags::CAPTURE_CUT) {
+        return true;
+    }
+    if !kind.is_sip() {
+        return false;
+    }
+    if has(message_flags::LAST_LINE_UNTERMINATED) && !has(message_flags::HEADERS_COMPLETE) {
+        return true;
+    }
+    match (body_len, content_length) {
+        (Some(body), declared) => declared().is_some_and(|d| (body as u64) < u64::from(d)),
+        _ => false,
     }
 }
 
@@ -760,6 +813,35 @@ Max-Forwards: 70\r\n\r\n";
             m.header_value(HeaderName::UserAgent),
             Some(&b"friendly-scanner"[..])
         );
+    }
+
+    #[test]
+    fn parsed_again_or_laid_over_as_parsed() {
+        let mut msg = SipMessage::parse(SVMAP_PY2);
+        msg.parse_or_lay(None);
+        assert_eq!(
+            format!("{msg:?}"),
+            format!("{:?}", SipMessage::parse(SVMAP_PY2))
+        );
+        // The same template, other digits (the Content-Length's too: truncated, and said so).
+        let layout = SipMessage::parse(SVMAP_PY2).layout();
+        for (from, to) in [
+            ("100@192.0.2.1", "377@198.5.1.8"),
+            ("Length: 0", "Length: 9"),
+        ] {
+            let other = String::from_utf8_lossy(SVMAP_PY2).replace(from, to);
+            let parsed = SipMessage::parse(other.as_bytes());
+            let mut laid = SipMessage::parse(SVMAP_PY2);
+            laid.bytes = other.as_bytes();
+            laid.parse_or_lay(Some(&layout));
+            assert_eq!(format!("{laid:?}"), format!("{parsed:?}"));
+            assert_eq!(layout.truncated(other.as_bytes()), parsed.truncated());
+            assert_eq!(laid.truncated(), to.ends_with('9'));
+        }
+        let response = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let mut laid = SipMessage::unparsed(b"SIP/2.0 487 OK\r\nContent-Length: 0\r\n\r\n", false);
+        laid.parse_or_lay(Some(&SipMessage::parse(response).layout()));
+        assert_eq!(laid.status_code(), Some(487));
     }
 
     #[test]
