@@ -340,7 +340,7 @@ impl ClassCache {
             && self.entries.get(entry as usize).map(|e| e.generation) == Some(generation)
         {
             self.counters.hits += 1;
-            return self.verdict(engine, facts, entry);
+            return self.verdict(engine, facts, entry, Some(r));
         }
         let Some(slot) = self.slot(engine, facts) else {
             return evaluate_all(engine, facts);
@@ -352,7 +352,7 @@ impl ClassCache {
                 .recall
                 .learn(&mut self.builder, facts.msg, slot, generation),
         }
-        self.verdict(engine, facts, slot)
+        self.verdict(engine, facts, slot, recalled.as_ref())
     }
 
     /// The entry of the message's key, made if new; `None` when the message goes without the
@@ -385,18 +385,35 @@ impl ClassCache {
     }
 
     /// The verdict from an entry: its per-packet predicates evaluated on this message.
-    fn verdict(&mut self, engine: &Engine, facts: &Facts<'_>, slot: u32) -> Verdict {
+    /// The verdict from an entry: its per-packet predicates evaluated on this message (through
+    /// the recalled template's checks, when it came recalled).
+    fn verdict(
+        &mut self,
+        engine: &Engine,
+        facts: &Facts<'_>,
+        slot: u32,
+        recalled: Option<&Recalled>,
+    ) -> Verdict {
         let entry = &mut self.entries[slot as usize];
         entry.referenced = true;
         if entry.residual.len() > MAX_RESIDUAL {
             return evaluate_all(engine, facts);
         }
-        let mut bits = 0u128;
-        for (i, c) in entry.residual.iter().enumerate() {
-            if c.get(engine).holds(facts) {
-                bits |= 1 << i;
+        let bits = match recalled.and_then(|r| self.recall.checks_mut(r)) {
+            Some(kept) => {
+                let checks = match kept {
+                    Some(c) if (c.entry, c.generation) == (slot, entry.generation) => c,
+                    _ => kept.insert(Checks::compile(
+                        engine,
+                        &entry.residual,
+                        facts,
+                        (slot, entry.generation),
+                    )),
+                };
+                checks.bits(engine, facts)
             }
-        }
+            None => residual_bits(engine, &entry.residual, facts),
+        };
         if let Some((_, d)) = entry.decisions.iter().find(|(b, _)| *b == bits) {
             return Verdict::of(d, entry.template, Some(slot));
         }
@@ -620,6 +637,137 @@ impl ClassCache {
                 .clone(),
             None => template_text_of(facts.msg),
         }
+    }
+}
+
+/// The outcome word of an entry's per-packet predicates, each evaluated on the message.
+fn residual_bits(engine: &Engine, residual: &[CondRef], facts: &Facts<'_>) -> u128 {
+    let mut bits = 0u128;
+    for (i, c) in residual.iter().enumerate() {
+        if c.get(engine).holds(facts) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+/// An entry's per-packet predicates as one recalled template needs them evaluated. The
+/// template's packets have every field at the same place and differ only in digits (not right
+/// after a letter: the digits it masks), so a text condition on a field without such a digit
+/// has one outcome for all of them, and one on a field with some is a test of the bytes at
+/// that place, without finding the field again.
+pub(super) struct Checks {
+    /// The entry and its generation the checks were made for.
+    entry: u32,
+    generation: u32,
+    /// Outcome bits the template decides.
+    fixed: u128,
+    /// The others: their bit, and how to evaluate them.
+    varying: Box<[(u8, Check)]>,
+}
+
+#[derive(Clone, Copy)]
+enum Check {
+    /// A text condition on the bytes at a place.
+    Bytes { at: (u16, u16), cond: CondRef },
+    /// A `same_as` condition between the bytes at two places.
+    Same {
+        at: (u16, u16),
+        other: (u16, u16),
+        negate: bool,
+    },
+    /// Evaluated as the engine does.
+    Facts(CondRef),
+}
+
+impl Checks {
+    fn compile(
+        engine: &Engine,
+        residual: &[CondRef],
+        facts: &Facts<'_>,
+        (entry, generation): (u32, u32),
+    ) -> Self {
+        let bytes = facts.msg.bytes();
+        let mut fixed = 0u128;
+        let mut varying = Vec::new();
+        for (i, &cref) in residual.iter().enumerate() {
+            let c = cref.get(engine);
+            // The place of a text value in the message, and whether its packets may differ
+            // there; `None` for values that are not such text.
+            let place = |field: &super::facts::Field| -> Option<Option<((u16, u16), bool)>> {
+                if field.key_bearing() == KeyBearing::PerPacket {
+                    return None;
+                }
+                match facts.get(field) {
+                    Value::Missing => Some(None),
+                    Value::Bytes(v) => {
+                        let start = key::offset_in(bytes, v)?;
+                        let at = (u16::try_from(start).ok()?, u16::try_from(v.len()).ok()?);
+                        Some(Some((
+                            at,
+                            key::has_masked_digit(bytes, start, start + v.len()),
+                        )))
+                    }
+                    _ => None,
+                }
+            };
+            let check = match &c.op {
+                Op::SameAs(other) => match (place(&c.field), place(other)) {
+                    (Some(Some((at, a))), Some(Some((other, b)))) if a || b => Some(Check::Same {
+                        at,
+                        other,
+                        negate: c.negate,
+                    }),
+                    (Some(_), Some(_)) => None,
+                    _ => Some(Check::Facts(cref)),
+                },
+                Op::Order(_) | Op::EqList(_) => Some(Check::Facts(cref)),
+                _ => match place(&c.field) {
+                    Some(Some((at, true))) => Some(Check::Bytes { at, cond: cref }),
+                    Some(_) => None,
+                    None => Some(Check::Facts(cref)),
+                },
+            };
+            match check {
+                Some(check) => varying.push((i as u8, check)),
+                None if c.holds(facts) => fixed |= 1 << i,
+                None => {}
+            }
+        }
+        Checks {
+            entry,
+            generation,
+            fixed,
+            varying: varying.into(),
+        }
+    }
+
+    fn bits(&self, engine: &Engine, facts: &Facts<'_>) -> u128 {
+        let bytes = facts.msg.bytes();
+        let at = |(start, len): (u16, u16)| {
+            let start = usize::from(start);
+            bytes
+                .get(start..start + usize::from(len))
+                .unwrap_or_default()
+        };
+        let mut bits = self.fixed;
+        for &(i, check) in self.varying.iter() {
+            let holds = match check {
+                Check::Bytes { at: place, cond } => {
+                    cond.get(engine).holds_for(Value::Bytes(at(place)))
+                }
+                Check::Same {
+                    at: place,
+                    other,
+                    negate,
+                } => (at(place) == at(other)) != negate,
+                Check::Facts(cond) => cond.get(engine).holds(facts),
+            };
+            if holds {
+                bits |= 1 << i;
+            }
+        }
+        bits
     }
 }
 

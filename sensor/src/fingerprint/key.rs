@@ -218,7 +218,8 @@ pub struct KeyBuilder {
     digit_ranges: bool,
 }
 
-fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
+/// Where `inner` starts in `outer`, when it lies inside it.
+pub fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
     let off = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
     (off <= outer.len() && inner.len() <= outer.len() - off).then_some(off)
 }
@@ -383,6 +384,12 @@ impl KeyBuilder {
         }
         Some(items)
     }
+}
+
+/// Whether `bytes[start..end]` holds a digit [`mask_digits`] would mask.
+pub fn has_masked_digit(bytes: &[u8], start: usize, end: usize) -> bool {
+    (start..end.min(bytes.len()))
+        .any(|i| bytes[i].is_ascii_digit() && !(i > 0 && bytes[i - 1].is_ascii_alphabetic()))
 }
 
 /// Digits of `bytes[start..end]` not right after an ASCII letter become `0`.

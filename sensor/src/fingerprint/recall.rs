@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use crate::sip::{Layout, SipMessage, message::message_flags};
 
 use super::{
-    cache::BuildIdentity,
+    cache::{BuildIdentity, Checks},
     facts::FieldPlaces,
     key::{self, KeyBuilder, MAX_KEY_BYTES},
 };
@@ -46,6 +46,8 @@ struct Template {
     /// The classification cache's entry, and its generation when this template met it.
     entry: u32,
     generation: u32,
+    /// The entry's per-packet predicates as this template needs them evaluated.
+    checks: Option<Checks>,
 }
 
 /// The templates met, by the hash of their masked payload.
@@ -117,6 +119,11 @@ impl Recall {
         }
     }
 
+    /// Where a recalled template keeps its checks.
+    pub fn checks_mut(&mut self, recalled: &Recalled) -> Option<&mut Option<Checks>> {
+        self.templates.get_mut(&recalled.id).map(|t| &mut t.checks)
+    }
+
     /// Keeps `msg`'s template, with the cache entry its key has.
     pub fn learn(
         &mut self,
@@ -141,6 +148,7 @@ impl Recall {
                 places: FieldPlaces::of(msg),
                 entry,
                 generation,
+                checks: None,
             },
         );
     }

@@ -271,9 +271,22 @@ impl Condition {
                 .all(|(a, b)| a == b);
         }
         let value = facts.get(&self.field);
+        match &self.op {
+            Op::SameAs(other) => value.same(&facts.get(other)),
+            _ => self.test_value(value),
+        }
+    }
+
+    /// Whether the condition holds for a message whose field is `value` (for a `same_as`
+    /// condition, the other field's value is needed: false).
+    pub(crate) fn holds_for(&self, value: Value<'_>) -> bool {
+        self.test_value(value) != self.negate
+    }
+
+    fn test_value(&self, value: Value<'_>) -> bool {
         match (&self.op, value) {
             (Op::Present(want), v) => (v != Value::Missing) == *want,
-            (Op::SameAs(other), v) => v.same(&facts.get(other)),
+            (Op::SameAs(_), _) => false,
             (_, Value::Missing) => false,
             (Op::EqBytes(want), Value::Bytes(b)) => b == want.as_slice(),
             (Op::EqInt(want), Value::Int(n)) => n == *want,
