@@ -350,7 +350,7 @@ impl ClassCache {
             Some(r) => self.recall.set_entry(r, slot, generation),
             None => self
                 .recall
-                .learn(&mut self.builder, facts.msg, slot, generation),
+                .learn(&mut self.builder, facts, slot, generation),
         }
         self.verdict(engine, facts, slot, recalled.as_ref())
     }

@@ -81,10 +81,10 @@ pub struct FieldPlaces {
 }
 
 impl FieldPlaces {
-    /// The places of `msg`'s fields; `None` when one of them cannot be placed.
-    pub fn of(msg: &SipMessage<'_>) -> Option<Self> {
-        let bytes = msg.bytes();
-        let facts = Facts::new(msg, None);
+    /// The places of the message's fields (those `facts` has found already, and the others);
+    /// `None` when one of them cannot be placed.
+    pub fn of(facts: &Facts<'_>) -> Option<Self> {
+        let bytes = facts.msg.bytes();
         // Outer `None`: a field that is there but cannot be placed.
         fn place<T, A>(field: Option<T>, at: impl FnOnce(&T) -> Option<A>) -> Option<Option<A>> {
             match field {

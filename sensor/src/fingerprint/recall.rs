@@ -17,7 +17,7 @@ use crate::sip::{Layout, SipMessage, message::message_flags};
 
 use super::{
     cache::{BuildIdentity, Checks},
-    facts::FieldPlaces,
+    facts::{Facts, FieldPlaces},
     key::{self, KeyBuilder, MAX_KEY_BYTES},
 };
 
@@ -128,10 +128,11 @@ impl Recall {
     pub fn learn(
         &mut self,
         builder: &mut KeyBuilder,
-        msg: &SipMessage<'_>,
+        facts: &Facts<'_>,
         entry: u32,
         generation: u32,
     ) {
+        let msg = facts.msg;
         let Some(id) = self.mask(msg.bytes(), msg.has(message_flags::CAPTURE_CUT)) else {
             return;
         };
@@ -145,7 +146,7 @@ impl Recall {
                 kept_digits: builder.kept_digits(msg).into(),
                 layout: msg.layout(),
                 truncated: msg.truncated(),
-                places: FieldPlaces::of(msg),
+                places: FieldPlaces::of(facts),
                 entry,
                 generation,
                 checks: None,
@@ -162,7 +163,6 @@ impl Recall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fingerprint::facts::Facts;
 
     /// Everything a message and its facts say, in a comparable form (offsets included: a
     /// recalled message must point where a parsed one does).
@@ -238,7 +238,7 @@ mod tests {
                         assert_eq!(keys[&r.id], key, "{}", String::from_utf8_lossy(&p));
                     }
                     None => {
-                        recall.learn(&mut builder, &parsed, 0, 0);
+                        recall.learn(&mut builder, &Facts::new(&parsed, None), 0, 0);
                         let again = recall
                             .parse(&mut SipMessage::unparsed(&p, cut))
                             .expect("a template learnt is recalled");
@@ -260,7 +260,7 @@ mod tests {
             b"OPTIONS sip:bb SIP/2.0\r\n\r\n",
             b"OPTIONS sip:ccc SIP/2.0\r\n\r\n",
         ] {
-            recall.learn(&mut builder, &SipMessage::parse(p), 0, 0);
+            recall.learn(&mut builder, &Facts::new(&SipMessage::parse(p), None), 0, 0);
         }
         assert_eq!(recall.len(), 1);
     }
