@@ -255,7 +255,7 @@ impl KeyBuilder {
     }
 
     /// The digits of `msg` outside the parts the key abstracts, with their offsets: the ones
-    /// [`mask_digits`] would turn into `0` over the whole payload, but that the key keeps
+    /// [`mask_digits_into`] would turn into `0` over the whole payload, but that the key keeps
     /// (the version's, a header name's). Two payloads masked alike whose such digits are equal
     /// are masked alike inside those parts alone, and parse alike ([`crate::sip::Layout`]).
     pub fn kept_digits(&mut self, msg: &SipMessage<'_>) -> Vec<(u16, u8)> {
@@ -270,10 +270,8 @@ impl KeyBuilder {
             .map(|r| (r.start as usize, r.end as usize))
             .chain([(bytes.len(), bytes.len())]);
         for (start, end) in outside {
-            for (i, &b) in bytes.iter().enumerate().take(start).skip(pos) {
-                if b.is_ascii_digit() && !(i > 0 && bytes[i - 1].is_ascii_alphabetic()) {
-                    kept.push((i as u16, b));
-                }
+            for i in (pos..start).filter(|&i| masks(bytes, i)) {
+                kept.push((i as u16, bytes[i]));
             }
             pos = end;
         }
@@ -386,51 +384,58 @@ impl KeyBuilder {
     }
 }
 
-/// Whether `bytes[start..end]` holds a digit [`mask_digits`] would mask.
+/// Whether `bytes[start..end]` holds a digit [`mask_digits_into`] would mask.
 pub fn has_masked_digit(bytes: &[u8], start: usize, end: usize) -> bool {
-    (start..end.min(bytes.len()))
-        .any(|i| bytes[i].is_ascii_digit() && !(i > 0 && bytes[i - 1].is_ascii_alphabetic()))
+    (start..end.min(bytes.len())).any(|i| masks(bytes, i))
 }
 
-/// Digits of `bytes[start..end]` not right after an ASCII letter become `0`.
-pub fn mask_digits(bytes: &mut [u8], start: usize, end: usize) {
+/// Whether the digit at `i` is one [`mask_digits_into`] masks: not right after an ASCII letter.
+fn masks(bytes: &[u8], i: usize) -> bool {
+    bytes[i].is_ascii_digit() && !(i > 0 && bytes[i - 1].is_ascii_alphabetic())
+}
+
+/// Copies `src` into `dst` (as long; the shorter of the two is copied) with every digit not
+/// right after an ASCII letter read as `0`: what varies between the packets of most templates.
+pub fn mask_digits_into(src: &[u8], dst: &mut [u8]) {
+    let len = src.len().min(dst.len());
+    let (src, dst) = (&src[..len], &mut dst[..len]);
+    if len == 0 {
+        return;
+    }
+    dst[0] = if masks(src, 0) { b'0' } else { src[0] };
+    let mut i = 1;
     #[cfg(target_arch = "x86_64")]
-    let start = {
-        // Thirty-two bytes at a time where the CPU can (std caches the answer), the rest sixteen
-        // at a time.
-        let start = if std::is_x86_feature_detected!("avx2") && start >= 1 {
+    {
+        // Thirty-two bytes at a time where the CPU can (std caches the answer), then sixteen.
+        if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, checked just above.
-            unsafe { mask_digits_avx2(bytes, start, end) }
-        } else {
-            start
-        };
-        mask_digits_sse2(bytes, start, end)
-    };
-    for i in start..end {
-        if bytes[i].is_ascii_digit() && !(i > 0 && bytes[i - 1].is_ascii_alphabetic()) {
-            bytes[i] = b'0';
+            i = unsafe { mask_blocks_avx2(src, dst, i) };
         }
+        i = mask_blocks_sse2(src, dst, i);
+    }
+    for i in i..len {
+        dst[i] = if masks(src, i) { b'0' } else { src[i] };
     }
 }
 
-/// The thirty-two-bytes-at-a-time part of `mask_digits`, from `start` >= 1 (as
-/// [`mask_digits_sse2`]'s blocks, each read with the byte before it); returns where the next
-/// part goes on.
+/// The thirty-two-bytes-at-a-time part of [`mask_digits_into`], from `i` >= 1 (each block is
+/// read with the byte before it); returns where the next part goes on. `src` and `dst` are as
+/// long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn mask_digits_avx2(bytes: &mut [u8], start: usize, end: usize) -> usize {
+unsafe fn mask_blocks_avx2(src: &[u8], dst: &mut [u8], mut i: usize) -> usize {
     use std::arch::x86_64::{
         __m256i, _mm256_and_si256, _mm256_andnot_si256, _mm256_blendv_epi8, _mm256_cmpgt_epi8,
         _mm256_loadu_si256, _mm256_or_si256, _mm256_set1_epi8, _mm256_storeu_si256,
     };
-    let end = end.min(bytes.len());
-    let mut i = start.max(1);
+    let end = src.len().min(dst.len());
+    i = i.max(1);
     while i + 32 <= end {
-        // SAFETY: both loads read 32 bytes inside `bytes` (i >= 1 and i + 32 <= end <=
-        // bytes.len()), the store writes the same 32 as the first.
+        // SAFETY: both loads read 32 bytes inside `src` (i >= 1 and i + 32 <= end), the store
+        // writes 32 inside `dst` (as long).
         unsafe {
-            let v = _mm256_loadu_si256(bytes.as_ptr().add(i).cast::<__m256i>());
-            let before = _mm256_loadu_si256(bytes.as_ptr().add(i - 1).cast::<__m256i>());
+            let v = _mm256_loadu_si256(src.as_ptr().add(i).cast::<__m256i>());
+            let before = _mm256_loadu_si256(src.as_ptr().add(i - 1).cast::<__m256i>());
             let digit = _mm256_and_si256(
                 _mm256_cmpgt_epi8(v, _mm256_set1_epi8(b'0' as i8 - 1)),
                 _mm256_cmpgt_epi8(_mm256_set1_epi8(b'9' as i8 + 1), v),
@@ -442,41 +447,28 @@ unsafe fn mask_digits_avx2(bytes: &mut [u8], start: usize, end: usize) -> usize 
             );
             let masked = _mm256_andnot_si256(letter, digit);
             let out = _mm256_blendv_epi8(v, _mm256_set1_epi8(b'0' as i8), masked);
-            _mm256_storeu_si256(bytes.as_mut_ptr().add(i).cast::<__m256i>(), out);
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast::<__m256i>(), out);
         }
         i += 32;
     }
-    // As in the sixteen-byte part: a masked digit is still a digit, never a letter.
-    i.max(start)
+    i
 }
 
-/// The sixteen-bytes-at-a-time part of `mask_digits`; returns where the byte loop goes on.
+/// The sixteen-bytes-at-a-time part of [`mask_digits_into`], as [`mask_blocks_avx2`].
 #[cfg(target_arch = "x86_64")]
-fn mask_digits_sse2(bytes: &mut [u8], start: usize, end: usize) -> usize {
+fn mask_blocks_sse2(src: &[u8], dst: &mut [u8], mut i: usize) -> usize {
     use std::arch::x86_64::{
         __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
         _mm_or_si128, _mm_set1_epi8, _mm_storeu_si128,
     };
-    // Each block is read at `i`, and the byte before it at `i - 1` through an overlapping
-    // load: a block starting at the region's first byte looks at the byte before the region
-    // (outside it, so not a letter the region's first run continues: regions start after
-    // punctuation).
-    let mut i = start.max(1);
-    if start == 0 {
-        // The very first byte has nothing before it: the byte loop takes it.
-        if let Some(b) = bytes.first_mut()
-            && end > 0
-            && b.is_ascii_digit()
-        {
-            *b = b'0';
-        }
-    }
+    let end = src.len().min(dst.len());
+    i = i.max(1);
     while i + 16 <= end {
-        // SAFETY: SSE2 is part of the x86-64 baseline; both loads read 16 bytes inside `bytes`
-        // (i >= 1 and i + 16 <= end <= bytes.len()), the store writes the same 16 as the first.
+        // SAFETY: SSE2 is part of the x86-64 baseline; both loads read 16 bytes inside `src`
+        // (i >= 1 and i + 16 <= end), the store writes 16 inside `dst` (as long).
         unsafe {
-            let v = _mm_loadu_si128(bytes.as_ptr().add(i).cast::<__m128i>());
-            let before = _mm_loadu_si128(bytes.as_ptr().add(i - 1).cast::<__m128i>());
+            let v = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
+            let before = _mm_loadu_si128(src.as_ptr().add(i - 1).cast::<__m128i>());
             let digit = _mm_and_si128(
                 _mm_cmpgt_epi8(v, _mm_set1_epi8(b'0' as i8 - 1)),
                 _mm_cmplt_epi8(v, _mm_set1_epi8(b'9' as i8 + 1)),
@@ -491,13 +483,11 @@ fn mask_digits_sse2(bytes: &mut [u8], start: usize, end: usize) -> usize {
                 _mm_andnot_si128(masked, v),
                 _mm_and_si128(masked, _mm_set1_epi8(b'0' as i8)),
             );
-            _mm_storeu_si128(bytes.as_mut_ptr().add(i).cast::<__m128i>(), out);
+            _mm_storeu_si128(dst.as_mut_ptr().add(i).cast::<__m128i>(), out);
         }
         i += 16;
     }
-    // Masking happened in place: a masked digit is still a digit, never a letter, so the
-    // bytes read as "before" by later blocks answer as they would have.
-    i.max(start)
+    i
 }
 
 fn literal(key: &mut Out, bytes: &[u8]) {
@@ -698,21 +688,22 @@ mod tests {
         for _ in 0..4000 {
             let len = random(100);
             let bytes: Vec<u8> = (0..len).map(|_| alphabet[random(alphabet.len())]).collect();
+            let digit_after_letter =
+                |i: usize| i > 0 && bytes[i - 1].is_ascii_alphabetic() && bytes[i].is_ascii_digit();
+            let expected: Vec<u8> = (0..len)
+                .map(|i| match bytes[i] {
+                    b'0'..=b'9' if !digit_after_letter(i) => b'0',
+                    b => b,
+                })
+                .collect();
+            let mut masked = vec![0xaa; len];
+            mask_digits_into(&bytes, &mut masked);
+            assert_eq!(masked, expected, "{bytes:?}");
             let start = random(len + 1);
             let end = start + random(len - start + 1);
-            let mut expected = bytes.clone();
-            let masks = |i: usize| {
-                bytes[i].is_ascii_digit() && !(i > 0 && bytes[i - 1].is_ascii_alphabetic())
-            };
-            for i in (start..end).filter(|&i| masks(i)) {
-                expected[i] = b'0';
-            }
-            let mut masked = bytes.clone();
-            mask_digits(&mut masked, start, end);
-            assert_eq!(masked, expected, "{bytes:?} {start}..{end}");
             assert_eq!(
                 has_masked_digit(&bytes, start, end),
-                (start..end).any(masks)
+                (start..end).any(|i| bytes[i].is_ascii_digit() && !digit_after_letter(i))
             );
         }
     }

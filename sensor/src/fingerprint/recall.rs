@@ -55,7 +55,10 @@ pub(super) struct Recall {
     templates: HashMap<u64, Template, BuildIdentity>,
     /// Templates kept; when full, all are forgotten (they come back at their next packet).
     limit: usize,
-    masked: Vec<u8>,
+    /// Room for the longest payload masked, the cut flag first; the first `masked_len` bytes
+    /// are the last one.
+    masked: Box<[u8]>,
+    masked_len: usize,
 }
 
 impl Recall {
@@ -63,30 +66,31 @@ impl Recall {
         Recall {
             templates: HashMap::with_hasher(BuildIdentity),
             limit: limit.max(1),
-            masked: Vec::with_capacity(MAX_KEY_BYTES + 1),
+            masked: vec![0; MAX_KEY_BYTES + 1].into(),
+            masked_len: 0,
         }
     }
 
     /// Masks the payload into `self.masked`; its hash, or `None` for a payload longer than a
     /// key may be (such packets go without the cache).
     fn mask(&mut self, payload: &[u8], cut: bool) -> Option<u64> {
-        if payload.len() > MAX_KEY_BYTES {
-            return None;
-        }
-        self.masked.clear();
-        self.masked.push(u8::from(cut));
-        self.masked.extend_from_slice(payload);
-        let len = self.masked.len();
-        // From 1: the cut byte is never a letter, as no byte stands before a payload's first.
-        key::mask_digits(&mut self.masked, 1, len);
-        Some(key::hash(&self.masked))
+        let masked = self.masked.get_mut(..payload.len() + 1)?;
+        masked[0] = u8::from(cut);
+        key::mask_digits_into(payload, &mut masked[1..]);
+        self.masked_len = masked.len();
+        Some(key::hash(masked))
+    }
+
+    /// The payload last masked.
+    fn masked(&self) -> &[u8] {
+        &self.masked[..self.masked_len]
     }
 
     /// The template of `payload`, when it is one met before.
     fn find(&mut self, payload: &[u8], cut: bool) -> Option<(u64, &Template)> {
         let id = self.mask(payload, cut)?;
         let t = self.templates.get(&id)?;
-        let found = *t.masked == *self.masked
+        let found = *t.masked == *self.masked()
             && t.layout.fits(payload)
             && t.kept_digits
                 .iter()
@@ -142,7 +146,7 @@ impl Recall {
         self.templates.insert(
             id,
             Template {
-                masked: self.masked.as_slice().into(),
+                masked: self.masked().into(),
                 kept_digits: builder.kept_digits(msg).into(),
                 layout: msg.layout(),
                 truncated: msg.truncated(),
