@@ -159,7 +159,8 @@ struct Entry {
     residual: Box<[CondRef]>,
     decisions: Vec<(u128, Decision)>,
     referenced: bool,
-    /// Which entry this is (slots are reused): recalled templates point at an entry and a generation.
+    /// Which entry this is (slots are reused): recalled templates point at an entry and a
+    /// generation.
     generation: u32,
 }
 
@@ -384,7 +385,6 @@ impl ClassCache {
         })
     }
 
-    /// The verdict from an entry: its per-packet predicates evaluated on this message.
     /// The verdict from an entry: its per-packet predicates evaluated on this message (through
     /// the recalled template's checks, when it came recalled).
     fn verdict(

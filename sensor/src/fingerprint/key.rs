@@ -258,6 +258,7 @@ impl KeyBuilder {
     /// [`mask_digits_into`] would turn into `0` over the whole payload, but that the key keeps
     /// (the version's, a header name's). Two payloads masked alike whose such digits are equal
     /// are masked alike inside those parts alone, and parse alike ([`crate::sip::Layout`]).
+    /// For a message no longer than a key may be ([`MAX_KEY_BYTES`]): the offsets are `u16`.
     pub fn kept_digits(&mut self, msg: &SipMessage<'_>) -> Vec<(u16, u8)> {
         self.regions.clear();
         self.find_regions(msg);

@@ -152,7 +152,7 @@ pub enum StartLine<'a> {
     None,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default)]
 enum StartKind {
     Request,
     Response,
@@ -660,8 +660,8 @@ impl SipMessage<'_> {
 }
 
 impl Layout {
-    /// Whether the message of `bytes` (laid over, [`SipMessage::parse_or_lay`]) is truncated: it depends
-    /// on the value of the Content-Length, so it is the one thing the layout does not say.
+    /// Whether the message of `bytes` (laid over, [`SipMessage::parse_or_lay`]) is truncated:
+    /// it depends on the value of the Content-Length, the one thing the layout does not say.
     pub fn truncated(&self, bytes: &[u8]) -> bool {
         let body_len = self
             .body_start
