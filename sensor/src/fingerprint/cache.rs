@@ -22,7 +22,7 @@ use std::{
     collections::HashMap,
 };
 
-use crate::sip::SipMessage;
+use crate::sip::{SipMessage, places::Place};
 
 use super::{
     engine::{
@@ -339,23 +339,29 @@ impl ClassCache {
         recalled: Option<Recalled>,
     ) -> Verdict {
         if let Some(r) = &recalled
-            && let Some((entry, generation)) = self.recall.entry(r)
-            && self.entries.get(entry as usize).map(|e| e.generation) == Some(generation)
+            && let Some(kept) = self.recall.kept_mut(r)
+            && let Some(entry) = self.entries.get_mut(kept.entry as usize)
+            && entry.generation == kept.generation
         {
             self.counters.hits += 1;
-            return self.verdict(engine, facts, entry, Some(r));
+            return verdict(engine, facts, kept.entry, entry, Some(&mut kept.checks));
         }
         let Some(slot) = self.slot(engine, facts) else {
             return evaluate_all(engine, facts);
         };
-        let generation = self.entries[slot as usize].generation;
-        match &recalled {
-            Some(r) => self.recall.set_entry(r, slot, generation),
-            None => self
-                .recall
-                .learn(&mut self.builder, facts, slot, generation),
-        }
-        self.verdict(engine, facts, slot, recalled.as_ref())
+        let entry = &mut self.entries[slot as usize];
+        let checks = match &recalled {
+            Some(r) => self.recall.kept_mut(r).map(|kept| {
+                *kept = Kept::new(slot, entry.generation);
+                &mut kept.checks
+            }),
+            None => {
+                self.recall
+                    .learn(&mut self.builder, facts, Kept::new(slot, entry.generation));
+                None
+            }
+        };
+        verdict(engine, facts, slot, entry, checks)
     }
 
     /// The entry of the message's key, made if new; `None` when the message goes without the
@@ -385,45 +391,6 @@ impl ClassCache {
                 self.insert(entry)
             }
         })
-    }
-
-    /// The verdict from an entry: its per-packet predicates evaluated on this message (through
-    /// the recalled template's checks, when it came recalled).
-    fn verdict(
-        &mut self,
-        engine: &Engine,
-        facts: &Facts<'_>,
-        slot: u32,
-        recalled: Option<&Recalled>,
-    ) -> Verdict {
-        let entry = &mut self.entries[slot as usize];
-        entry.referenced = true;
-        if entry.residual.len() > MAX_RESIDUAL {
-            return evaluate_all(engine, facts);
-        }
-        let bits = match recalled.and_then(|r| self.recall.checks_mut(r)) {
-            Some(kept) => {
-                let checks = match kept {
-                    Some(c) if (c.entry, c.generation) == (slot, entry.generation) => c,
-                    _ => kept.insert(Checks::compile(
-                        engine,
-                        &entry.residual,
-                        facts,
-                        (slot, entry.generation),
-                    )),
-                };
-                checks.bits(engine, facts)
-            }
-            None => residual_bits(engine, &entry.residual, facts),
-        };
-        if let Some((_, d)) = entry.decisions.iter().find(|(b, _)| *b == bits) {
-            return Verdict::of(d, entry.template, Some(slot));
-        }
-        let decision = decide(engine, &entry.outcomes, &entry.alive, bits);
-        if entry.decisions.len() < MAX_DECISIONS {
-            entry.decisions.push((bits, decision));
-        }
-        Verdict::of(&decision, entry.template, Some(slot))
     }
 
     fn insert(&mut self, mut entry: Entry) -> u32 {
@@ -642,6 +609,54 @@ impl ClassCache {
     }
 }
 
+/// The verdict from entry `slot`: its per-packet predicates evaluated on this message (through
+/// the recalled template's checks, made on first need, when it came recalled).
+fn verdict(
+    engine: &Engine,
+    facts: &Facts<'_>,
+    slot: u32,
+    entry: &mut Entry,
+    checks: Option<&mut Option<Checks>>,
+) -> Verdict {
+    entry.referenced = true;
+    if entry.residual.len() > MAX_RESIDUAL {
+        return evaluate_all(engine, facts);
+    }
+    let bits = match checks {
+        Some(checks) => checks
+            .get_or_insert_with(|| Checks::compile(engine, &entry.residual, facts))
+            .bits(engine, facts),
+        None => residual_bits(engine, &entry.residual, facts),
+    };
+    if let Some((_, d)) = entry.decisions.iter().find(|(b, _)| *b == bits) {
+        return Verdict::of(d, entry.template, Some(slot));
+    }
+    let decision = decide(engine, &entry.outcomes, &entry.alive, bits);
+    if entry.decisions.len() < MAX_DECISIONS {
+        entry.decisions.push((bits, decision));
+    }
+    Verdict::of(&decision, entry.template, Some(slot))
+}
+
+/// What a recalled template keeps of the classification cache: the entry of its key, that
+/// entry's generation when the template met it, and the entry's per-packet predicates as the
+/// template needs them evaluated (made for that entry).
+pub(super) struct Kept {
+    pub entry: u32,
+    pub generation: u32,
+    pub checks: Option<Checks>,
+}
+
+impl Kept {
+    pub fn new(entry: u32, generation: u32) -> Self {
+        Kept {
+            entry,
+            generation,
+            checks: None,
+        }
+    }
+}
+
 /// The outcome word of an entry's per-packet predicates, each evaluated on the message.
 fn residual_bits(engine: &Engine, residual: &[CondRef], facts: &Facts<'_>) -> u128 {
     let mut bits = 0u128;
@@ -659,9 +674,6 @@ fn residual_bits(engine: &Engine, residual: &[CondRef], facts: &Facts<'_>) -> u1
 /// has one outcome for all of them, and one on a field with some is a test of the bytes at
 /// that place, without finding the field again.
 pub(super) struct Checks {
-    /// The entry and its generation the checks were made for.
-    entry: u32,
-    generation: u32,
     /// Outcome bits the template decides.
     fixed: u128,
     /// The others: their bit, and how to evaluate them.
@@ -671,11 +683,11 @@ pub(super) struct Checks {
 #[derive(Clone, Copy)]
 enum Check {
     /// A text condition on the bytes at a place.
-    Bytes { at: (u16, u16), cond: CondRef },
+    Bytes { at: Place, cond: CondRef },
     /// A `same_as` condition between the bytes at two places.
     Same {
-        at: (u16, u16),
-        other: (u16, u16),
+        at: Place,
+        other: Place,
         negate: bool,
     },
     /// Evaluated as the engine does.
@@ -683,12 +695,7 @@ enum Check {
 }
 
 impl Checks {
-    fn compile(
-        engine: &Engine,
-        residual: &[CondRef],
-        facts: &Facts<'_>,
-        (entry, generation): (u32, u32),
-    ) -> Self {
+    fn compile(engine: &Engine, residual: &[CondRef], facts: &Facts<'_>) -> Self {
         let bytes = facts.msg.bytes();
         let mut fixed = 0u128;
         let mut varying = Vec::new();
@@ -696,18 +703,18 @@ impl Checks {
             let c = cref.get(engine);
             // The place of a text value in the message, and whether its packets may differ
             // there; `None` for values that are not such text.
-            let place = |field: &super::facts::Field| -> Option<Option<((u16, u16), bool)>> {
+            let place = |field: &super::facts::Field| -> Option<Option<(Place, bool)>> {
                 if field.key_bearing() == KeyBearing::PerPacket {
                     return None;
                 }
                 match facts.get(field) {
                     Value::Missing => Some(None),
                     Value::Bytes(v) => {
-                        let start = key::offset_in(bytes, v)?;
-                        let at = (u16::try_from(start).ok()?, u16::try_from(v.len()).ok()?);
+                        let at = Place::of(bytes, v)?;
+                        let range = at.range();
                         Some(Some((
                             at,
-                            key::has_masked_digit(bytes, start, start + v.len()),
+                            key::has_masked_digit(bytes, range.start, range.end),
                         )))
                     }
                     _ => None,
@@ -737,8 +744,6 @@ impl Checks {
             }
         }
         Checks {
-            entry,
-            generation,
             fixed,
             varying: varying.into(),
         }
@@ -746,23 +751,11 @@ impl Checks {
 
     fn bits(&self, engine: &Engine, facts: &Facts<'_>) -> u128 {
         let bytes = facts.msg.bytes();
-        let at = |(start, len): (u16, u16)| {
-            let start = usize::from(start);
-            bytes
-                .get(start..start + usize::from(len))
-                .unwrap_or_default()
-        };
         let mut bits = self.fixed;
         for &(i, check) in self.varying.iter() {
             let holds = match check {
-                Check::Bytes { at: place, cond } => {
-                    cond.get(engine).holds_for(Value::Bytes(at(place)))
-                }
-                Check::Same {
-                    at: place,
-                    other,
-                    negate,
-                } => (at(place) == at(other)) != negate,
+                Check::Bytes { at, cond } => cond.get(engine).holds_for(Value::Bytes(at.at(bytes))),
+                Check::Same { at, other, negate } => (at.at(bytes) == other.at(bytes)) != negate,
                 Check::Facts(cond) => cond.get(engine).holds(facts),
             };
             if holds {

@@ -20,7 +20,7 @@
 //! byte at or above 0x80 is escaped, an abstracted run is a tag byte (0x80 | classes) and its
 //! length.
 
-use crate::sip::{SipMessage, StartLine};
+use crate::sip::{SipMessage, StartLine, places::offset_in};
 
 /// Character classes of an abstracted run.
 pub const DIGIT: u8 = 1;
@@ -216,12 +216,6 @@ pub struct KeyBuilder {
     /// Runs of digits known by their length range (SIP messages), not their length (others:
     /// the template of a non-SIP payload cuts it at 64 bytes and counts its length).
     digit_ranges: bool,
-}
-
-/// Where `inner` starts in `outer`, when it lies inside it.
-pub fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
-    let off = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
-    (off <= outer.len() && inner.len() <= outer.len() - off).then_some(off)
 }
 
 impl KeyBuilder {
@@ -625,8 +619,19 @@ pub fn hash(key: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A fixed sequence of numbers below each bound asked for (xorshift), for varying inputs.
+    pub fn below() -> impl FnMut(usize) -> usize {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        }
+    }
 
     fn key(payload: &[u8]) -> Vec<u8> {
         KeyBuilder::default()
@@ -679,13 +684,7 @@ mod tests {
         // Digits, letters (both cases, and the bytes beside them in ASCII), high bytes, around
         // the 16- and 32-byte blocks.
         let alphabet = b"0123456789aZz@[`{/:\x80\xff -";
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut random = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut random = below();
         for _ in 0..4000 {
             let len = random(100);
             let bytes: Vec<u8> = (0..len).map(|_| alphabet[random(alphabet.len())]).collect();

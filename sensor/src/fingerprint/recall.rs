@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use crate::sip::{Layout, SipMessage, message::message_flags};
 
 use super::{
-    cache::{BuildIdentity, Checks},
+    cache::{BuildIdentity, Kept},
     facts::{Facts, FieldPlaces},
     key::{self, KeyBuilder, MAX_KEY_BYTES},
 };
@@ -43,11 +43,8 @@ struct Template {
     /// Read from the Content-Length's value, so checked per packet.
     truncated: bool,
     places: Option<FieldPlaces>,
-    /// The classification cache's entry, and its generation when this template met it.
-    entry: u32,
-    generation: u32,
-    /// The entry's per-packet predicates as this template needs them evaluated.
-    checks: Option<Checks>,
+    /// What it keeps of the classification cache.
+    kept: Kept,
 }
 
 /// The templates met, by the hash of their masked payload.
@@ -90,8 +87,8 @@ impl Recall {
     fn find(&mut self, payload: &[u8], cut: bool) -> Option<(u64, &Template)> {
         let id = self.mask(payload, cut)?;
         let t = self.templates.get(&id)?;
+        // Equal masks are equal lengths: the layout's spans fit the payload.
         let found = *t.masked == *self.masked()
-            && t.layout.fits(payload)
             && t.kept_digits
                 .iter()
                 .all(|&(i, d)| payload.get(usize::from(i)) == Some(&d))
@@ -110,32 +107,13 @@ impl Recall {
         })
     }
 
-    /// The cache entry a recalled template last met, and that entry's generation then.
-    pub fn entry(&self, recalled: &Recalled) -> Option<(u32, u32)> {
-        self.templates
-            .get(&recalled.id)
-            .map(|t| (t.entry, t.generation))
-    }
-
-    pub fn set_entry(&mut self, recalled: &Recalled, entry: u32, generation: u32) {
-        if let Some(t) = self.templates.get_mut(&recalled.id) {
-            (t.entry, t.generation) = (entry, generation);
-        }
-    }
-
-    /// Where a recalled template keeps its checks.
-    pub fn checks_mut(&mut self, recalled: &Recalled) -> Option<&mut Option<Checks>> {
-        self.templates.get_mut(&recalled.id).map(|t| &mut t.checks)
+    /// What a recalled template keeps of the classification cache.
+    pub fn kept_mut(&mut self, recalled: &Recalled) -> Option<&mut Kept> {
+        self.templates.get_mut(&recalled.id).map(|t| &mut t.kept)
     }
 
     /// Keeps `msg`'s template, with the cache entry its key has.
-    pub fn learn(
-        &mut self,
-        builder: &mut KeyBuilder,
-        facts: &Facts<'_>,
-        entry: u32,
-        generation: u32,
-    ) {
+    pub fn learn(&mut self, builder: &mut KeyBuilder, facts: &Facts<'_>, kept: Kept) {
         let msg = facts.msg;
         let Some(id) = self.mask(msg.bytes(), msg.has(message_flags::CAPTURE_CUT)) else {
             return;
@@ -151,9 +129,7 @@ impl Recall {
                 layout: msg.layout(),
                 truncated: msg.truncated(),
                 places: FieldPlaces::of(facts),
-                entry,
-                generation,
-                checks: None,
+                kept,
             },
         );
     }
@@ -203,13 +179,7 @@ mod tests {
             b"OPTIONS sip:1@2 SIP/2.0\nVia: SIP/2.0/UDP 9.9.9.9;branch=z9hG4bK1a2b3c\nContent-Length: 10\n\nabc",
             b"INVITE sip:1@[2001:db8::1]:5060 SIP/2.0\r\nf: 1 <sip:2@3>;tag=4\r\nt: <sip:5@6>\r\nv: SIP/2.0/TCP [2001:db8::2]:5;branch=z9hG4bK7\r\nm: sip:8@9\r\nCSeq: 10 INVITE\r\n\r\n",
         ];
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut random = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut random = crate::fingerprint::key::tests::below();
         let mut builder = KeyBuilder::default();
         let mut recall = Recall::new(1 << 16);
         let mut recalled_count = 0;
@@ -242,7 +212,7 @@ mod tests {
                         assert_eq!(keys[&r.id], key, "{}", String::from_utf8_lossy(&p));
                     }
                     None => {
-                        recall.learn(&mut builder, &Facts::new(&parsed, None), 0, 0);
+                        recall.learn(&mut builder, &Facts::new(&parsed, None), Kept::new(0, 0));
                         let again = recall
                             .parse(&mut SipMessage::unparsed(&p, cut))
                             .expect("a template learnt is recalled");
@@ -264,7 +234,11 @@ mod tests {
             b"OPTIONS sip:bb SIP/2.0\r\n\r\n",
             b"OPTIONS sip:ccc SIP/2.0\r\n\r\n",
         ] {
-            recall.learn(&mut builder, &Facts::new(&SipMessage::parse(p), None), 0, 0);
+            recall.learn(
+                &mut builder,
+                &Facts::new(&SipMessage::parse(p), None),
+                Kept::new(0, 0),
+            );
         }
         assert_eq!(recall.len(), 1);
     }

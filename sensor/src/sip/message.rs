@@ -607,7 +607,7 @@ impl<'a> SipMessage<'a> {
 
     /// Content-Length, when present and a number.
     pub fn content_length(&self) -> Option<u32> {
-        parse_u32(self.header_value(HeaderName::ContentLength)?)
+        content_length(self.slots(), self.bytes)
     }
 
     pub fn line_endings(&self) -> LineEndings {
@@ -631,7 +631,6 @@ impl<'a> SipMessage<'a> {
 /// again ([`SipMessage::parse_or_lay`]).
 #[derive(Clone, Debug)]
 pub struct Layout {
-    len: usize,
     kind: PayloadKind,
     start_kind: StartKind,
     start: [Span; 3],
@@ -646,7 +645,6 @@ impl SipMessage<'_> {
     /// This message's parse, for [`SipMessage::parse_or_lay`].
     pub fn layout(&self) -> Layout {
         Layout {
-            len: self.bytes.len(),
             kind: self.kind,
             start_kind: self.start_kind,
             start: self.start,
@@ -667,17 +665,8 @@ impl Layout {
             .body_start
             .and_then(|start| bytes.len().checked_sub(start as usize));
         truncated(self.flags, self.kind, body_len, || {
-            let slot = self
-                .slots
-                .iter()
-                .find(|s| s.name == HeaderName::ContentLength)?;
-            parse_u32(slot.value.get(bytes))
+            content_length(&self.slots, bytes)
         })
-    }
-
-    /// Whether `bytes` are as long as the layout's.
-    pub fn fits(&self, bytes: &[u8]) -> bool {
-        bytes.len() == self.len
     }
 
     /// Writes the layout into a message of its bytes, as `parse_all` would.
@@ -697,6 +686,12 @@ impl Layout {
             msg.status_code = status_code(self.start[1].get(msg.bytes));
         }
     }
+}
+
+/// The value of the first Content-Length header among `slots`, as a number.
+fn content_length(slots: &[Slot], bytes: &[u8]) -> Option<u32> {
+    let slot = slots.iter().find(|s| s.name == HeaderName::ContentLength)?;
+    parse_u32(slot.value.get(bytes))
 }
 
 /// [`SipMessage::truncated`], from the parts of a parse it reads.

@@ -8,6 +8,12 @@ use super::{
     message::parse_u32,
 };
 
+/// Where `inner` starts in `outer`, when it lies inside it.
+pub fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
+    let off = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
+    (off <= outer.len() && inner.len() <= outer.len() - off).then_some(off)
+}
+
 /// A part of a message, by offset and length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Place {
@@ -18,19 +24,19 @@ pub struct Place {
 impl Place {
     /// Where `part` lies in `bytes`; `None` when it is not inside them. An empty part is empty
     /// wherever it is (parsers give some from elsewhere).
-    fn of(bytes: &[u8], part: &[u8]) -> Option<Place> {
+    pub fn of(bytes: &[u8], part: &[u8]) -> Option<Place> {
         if part.is_empty() {
             return Some(Place { start: 0, len: 0 });
         }
-        let start = (part.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
-        let end = start.checked_add(part.len())?;
-        if end > bytes.len() {
-            return None;
-        }
         Some(Place {
-            start: u16::try_from(start).ok()?,
+            start: u16::try_from(offset_in(bytes, part)?).ok()?,
             len: u16::try_from(part.len()).ok()?,
         })
+    }
+
+    /// The range of the part in its message.
+    pub fn range(self) -> std::ops::Range<usize> {
+        usize::from(self.start)..usize::from(self.start) + usize::from(self.len)
     }
 
     /// An optional part: `Some(None)` for an absent one.
@@ -41,11 +47,9 @@ impl Place {
         }
     }
 
-    fn at(self, bytes: &[u8]) -> &[u8] {
-        let start = usize::from(self.start);
-        bytes
-            .get(start..start + usize::from(self.len))
-            .unwrap_or_default()
+    /// The part in a message of the same template (empty if the message is too short).
+    pub fn at(self, bytes: &[u8]) -> &[u8] {
+        bytes.get(self.range()).unwrap_or_default()
     }
 }
 
