@@ -497,38 +497,58 @@ pub fn parse_ip(bytes: &[u8]) -> Option<IpAddr> {
     if let Some(v4) = dotted_quad(bytes) {
         return Some(IpAddr::V4(v4));
     }
-    let s = std::str::from_utf8(bytes).ok()?;
-    let s = s
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(s);
-    s.parse().ok()
+    let inner = bytes
+        .strip_prefix(b"[")
+        .and_then(|b| b.strip_suffix(b"]"))
+        .unwrap_or(bytes);
+    // Hostnames (most hosts that are not a dotted quad) are turned away before the standard
+    // parser, which takes nothing but hex digits, colons and dots.
+    if !inner
+        .iter()
+        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    {
+        return None;
+    }
+    std::str::from_utf8(inner).ok()?.parse().ok()
 }
 
 /// An IPv4 address in the one form the standard parser takes (four decimal octets, no leading
-/// zeros), without its UTF-8 check and generic parser: Via and Contact hosts are classified for
-/// every event. `None` for anything else, which [`parse_ip`] hands to the standard parser.
+/// zeros), in one pass, without its UTF-8 check and generic parser: Via and Contact hosts are
+/// classified for every event. `None` for anything else, which [`parse_ip`] hands to the
+/// standard parser.
 fn dotted_quad(bytes: &[u8]) -> Option<std::net::Ipv4Addr> {
+    if !(7..=15).contains(&bytes.len()) {
+        return None;
+    }
     let mut octets = [0u8; 4];
-    let mut parts = bytes.split(|&b| b == b'.');
-    for octet in &mut octets {
-        let part = parts.next()?;
-        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
-            return None;
-        }
-        let mut n = 0u16;
-        for &d in part {
-            if !d.is_ascii_digit() {
+    let mut done = 0;
+    let (mut n, mut digits) = (0u16, 0u8);
+    for &b in bytes {
+        if b == b'.' {
+            if digits == 0 || done == 3 {
                 return None;
             }
-            n = n * 10 + u16::from(d - b'0');
+            octets[done] = n as u8;
+            done += 1;
+            (n, digits) = (0, 0);
+        } else {
+            let d = b.wrapping_sub(b'0');
+            // Not a digit, or a digit after a leading zero.
+            if d > 9 || (digits == 1 && n == 0) {
+                return None;
+            }
+            n = n * 10 + u16::from(d);
+            digits += 1;
+            if n > 255 {
+                return None;
+            }
         }
-        *octet = u8::try_from(n).ok()?;
     }
-    match parts.next() {
-        None => Some(octets.into()),
-        Some(_) => None,
+    if done != 3 || digits == 0 {
+        return None;
     }
+    octets[3] = n as u8;
+    Some(octets.into())
 }
 
 fn parse_u64(bytes: &[u8]) -> Option<u64> {
@@ -716,6 +736,57 @@ mod tests {
             assert_eq!(dotted_quad(s.as_bytes()), None, "{s}");
         }
         assert!(accepted > 1000, "{accepted}");
+    }
+
+    #[test]
+    fn addresses_parse_as_the_standard_parser_does() {
+        // Hosts, addresses and pieces of both, in brackets or not.
+        let pieces: [&[u8]; 14] = [
+            b"1",
+            b"255",
+            b"0",
+            b"ff",
+            b"::",
+            b":",
+            b".",
+            b"2001:db8",
+            b"::1",
+            b"[",
+            b"]",
+            b"sip",
+            b"example.com",
+            b"%",
+        ];
+        let mut state = 9u64;
+        let mut accepted = 0;
+        for _ in 0..100_000 {
+            let mut bytes = Vec::new();
+            for _ in 0..1 + state % 6 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                bytes.extend_from_slice(pieces[(state % pieces.len() as u64) as usize]);
+            }
+            let want = std::str::from_utf8(&bytes).ok().and_then(|s| {
+                s.strip_prefix('[')
+                    .and_then(|s| s.strip_suffix(']'))
+                    .unwrap_or(s)
+                    .parse::<IpAddr>()
+                    .ok()
+            });
+            let s = String::from_utf8_lossy(&bytes);
+            assert_eq!(parse_ip(&bytes), want, "{s:?}");
+            accepted += usize::from(want.is_some());
+        }
+        assert!(accepted > 1000, "{accepted}");
+        for s in [
+            "::ffff:192.0.2.1",
+            "[2001:db8::198.51.100.7]",
+            "[::1]",
+            "2001:DB8::1",
+        ] {
+            assert!(parse_ip(s.as_bytes()).is_some(), "{s}");
+        }
     }
 
     #[test]
