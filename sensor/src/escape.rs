@@ -33,6 +33,7 @@ pub fn escape_bytes_into(bytes: &[u8], out: &mut String) {
 }
 
 /// Whether `b` is written as it is: printable ASCII but the backslash.
+#[cfg(any(test, not(target_arch = "x86_64")))]
 fn is_plain(b: u8) -> bool {
     (0x20..=0x7e).contains(&b) && b != b'\\'
 }
