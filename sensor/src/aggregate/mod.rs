@@ -731,6 +731,17 @@ impl Aggregator {
         out
     }
 
+    /// Events per tool, as the tools' tallies count them (the sensor's metrics). Names come
+    /// from the rules, so there are as many as the rule set has tools (beyond 256, the rest
+    /// count as `(other)`).
+    pub fn tool_events(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.tools
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.packets > 0)
+            .map(|(sym, t)| (self.tool_names.get(sym as u16), t.packets))
+    }
+
     /// Per tool, most packets first.
     pub fn tools(&self) -> Vec<ToolSummary> {
         let mut v: Vec<ToolSummary> = self

@@ -14,7 +14,7 @@ pub mod batch;
 pub mod pool;
 pub mod sink;
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::Notify;
 
@@ -269,9 +269,6 @@ impl Pipeline {
     }
 
     /// Events per tool so far.
-    pub fn tool_counts(&self) -> &HashMap<String, u64> {
-        self.sink.tool_counts()
-    }
 
     /// Campaign gauges for the metrics: open campaigns, and sources the aggregator tracks.
     pub fn campaign_gauges(&self) -> Option<CampaignGauges> {

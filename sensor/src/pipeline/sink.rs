@@ -2,7 +2,7 @@
 //! them to the outputs, counts tools, aggregates sources and campaigns and follows servers.
 //! Campaigns span sources, so there is one sink however many analysts feed it.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use super::{
     PipelineError, PipelineOptions,
@@ -37,9 +37,6 @@ pub struct Sink {
     /// Started by `start_outputs`, not by `new`: the Kafka producer runs threads, and the live
     /// agent must drop its capabilities while it is still single-threaded.
     kafka_config: Option<KafkaConfig>,
-    /// Events per attributed tool (`unknown` included); tool names come from the rules, so the
-    /// map stays as small as the rule set.
-    tools: HashMap<String, u64>,
 }
 
 impl Sink {
@@ -52,7 +49,6 @@ impl Sink {
             identity: options.identity.clone(),
             kafka: None,
             kafka_config: options.kafka.clone(),
-            tools: HashMap::new(),
         })
     }
 
@@ -106,12 +102,6 @@ impl Sink {
             EventOutput::Unserialisable => {
                 counters.output_errors += 1;
                 return;
-            }
-        }
-        match self.tools.get_mut(observation.tool) {
-            Some(n) => *n += 1,
-            None => {
-                self.tools.insert(observation.tool.to_string(), 1);
             }
         }
         self.aggregate.observe(observation);
@@ -212,10 +202,6 @@ impl Sink {
         &self.outputs
     }
 
-    pub fn tool_counts(&self) -> &HashMap<String, u64> {
-        &self.tools
-    }
-
     pub fn aggregated_events(&self) -> u64 {
         self.aggregate.counters().events
     }
@@ -292,10 +278,10 @@ impl Sink {
             Kind::Counter,
             "Events per attributed tool (unknown: no rule matched).",
         );
-        let mut tools: Vec<(&String, &u64)> = self.tools.iter().collect();
+        let mut tools: Vec<(&str, u64)> = self.aggregate.tool_events().collect();
         tools.sort();
         for (tool, n) in tools {
-            out.sample("sensor_events_by_tool_total", &[("tool", tool)], *n);
+            out.sample("sensor_events_by_tool_total", &[("tool", tool)], n);
         }
         self.outputs.write_metrics(out);
         let campaigns = self.campaign_gauges();
