@@ -296,13 +296,21 @@ fn text(out: &mut Vec<u8>, bytes: &[u8], max: usize) {
 }
 
 /// A string that is already printable ASCII (rule text, names, codes): only `"` and `\` need
-/// JSON's escaping.
+/// JSON's escaping. Inlined: an event writes about ten such strings, and the short path is
+/// cheaper than a call that saves the registers the long path needs.
+#[inline(always)]
 pub(super) fn ascii(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     #[cfg(target_arch = "x86_64")]
     if bytes.len() <= 32 && quoted_short(out, bytes) {
         return;
     }
+    ascii_escaped(out, bytes);
+}
+
+/// [`ascii`] for a string that needs escaping or is long.
+#[inline(never)]
+fn ascii_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
     let mut start = 0;
     loop {
@@ -330,6 +338,7 @@ pub(super) fn ascii(out: &mut Vec<u8>, s: &str) {
 /// two overlapping loads and stored as two overlapping stores, tested at once, with no copy
 /// call and no loop.
 #[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn quoted_short(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
     use std::{
         arch::x86_64::{__m128i, _mm_loadu_si128, _mm_set_epi32, _mm_set_epi64x, _mm_storeu_si128},
