@@ -83,6 +83,7 @@ impl<'a> Observation<'a> {
         let user_agent = msg
             .header_value(HeaderName::UserAgent)
             .map(|ua| escaped(ua, FIELD_MAX, user_agent));
+        let via_host = via.map(|v| v.host);
         let via = via.map(|v| HostSeen {
             class: classify_host(v.host, src_ip, constants).as_str(),
             host: escaped(v.host, HOST_MAX, via_text),
@@ -90,9 +91,13 @@ impl<'a> Observation<'a> {
         let contact = facts
             .contact()
             .filter(|c| !c.uri.host.is_empty())
-            .map(|c| HostSeen {
-                class: classify_host(c.uri.host, src_ip, constants).as_str(),
-                host: escaped(c.uri.host, HOST_MAX, contact_text),
+            .map(|c| match via {
+                // Most senders put one address in both: classified and escaped once.
+                Some(seen) if via_host == Some(c.uri.host) => seen,
+                _ => HostSeen {
+                    class: classify_host(c.uri.host, src_ip, constants).as_str(),
+                    host: escaped(c.uri.host, HOST_MAX, contact_text),
+                },
             });
         Observation {
             time_ns: event.wall_ns,
