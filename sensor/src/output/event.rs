@@ -425,8 +425,54 @@ fn next(out: &mut Vec<u8>, name: &str) {
     key(out, name);
 }
 
+/// Appends `bytes` (at most 32) as two overlapping loads and stores: the numbers, addresses,
+/// hashes and times of an event are short and of varying length, and a copy of a varying
+/// length is a call to `memcpy`.
+#[inline(always)]
+fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
+    use std::ptr::{read_unaligned, write_unaligned};
+    let len = bytes.len();
+    assert!(len <= 32);
+    out.reserve(32);
+    // SAFETY: every load reads `bytes[0..k]` and `bytes[len - k..len]` with `k <= len` (or
+    // single bytes below `len`), so in bounds; every store lies within the `len <= 32` bytes
+    // reserved past the end of `out`, and the two stores of a pair overlap or meet, so
+    // `set_len` covers initialised bytes only.
+    unsafe {
+        let (src, dst) = (bytes.as_ptr(), out.as_mut_ptr().add(out.len()));
+        if len >= 16 {
+            let (lo, hi) = (
+                read_unaligned(src.cast::<u128>()),
+                read_unaligned(src.add(len - 16).cast::<u128>()),
+            );
+            write_unaligned(dst.cast::<u128>(), lo);
+            write_unaligned(dst.add(len - 16).cast::<u128>(), hi);
+        } else if len >= 8 {
+            let (lo, hi) = (
+                read_unaligned(src.cast::<u64>()),
+                read_unaligned(src.add(len - 8).cast::<u64>()),
+            );
+            write_unaligned(dst.cast::<u64>(), lo);
+            write_unaligned(dst.add(len - 8).cast::<u64>(), hi);
+        } else if len >= 4 {
+            let (lo, hi) = (
+                read_unaligned(src.cast::<u32>()),
+                read_unaligned(src.add(len - 4).cast::<u32>()),
+            );
+            write_unaligned(dst.cast::<u32>(), lo);
+            write_unaligned(dst.add(len - 4).cast::<u32>(), hi);
+        } else if len > 0 {
+            // One to three bytes: the first, the middle and the last cover them all.
+            *dst = *src;
+            *dst.add(len / 2) = *src.add(len / 2);
+            *dst.add(len - 1) = *src.add(len - 1);
+        }
+        out.set_len(out.len() + len);
+    }
+}
+
 pub(super) fn uint(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    put_short(out, itoa::Buffer::new().format(n).as_bytes());
 }
 
 pub(super) fn boolean(out: &mut Vec<u8>, b: bool) {
@@ -439,63 +485,66 @@ pub(super) fn float(out: &mut Vec<u8>, x: f64) {
 }
 
 pub(super) fn ip(out: &mut Vec<u8>, addr: IpAddr) {
-    out.push(b'"');
     match addr {
         IpAddr::V4(v4) => {
-            // Digit by digit: two addresses per event, and a formatter costs more than the
-            // address.
+            // Digit by digit into a buffer, stored at once: two addresses per event, and a
+            // formatter costs more than the address.
+            let mut text = [0u8; 17];
+            text[0] = b'"';
+            let mut n = 1;
             for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
                 if o >= 100 {
-                    out.push(b'0' + o / 100);
+                    text[n] = b'0' + o / 100;
+                    n += 1;
                 }
                 if o >= 10 {
-                    out.push(b'0' + o / 10 % 10);
+                    text[n] = b'0' + o / 10 % 10;
+                    n += 1;
                 }
-                out.push(b'0' + o % 10);
+                text[n] = b'0' + o % 10;
+                n += 1;
             }
+            text[n] = b'"';
+            put_short(out, &text[..n + 1]);
         }
         IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
+            let _ = write!(out, "\"{v6}\"");
         }
     }
-    out.push(b'"');
 }
 
 /// A template hash as a JSON string of 16 lower-case hex digits (`TemplateHash::hex`, written
 /// in place).
 pub(super) fn template_hash(out: &mut Vec<u8>, hash: u64) {
-    out.push(b'"');
-    for shift in (0..16).rev() {
-        out.push(HEX_DIGITS[(hash >> (shift * 4)) as usize & 15]);
+    let mut text = [b'"'; 18];
+    for (i, digit) in text[1..17].iter_mut().enumerate() {
+        *digit = HEX_DIGITS[(hash >> ((15 - i) * 4)) as usize & 15];
     }
-    out.push(b'"');
-}
-
-fn two(out: &mut Vec<u8>, n: u64) {
-    out.push(b'0' + (n / 10 % 10) as u8);
-    out.push(b'0' + (n % 10) as u8);
+    put_short(out, &text);
 }
 
 /// `clock::rfc3339_micros`, written in place.
 pub(super) fn timestamp(out: &mut Vec<u8>, epoch_ns: u64) {
     let secs = epoch_ns / 1_000_000_000;
     let micros = (epoch_ns % 1_000_000_000) / 1_000;
-    out.push(b'"');
-    let Some(text) = second_text(secs) else {
+    let Some(second) = second_text(secs) else {
         // Beyond the year 9999: the general formatter (no packet's clock says so).
+        out.push(b'"');
         out.extend_from_slice(crate::clock::rfc3339_micros(epoch_ns).as_bytes());
         out.push(b'"');
         return;
     };
-    out.extend_from_slice(&text);
-    out.push(b'.');
-    two(out, micros / 10_000);
-    two(out, micros / 100);
-    two(out, micros);
-    out.extend_from_slice(b"Z\"");
+    // "YYYY-MM-DDTHH:MM:SS.uuuuuuZ"
+    let mut text = *b"\"0000-00-00T00:00:00.000000Z\"";
+    text[1..20].copy_from_slice(&second);
+    for (i, digit) in text[21..27].iter_mut().enumerate() {
+        *digit = b'0' + (micros / 10u64.pow(5 - i as u32) % 10) as u8;
+    }
+    put_short(out, &text);
 }
 
 thread_local! {
@@ -1378,6 +1427,26 @@ mod tests {
                 assert_eq!(String::from_utf8_lossy(&out[6..]), want, "{bytes:?}");
                 assert_eq!(&out[..6], b"prefix");
             }
+        }
+    }
+
+    #[test]
+    fn short_copies_numbers_and_hashes_append_what_they_are_given() {
+        let source: Vec<u8> = (0..32u8).map(|i| b'a' + i).collect();
+        for len in 0..=32 {
+            let mut out = b"prefix".to_vec();
+            put_short(&mut out, &source[..len]);
+            assert_eq!(out, [b"prefix", &source[..len]].concat(), "{len}");
+        }
+        for n in [0, 7, 10, 65_535, 4_294_967_296, u64::MAX] {
+            let mut out = b"x".to_vec();
+            uint(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+        for hash in [0, 1, 0x0123_4567_89ab_cdef, u64::MAX] {
+            let mut out = b"x".to_vec();
+            template_hash(&mut out, hash);
+            assert_eq!(out, format!("x\"{hash:016x}\"").into_bytes());
         }
     }
 
