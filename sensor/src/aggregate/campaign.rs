@@ -14,7 +14,7 @@ use super::{
     intern::Names,
     lru::{Linked, Links, Lru},
 };
-use crate::clock::rfc3339_micros;
+use crate::{clock::rfc3339_micros, fingerprint::ipid::SourceHashing};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CampaignKey {
@@ -66,7 +66,10 @@ pub enum CloseReason {
 
 pub struct CampaignTable {
     slots: Vec<Campaign>,
-    index: HashMap<CampaignKey, u32>,
+    /// Keyed with the source index's multiply-xor hash, random per table: SipHash took more
+    /// than the rest of the look-up, on every event, and a sender still cannot aim the template
+    /// hashes it causes at one bucket chain.
+    index: HashMap<CampaignKey, u32, SourceHashing>,
     lru: Lru,
     free: Vec<u32>,
     max_campaigns: usize,
@@ -79,7 +82,7 @@ impl CampaignTable {
     pub fn new(max_campaigns: usize) -> Self {
         Self {
             slots: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::with_hasher(SourceHashing::new()),
             lru: Lru::default(),
             free: Vec::new(),
             max_campaigns: max_campaigns.max(1),
