@@ -27,6 +27,10 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often the path of an open file is checked to still name that file (moved by logrotate,
 /// removed with its directory).
 const IDENTITY_CHECK: Duration = Duration::from_millis(200);
+/// Units written between two readings of the clock for that check: at line rate a clock
+/// reading per unit cost as much as the rest of the write. The periodic tick checks as well,
+/// so a slow stream is checked at least once a second.
+const IDENTITY_CHECK_UNITS: u32 = 32;
 /// Output files hold attacker data and addresses that not every local user should read.
 const FILE_MODE: u32 = 0o640;
 
@@ -167,6 +171,8 @@ pub struct OutputFile {
     generation: u64,
     down: Option<Down>,
     last_identity_check: Instant,
+    /// Units prepared since the clock was last read for the identity check.
+    units_unchecked: u32,
     /// Under size rotation: the second and sequence number of the last file created.
     last_sequence: Option<(u64, u32)>,
     notices: Vec<String>,
@@ -195,6 +201,7 @@ impl OutputFile {
             generation: 0,
             down: None,
             last_identity_check: Instant::now(),
+            units_unchecked: 0,
             last_sequence: None,
             notices: Vec::new(),
             counters: SinkCounters::default(),
@@ -306,10 +313,20 @@ impl OutputFile {
 
     /// [`Self::prepare`] and [`Self::append`] for a unit whose bytes do not depend on the file.
     pub fn write_unit(&mut self, unit: &[u8], at_ns: Option<u64>) -> bool {
-        if self.prepare(unit.len(), at_ns).is_none() {
+        self.write_parts(unit, b"", at_ns)
+    }
+
+    /// [`Self::write_unit`] of `line` and a line end, copied once, into the buffer.
+    pub fn write_line(&mut self, line: &[u8], at_ns: Option<u64>) -> bool {
+        self.write_parts(line, b"\n", at_ns)
+    }
+
+    fn write_parts(&mut self, head: &[u8], tail: &[u8], at_ns: Option<u64>) -> bool {
+        if self.prepare(head.len() + tail.len(), at_ns).is_none() {
             return false;
         }
-        self.append(unit);
+        self.buf.extend_from_slice(head);
+        self.append(tail);
         true
     }
 
@@ -403,8 +420,15 @@ impl OutputFile {
     /// directory removed), switches to a new one at the path: what is buffered still goes to the
     /// old file, so a file never mixes units of two generations.
     fn check_identity(&mut self, force: bool) {
-        if !force && self.last_identity_check.elapsed() < IDENTITY_CHECK {
-            return;
+        if !force {
+            self.units_unchecked += 1;
+            if self.units_unchecked < IDENTITY_CHECK_UNITS {
+                return;
+            }
+            self.units_unchecked = 0;
+            if self.last_identity_check.elapsed() < IDENTITY_CHECK {
+                return;
+            }
         }
         self.last_identity_check = Instant::now();
         let Some(Handle::File(file)) = &self.handle else {

@@ -32,10 +32,7 @@ impl NdjsonSink {
 
     /// Writes one document already serialised (no newline inside) as a line.
     pub fn write_serialized(&mut self, json: &[u8], at_ns: Option<u64>) -> bool {
-        self.line.clear();
-        self.line.extend_from_slice(json);
-        self.line.push(b'\n');
-        self.file.write_unit(&self.line, at_ns)
+        self.file.write_line(json, at_ns)
     }
 
     /// The file (rotation, failures, counters) this sink writes.
