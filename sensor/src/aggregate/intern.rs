@@ -10,8 +10,9 @@ const OTHER_NAME: &str = "(other)";
 /// Longest name kept, in bytes (cut on a character boundary).
 pub const NAME_MAX: usize = 96;
 
-/// Slots of the recent-name cache: room for the four names of each of a few dozen rules.
-const RECENT_BITS: u32 = 7;
+/// Slots of the recent-name cache (16 bytes each): room for the four names of each of a hundred
+/// rules, so that the built-in set's names seldom share a slot (with 128 slots they took turns).
+const RECENT_BITS: u32 = 9;
 const RECENT: usize = 1 << RECENT_BITS;
 
 #[derive(Debug)]
@@ -55,7 +56,10 @@ impl Names {
         let at = name.as_ptr() as usize;
         let slot = &mut self.recent
             [(at.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - RECENT_BITS)) % RECENT];
-        if slot.0 == at && slot.1 != OTHER && *self.names[usize::from(slot.1)] == *name {
+        if slot.0 == at
+            && slot.1 != OTHER
+            && same_text(self.names[usize::from(slot.1)].as_bytes(), name.as_bytes())
+        {
             return slot.1;
         }
         let sym = match self.index.get(name) {
@@ -89,9 +93,59 @@ impl Names {
     }
 }
 
+/// `a == b`, without a call to `memcmp` for the short names interned on every event: two
+/// overlapping loads from each side.
+#[inline(always)]
+fn same_text(a: &[u8], b: &[u8]) -> bool {
+    use std::ptr::read_unaligned;
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    // SAFETY: both slices are `len` long, and every load reads `[0..k]` or `[len - k..len]`
+    // with `k <= len`, or single bytes below `len`.
+    unsafe {
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        // The two words of `p` that cover `len` bytes (`k` each, overlapping).
+        macro_rules! pair {
+            ($t:ty, $p:expr) => {
+                (
+                    read_unaligned($p.cast::<$t>()),
+                    read_unaligned($p.add(len - size_of::<$t>()).cast::<$t>()),
+                )
+            };
+        }
+        match len {
+            0 => true,
+            1..=3 => {
+                *a == *b && *a.add(len / 2) == *b.add(len / 2) && *a.add(len - 1) == *b.add(len - 1)
+            }
+            4..=7 => pair!(u32, a) == pair!(u32, b),
+            8..=15 => pair!(u64, a) == pair!(u64, b),
+            16..=32 => pair!(u128, a) == pair!(u128, b),
+            _ => std::slice::from_raw_parts(a, len) == std::slice::from_raw_parts(b, len),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_text_is_equality() {
+        let text: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        for len in 0..=40 {
+            let a = &text[..len];
+            assert!(same_text(a, &a.to_vec()));
+            for at in 0..len {
+                let mut b = a.to_vec();
+                b[at] ^= 1;
+                assert!(!same_text(a, &b), "{len} {at}");
+            }
+            assert!(!same_text(a, &text[..(len + 1).min(40)]) || len == 40);
+        }
+    }
 
     #[test]
     fn bounded_table_and_names() {
