@@ -65,73 +65,117 @@ pub const COOKIE: &[u8] = b"z9hG4bK";
 
 /// Runs kept as they are: the template's keywords (see `template::is_keyword`), in any case,
 /// because the parser compares some of them case-insensitively (`tag`, `branch`, `sip:`).
-/// Every run of every value comes through here: length, first, second and last letter pick the
-/// one candidate, then one comparison.
+const KEPT_WORDS: [&[u8]; 56] = [
+    b"in",
+    b"lr",
+    b"nc",
+    b"ws",
+    b"ack",
+    b"avp",
+    b"bye",
+    b"ip4",
+    b"ip6",
+    b"md5",
+    b"qop",
+    b"rtp",
+    b"sdp",
+    b"sip",
+    b"tag",
+    b"tcp",
+    b"tel",
+    b"tls",
+    b"ttl",
+    b"udp",
+    b"uri",
+    b"wss",
+    b"auth",
+    b"info",
+    b"sctp",
+    b"sips",
+    b"text",
+    b"user",
+    b"alias",
+    b"maddr",
+    b"nonce",
+    b"phone",
+    b"plain",
+    b"prack",
+    b"realm",
+    b"refer",
+    b"rport",
+    b"branch",
+    b"cancel",
+    b"cnonce",
+    b"digest",
+    b"invite",
+    b"notify",
+    b"update",
+    b"expires",
+    b"message",
+    b"options",
+    b"publish",
+    b"received",
+    b"register",
+    b"response",
+    b"username",
+    b"algorithm",
+    b"subscribe",
+    b"transport",
+    b"application",
+];
+
+/// A run's length and its first, second and last letters in lower case: what tells the kept
+/// words apart (no two share it), packed so that one comparison checks them.
+const fn kept_signature(len: usize, first: u8, second: u8, last: u8) -> u32 {
+    (len as u32) << 24
+        | (first.to_ascii_lowercase() as u32) << 16
+        | (second.to_ascii_lowercase() as u32) << 8
+        | last.to_ascii_lowercase() as u32
+}
+
+const KEPT_SLOTS: usize = 256;
+
+const fn kept_slot(signature: u32) -> usize {
+    (signature.wrapping_mul(0x9e37_79b1) >> 24) as usize % KEPT_SLOTS
+}
+
+/// The kept words by signature, open addressing with linear probing: (signature, 0 for an
+/// empty slot; the word's index in [`KEPT_WORDS`]).
+static KEPT_TABLE: [(u32, u8); KEPT_SLOTS] = {
+    let mut table = [(0u32, 0u8); KEPT_SLOTS];
+    let mut w = 0;
+    while w < KEPT_WORDS.len() {
+        let word = KEPT_WORDS[w];
+        let signature = kept_signature(word.len(), word[0], word[1], word[word.len() - 1]);
+        let mut at = kept_slot(signature);
+        while table[at].0 != 0 {
+            assert!(table[at].0 != signature, "two kept words share a signature");
+            at = (at + 1) % KEPT_SLOTS;
+        }
+        table[at] = (signature, w as u8);
+        w += 1;
+    }
+    table
+};
+
+/// Whether `run` is a kept word, in any case. Every run of letters of every value comes
+/// through here: its signature finds the one candidate (most runs meet an empty slot at once),
+/// then one comparison.
 fn is_kept_word(run: &[u8]) -> bool {
     if run.len() < 2 || run.len() > 11 {
         return false;
     }
-    let lower = |i: usize| run[i].to_ascii_lowercase();
-    let candidate: &[u8] = match (run.len(), lower(0), lower(1), lower(run.len() - 1)) {
-        (2, b'i', b'n', b'n') => b"in",
-        (2, b'l', b'r', b'r') => b"lr",
-        (2, b'n', b'c', b'c') => b"nc",
-        (2, b'w', b's', b's') => b"ws",
-        (3, b'a', b'c', b'k') => b"ack",
-        (3, b'a', b'v', b'p') => b"avp",
-        (3, b'b', b'y', b'e') => b"bye",
-        (3, b'i', b'p', b'4') => b"ip4",
-        (3, b'i', b'p', b'6') => b"ip6",
-        (3, b'm', b'd', b'5') => b"md5",
-        (3, b'q', b'o', b'p') => b"qop",
-        (3, b'r', b't', b'p') => b"rtp",
-        (3, b's', b'd', b'p') => b"sdp",
-        (3, b's', b'i', b'p') => b"sip",
-        (3, b't', b'a', b'g') => b"tag",
-        (3, b't', b'c', b'p') => b"tcp",
-        (3, b't', b'e', b'l') => b"tel",
-        (3, b't', b'l', b's') => b"tls",
-        (3, b't', b't', b'l') => b"ttl",
-        (3, b'u', b'd', b'p') => b"udp",
-        (3, b'u', b'r', b'i') => b"uri",
-        (3, b'w', b's', b's') => b"wss",
-        (4, b'a', b'u', b'h') => b"auth",
-        (4, b'i', b'n', b'o') => b"info",
-        (4, b's', b'c', b'p') => b"sctp",
-        (4, b's', b'i', b's') => b"sips",
-        (4, b't', b'e', b't') => b"text",
-        (4, b'u', b's', b'r') => b"user",
-        (5, b'a', b'l', b's') => b"alias",
-        (5, b'm', b'a', b'r') => b"maddr",
-        (5, b'n', b'o', b'e') => b"nonce",
-        (5, b'p', b'h', b'e') => b"phone",
-        (5, b'p', b'l', b'n') => b"plain",
-        (5, b'p', b'r', b'k') => b"prack",
-        (5, b'r', b'e', b'm') => b"realm",
-        (5, b'r', b'e', b'r') => b"refer",
-        (5, b'r', b'p', b't') => b"rport",
-        (6, b'b', b'r', b'h') => b"branch",
-        (6, b'c', b'a', b'l') => b"cancel",
-        (6, b'c', b'n', b'e') => b"cnonce",
-        (6, b'd', b'i', b't') => b"digest",
-        (6, b'i', b'n', b'e') => b"invite",
-        (6, b'n', b'o', b'y') => b"notify",
-        (6, b'u', b'p', b'e') => b"update",
-        (7, b'e', b'x', b's') => b"expires",
-        (7, b'm', b'e', b'e') => b"message",
-        (7, b'o', b'p', b's') => b"options",
-        (7, b'p', b'u', b'h') => b"publish",
-        (8, b'r', b'e', b'd') => b"received",
-        (8, b'r', b'e', b'r') => b"register",
-        (8, b'r', b'e', b'e') => b"response",
-        (8, b'u', b's', b'e') => b"username",
-        (9, b'a', b'l', b'm') => b"algorithm",
-        (9, b's', b'u', b'e') => b"subscribe",
-        (9, b't', b'r', b't') => b"transport",
-        (11, b'a', b'p', b'n') => b"application",
-        _ => return false,
-    };
-    run.eq_ignore_ascii_case(candidate)
+    let signature = kept_signature(run.len(), run[0], run[1], run[run.len() - 1]);
+    let mut at = kept_slot(signature);
+    loop {
+        match KEPT_TABLE[at] {
+            (0, _) => return false,
+            (s, w) if s == signature => {
+                return run.eq_ignore_ascii_case(KEPT_WORDS[usize::from(w)]);
+            }
+            _ => at = (at + 1) % KEPT_SLOTS,
+        }
+    }
 }
 
 /// The length ranges a run of digits is known by in a SIP message's key: the lengths of an
@@ -630,6 +674,34 @@ pub(super) mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             (state % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn kept_words_are_the_list_in_any_case() {
+        let listed = |run: &[u8]| KEPT_WORDS.iter().any(|w| run.eq_ignore_ascii_case(w));
+        let mut below = below();
+        for word in KEPT_WORDS {
+            assert!(is_kept_word(word));
+            assert!(is_kept_word(&word.to_ascii_uppercase()));
+            // Each letter's case flipped, and each letter changed: words of the same signature
+            // that are not kept, too.
+            for i in 0..word.len() {
+                let mut other = word.to_vec();
+                other[i] = other[i].to_ascii_uppercase();
+                assert!(is_kept_word(&other), "{other:?}");
+                other[i] = b'a' + (other[i].to_ascii_lowercase().wrapping_sub(b'a') + 1) % 26;
+                assert_eq!(is_kept_word(&other), listed(&other), "{other:?}");
+            }
+            assert!(!is_kept_word(&word[..word.len() - 1]) || listed(&word[..word.len() - 1]));
+        }
+        // Random runs of letters and digits, short enough to be looked up.
+        let alphabet = b"abcdeipstuABSTn0456";
+        for _ in 0..200_000 {
+            let run: Vec<u8> = (0..1 + below(12))
+                .map(|_| alphabet[below(alphabet.len())])
+                .collect();
+            assert_eq!(is_kept_word(&run), listed(&run), "{run:?}");
         }
     }
 
