@@ -559,10 +559,28 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sensor: error: {e:#}");
+            eprintln!("sensor: error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: many of the library's errors write their cause
+/// into their own message and also give it as their source, so the plain chain (`{:#}`) said
+/// "No such file or directory" three times.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
 
 fn ctl_command(args: CtlArgs) -> anyhow::Result<()> {
@@ -828,4 +846,32 @@ fn kafka_report(args: KafkaReportArgs) -> anyhow::Result<()> {
         print!("{summary}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that writes its cause into its message and gives it as its source too.
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the capture at byte 0: {source}")]
+    struct Reading {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::from(Reading { source: missing }).context("cannot read x.pcap");
+        assert_eq!(
+            error_text(&e),
+            "cannot read x.pcap: reading the capture at byte 0: entity not found"
+        );
+        // A cause that its error does not write is still said.
+        let e = anyhow::anyhow!("the sensor refused `stop`").context("talking to the sensor");
+        assert_eq!(
+            error_text(&e),
+            "talking to the sensor: the sensor refused `stop`"
+        );
+    }
 }
