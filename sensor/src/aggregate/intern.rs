@@ -137,7 +137,8 @@ mod tests {
         let text: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
         for len in 0..=40 {
             let a = &text[..len];
-            assert!(same_text(a, &a.to_vec()));
+            let copy = a.to_vec();
+            assert!(same_text(a, &copy));
             for at in 0..len {
                 let mut b = a.to_vec();
                 b[at] ^= 1;

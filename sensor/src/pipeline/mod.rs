@@ -268,8 +268,6 @@ impl Pipeline {
         self.sink.outputs()
     }
 
-    /// Events per tool so far.
-
     /// Campaign gauges for the metrics: open campaigns, and sources the aggregator tracks.
     pub fn campaign_gauges(&self) -> Option<CampaignGauges> {
         Some(self.sink.campaign_gauges())
