@@ -131,7 +131,11 @@ fn pipeline_stage(
     })
     .expect("pipeline");
     let rate = measure(name, budget, || {
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
+            // As the ring reader does: the next record is fetched while this one is handled.
+            if let Some(next) = records.get(i + 1) {
+                sensor::record::prefetch(support::record_bytes(next).as_ptr());
+            }
             pipeline.ring_item(black_box(support::record_bytes(r)), clock);
         }
         pipeline.flush();
@@ -154,7 +158,12 @@ fn agent_pass(
 ) -> usize {
     records
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
+            // As the ring reader does: the next record is fetched while this one is handled.
+            if let Some(next) = records.get(i + 1) {
+                sensor::record::prefetch(support::record_bytes(next).as_ptr());
+            }
             let Ok(record) = Record::from_bytes(black_box(support::record_bytes(r))) else {
                 return 0;
             };

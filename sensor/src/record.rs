@@ -247,6 +247,27 @@ impl OwnedRecord {
 }
 
 /// TCP flags as tcpdump prints them (`S`, `S.`, `P.`, `R`, `F.`, ...): FIN S RST PSH ACK URG ECE CWR.
+/// Bytes of a record worth fetching ahead: its fixed part and the start of its payload, where
+/// the parse and the recall read first (eight cache lines).
+pub const PREFETCH_BYTES: usize = 512;
+
+/// Asks the CPU to fetch the [`PREFETCH_BYTES`] at `at` into its caches: the record to be handled
+/// next, while this one is. Records arrive fresh from the kernel's ring; fetching the next one
+/// ahead made the userspace benchmark's lean stage about 5 % faster (median of 20 paired runs,
+/// with a wide spread). Only a hint: any address may be given; none is read.
+#[inline]
+pub fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..PREFETCH_BYTES).step_by(64) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch neither faults nor reads into the program's state, whatever the
+        // address; `wrapping_add` forms the address without claiming it is in bounds.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 pub fn tcp_flags_string(flags: u8) -> String {
     const LETTERS: [(u8, char); 8] = [
         (0x01, 'F'),

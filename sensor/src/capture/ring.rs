@@ -18,6 +18,7 @@ use aya::maps::MapData;
 use tokio::io::unix::AsyncFd;
 
 use super::CaptureError;
+use crate::record;
 
 const BUSY_BIT: u32 = 1 << 31;
 const DISCARD_BIT: u32 = 1 << 30;
@@ -146,11 +147,20 @@ impl RingPages {
         unsafe { std::slice::from_raw_parts(self.data.add(at), len as usize) }
     }
 
+    /// Fetches the record after the one at the consumer position, of `len` bytes, ahead of its
+    /// turn ([`record::prefetch`]), from its header on: where it starts if it is there already
+    /// (the data pages are mapped twice, so the address is inside the mapping either way).
+    fn prefetch_next(&self, len: u32) {
+        let next = self.pos + (u64::from(len) + HEADER_BYTES).next_multiple_of(8);
+        record::prefetch(self.data.wrapping_add((next & self.mask) as usize));
+    }
+
     /// Hands every record written before the call to `handle`, in ring order; returns how many.
     pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) -> u64 {
         self.refresh();
         let mut records = 0;
         while let Some((_, len)) = self.look() {
+            self.prefetch_next(len);
             handle(self.body(len));
             self.skip(len);
             records += 1;
@@ -293,6 +303,7 @@ impl RingReader {
             }
             let ring = &mut self.rings[self.active[oldest]].pages;
             let Some((_, len)) = ring.head else { break };
+            ring.prefetch_next(len);
             handle(ring.body(len));
             ring.skip(len);
             handled += 1;
