@@ -694,6 +694,38 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_file_is_seen_by_the_writes_alone() {
+        // As logrotate does, with no tick in between: the writes find the move themselves,
+        // within IDENTITY_CHECK_UNITS units once IDENTITY_CHECK has passed.
+        let dir = temp_dir("moved");
+        let path = dir.join("events.ndjson");
+        let mut out = OutputFile::new(
+            "ndjson",
+            Destination::File(path.clone()),
+            Rotation::default(),
+            Vec::new(),
+        )
+        .unwrap();
+        assert!(out.write_line(b"before", None));
+        out.flush();
+        std::fs::rename(&path, dir.join("events.ndjson.1")).unwrap();
+        std::thread::sleep(IDENTITY_CHECK + Duration::from_millis(50));
+        for _ in 0..IDENTITY_CHECK_UNITS {
+            assert!(out.write_line(b"after", None));
+        }
+        out.flush();
+        let notices = out.take_notices();
+        assert!(notices.iter().any(|n| n.contains("moved")), "{notices:?}");
+        let moved = std::fs::read_to_string(dir.join("events.ndjson.1")).unwrap();
+        let now = std::fs::read_to_string(&path).unwrap();
+        // Every unit is in one file or the other, whole, and the later ones are in the new one.
+        assert!(moved.starts_with("before\n"));
+        assert_eq!(moved.lines().count() + now.lines().count(), 33);
+        assert!(now.lines().count() > 0 && now.lines().all(|l| l == "after"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn size_rotation_keeps_units_whole_and_headers_first() {
         let dir = temp_dir("size");
         let base = dir.join("records.pcapng");
