@@ -1,6 +1,7 @@
 //! Counting distinct values (sources, destinations) in bounded memory.
 //!
-//! - [`DistinctCounter`]: exact up to [`EXACT_MAX`] values (a hash set of 64-bit hashes), then a HyperLogLog of 2^12 one-byte registers (4 KiB, about 1.6 % standard error). Small
+//! - [`DistinctCounter`]: exact up to [`EXACT_MAX`] values (a hash set of 64-bit hashes), then
+//!   a HyperLogLog of 2^12 one-byte registers (4 KiB, about 1.6 % standard error). Small
 //!   counts, the ones an analyst reads one by one, stay exact; large ones say they are
 //!   estimates.
 //! - [`DestSketch`]: 64 four-bit HyperLogLog registers in 32 bytes, small enough for the
@@ -35,8 +36,8 @@ const SKETCH_REGISTERS: usize = 1 << SKETCH_BITS;
 pub struct DistinctCounter {
     /// Open addressing with linear probing, a power of two of slots (none until the first
     /// value), at most three quarters full; 0 marks an empty slot. Emptied when the sketch
-    /// takes over. A sorted list searched by halves took a mispredicted branch per step on
-    /// every event, for each of its five counters.
+    /// takes over. A sorted list searched by halves took a mispredicted branch per step, for
+    /// each of the six counters every event goes into.
     exact: Box<[u64]>,
     len: u32,
     sketch: Option<Box<[u8; SKETCH_REGISTERS]>>,
@@ -70,8 +71,8 @@ fn estimate(registers: impl Iterator<Item = u8> + Clone, m: usize) -> f64 {
     }
 }
 
-/// Slots of the first exact table.
-const EXACT_FIRST_SLOTS: usize = 16;
+/// Slots of the first exact table: most counters (a small campaign's) stay small.
+const EXACT_FIRST_SLOTS: usize = 4;
 
 impl DistinctCounter {
     pub fn new() -> Self {
