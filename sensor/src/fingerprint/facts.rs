@@ -757,15 +757,12 @@ mod tests {
             b"example.com",
             b"%",
         ];
-        let mut state = 9u64;
+        let mut random = crate::fingerprint::key::tests::below();
         let mut accepted = 0;
         for _ in 0..100_000 {
             let mut bytes = Vec::new();
-            for _ in 0..1 + state % 6 {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                bytes.extend_from_slice(pieces[(state % pieces.len() as u64) as usize]);
+            for _ in 0..1 + random(6) {
+                bytes.extend_from_slice(pieces[random(pieces.len())]);
             }
             let want = std::str::from_utf8(&bytes).ok().and_then(|s| {
                 s.strip_prefix('[')

@@ -682,13 +682,7 @@ mod tests {
         // Payloads of every kind and length, the separator anywhere (or twice, or missing), and
         // random parts of digits or not.
         let payload_bytes = b"0123456789abcdefABCDEF:g ~\x7f\x01\x80/";
-        let mut state = 17u64;
-        let mut random = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut random = crate::fingerprint::key::tests::below();
         let mut decoded = [0usize; 3];
         for _ in 0..60_000 {
             // A third of the payloads are hex digits only, as svmap's targets are.
@@ -725,17 +719,14 @@ mod tests {
     fn hex_decodes_as_a_digit_at_a_time() {
         // Around one and two blocks of sixteen digits, with every kind of byte that is not one.
         let alphabet = b"0123456789abcdefABCDEF/:@`gG\x00\x7f\x80\xff";
-        let mut state = 13u64;
+        let mut random = crate::fingerprint::key::tests::below();
         let mut decoded = 0;
         for len in (0..72).step_by(2) {
             for _ in 0..300 {
                 let hex: Vec<u8> = (0..len)
                     .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
                         // Mostly digits, so that whole blocks decode too.
-                        let pick = (state % 400) as usize;
+                        let pick = random(400);
                         alphabet[if pick < 390 {
                             pick % 22
                         } else {

@@ -347,7 +347,8 @@ fn quoted_short(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
     // Four spaces: padding that is written as it is.
     const SPACES: i32 = 0x2020_2020;
     let len = bytes.len();
-    debug_assert!(len <= 32);
+    // The stores below rely on it (the caller's test makes it free).
+    assert!(len <= 32);
     out.reserve(34);
     // SAFETY: every load reads `bytes[0..k]` and `bytes[len - k..len]` with `k <= len` (or
     // single bytes below `len`), so in bounds. 34 bytes are reserved past the end of `out`:

@@ -658,6 +658,17 @@ mod tests {
         dir
     }
 
+    /// An NDJSON output to the file at `path`, not rotated.
+    fn ndjson_file(path: &Path) -> OutputFile {
+        OutputFile::new(
+            "ndjson",
+            Destination::File(path.to_path_buf()),
+            Rotation::default(),
+            Vec::new(),
+        )
+        .unwrap()
+    }
+
     fn files(dir: &Path) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap()
@@ -676,13 +687,7 @@ mod tests {
         let dir = temp_dir("plain");
         let path = dir.join("events.ndjson");
         for line in ["a\n", "b\n"] {
-            let mut out = OutputFile::new(
-                "ndjson",
-                Destination::File(path.clone()),
-                Rotation::default(),
-                Vec::new(),
-            )
-            .unwrap();
+            let mut out = ndjson_file(&path);
             assert!(out.write_unit(line.as_bytes(), Some(T0)));
             out.finish();
             assert_eq!(out.counters().written, 1);
@@ -699,13 +704,7 @@ mod tests {
         // within IDENTITY_CHECK_UNITS units once IDENTITY_CHECK has passed.
         let dir = temp_dir("moved");
         let path = dir.join("events.ndjson");
-        let mut out = OutputFile::new(
-            "ndjson",
-            Destination::File(path.clone()),
-            Rotation::default(),
-            Vec::new(),
-        )
-        .unwrap();
+        let mut out = ndjson_file(&path);
         assert!(out.write_line(b"before", None));
         out.flush();
         std::fs::rename(&path, dir.join("events.ndjson.1")).unwrap();
@@ -819,13 +818,7 @@ mod tests {
         let sub = dir.join("out");
         std::fs::create_dir(&sub).unwrap();
         let path = sub.join("events.ndjson");
-        let mut out = OutputFile::new(
-            "ndjson",
-            Destination::File(path.clone()),
-            Rotation::default(),
-            Vec::new(),
-        )
-        .unwrap();
+        let mut out = ndjson_file(&path);
         assert!(out.write_unit(b"before\n", None));
         out.flush();
         std::fs::remove_dir_all(&sub).unwrap();
@@ -859,13 +852,7 @@ mod tests {
     #[test]
     fn short_write_cuts_back_to_a_unit_boundary() {
         // /dev/full fails every write with ENOSPC: nothing of the units may remain.
-        let mut out = OutputFile::new(
-            "ndjson",
-            Destination::File(PathBuf::from("/dev/full")),
-            Rotation::default(),
-            Vec::new(),
-        )
-        .unwrap();
+        let mut out = ndjson_file(Path::new("/dev/full"));
         for _ in 0..3 {
             assert!(out.write_unit(b"x\n", None));
         }
