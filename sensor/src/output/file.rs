@@ -20,8 +20,11 @@ use std::{
 
 use crate::clock::{compact_utc, realtime_ns};
 
-/// Units are collected up to this many bytes before they are written out (and at every flush).
-pub const BUFFER_BYTES: usize = 256 * 1024;
+/// Units are collected up to this many bytes before they are written out (and at every flush,
+/// after each drained batch). 1 MiB rather than 256 KiB: fewer, larger writes made the userspace
+/// benchmark's lean stage about 5 % faster (median of 12 paired runs) and its compact stage
+/// about 2 %; 64 KiB made the lean stage about 9 % slower.
+pub const BUFFER_BYTES: usize = 1024 * 1024;
 /// How long a failed destination rests before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 /// How often the path of an open file is checked to still name that file (moved by logrotate,
