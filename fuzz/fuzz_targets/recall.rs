@@ -9,39 +9,13 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use sensor::{
-    fingerprint::{ClassCache, Engine, Recalled, facts::Facts},
+    fingerprint::{ClassCache, Engine, Recalled, facts::Facts, recall::described},
     sip::SipMessage,
 };
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| Engine::builtin().expect("the built-in rules load"))
-}
-
-/// What the parse and the fields say, offsets included.
-fn described(
-    msg: &SipMessage<'_>,
-    places: Option<sensor::fingerprint::facts::FieldPlaces>,
-) -> String {
-    let facts = Facts::new(msg, None).with_places(places);
-    let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(msg.bytes().as_ptr() as usize);
-    let headers: Vec<_> = msg
-        .headers()
-        .map(|h| (h, at(h.line), at(h.value), at(h.raw_name), at(h.separator)))
-        .collect();
-    format!(
-        "{msg:?} {headers:?} {:?} {} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-        msg.start_line(),
-        msg.truncated(),
-        msg.body().map(at),
-        msg.status_code(),
-        facts.ruri(),
-        facts.via(),
-        facts.from(),
-        facts.to(),
-        facts.contact(),
-        facts.cseq(),
-    )
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -54,12 +28,11 @@ fuzz_target!(|data: &[u8]| {
     let classify = |cache: &mut ClassCache, bytes: &[u8]| {
         let mut msg = SipMessage::unparsed(bytes, cut);
         let recalled = cache.parse(&mut msg);
-        let places = recalled.and_then(Recalled::places);
-        let facts = Facts::new(&msg, None).with_places(places);
+        let facts = Facts::new(&msg, None).with_places(recalled.and_then(Recalled::places));
         let verdict = cache.classify(engine, &facts, recalled);
         let cached = cache.fingerprint(engine, &verdict, &facts, None);
         let parsed = SipMessage::parse_captured(bytes, cut);
-        assert_eq!(described(&msg, places), described(&parsed, None));
+        assert_eq!(described(&facts), described(&Facts::new(&parsed, None)));
         let reference = engine.classify_packet(&parsed, None, None);
         assert_eq!(
             (

@@ -140,33 +140,34 @@ impl Recall {
     }
 }
 
+/// Everything a message and its facts say, in a comparable form, offsets included: a recalled
+/// message must point where a parsed one does. For the recall's tests and its fuzz target.
+#[doc(hidden)]
+pub fn described(facts: &Facts<'_>) -> String {
+    let msg = facts.msg;
+    let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(msg.bytes().as_ptr() as usize);
+    let headers: Vec<_> = msg
+        .headers()
+        .map(|h| (h, at(h.line), at(h.value), at(h.raw_name), at(h.separator)))
+        .collect();
+    format!(
+        "{msg:?} {headers:?} {:?} {} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        msg.start_line(),
+        msg.truncated(),
+        msg.body().map(at),
+        msg.status_code(),
+        facts.ruri(),
+        facts.via(),
+        facts.from(),
+        facts.to(),
+        facts.contact(),
+        facts.cseq(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Everything a message and its facts say, in a comparable form (offsets included: a
-    /// recalled message must point where a parsed one does).
-    fn described(msg: &SipMessage<'_>, places: Option<FieldPlaces>) -> String {
-        let facts = Facts::new(msg, None).with_places(places);
-        let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(msg.bytes().as_ptr() as usize);
-        let headers: Vec<_> = msg
-            .headers()
-            .map(|h| (h, at(h.line), at(h.value), at(h.raw_name), at(h.separator)))
-            .collect();
-        format!(
-            "{msg:?} {headers:?} {:?} {} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-            msg.start_line(),
-            msg.truncated(),
-            msg.body().map(at),
-            msg.status_code(),
-            facts.ruri(),
-            facts.via(),
-            facts.from(),
-            facts.to(),
-            facts.contact(),
-            facts.cseq(),
-        )
-    }
 
     #[test]
     fn a_recalled_message_is_the_parsed_one() {
@@ -204,8 +205,8 @@ mod tests {
                     Some(r) => {
                         recalled_count += 1;
                         assert_eq!(
-                            described(&msg, r.places()),
-                            described(&parsed, None),
+                            described(&Facts::new(&msg, None).with_places(r.places())),
+                            described(&Facts::new(&parsed, None)),
                             "{}",
                             String::from_utf8_lossy(&p)
                         );
