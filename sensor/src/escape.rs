@@ -40,7 +40,7 @@ fn is_plain(b: u8) -> bool {
 
 /// How many of the first bytes of `bytes` are plain ([`is_plain`]). Sixteen at a time on x86-64
 /// (SSE2 is part of its baseline): every event escapes its User-Agent and its Via and Contact
-/// hosts, and a byte-by-byte scan was most of that.
+/// hosts, which took 555 instructions per lean event a byte at a time (callgrind).
 fn plain_prefix(bytes: &[u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
     {

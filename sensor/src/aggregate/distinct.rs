@@ -36,8 +36,9 @@ const SKETCH_REGISTERS: usize = 1 << SKETCH_BITS;
 pub struct DistinctCounter {
     /// Open addressing with linear probing, a power of two of slots (none until the first
     /// value), at most three quarters full; 0 marks an empty slot. Emptied when the sketch
-    /// takes over. A sorted list searched by halves took a mispredicted branch per step, for
-    /// each of the six counters every event goes into.
+    /// takes over. A sorted list searched by halves, for the six counters every event goes
+    /// into, took 514 instructions per lean event (callgrind) and 5.5 % of the samples of a
+    /// profile of the lean stage.
     exact: Box<[u64]>,
     len: u32,
     sketch: Option<Box<[u8; SKETCH_REGISTERS]>>,

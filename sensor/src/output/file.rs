@@ -30,9 +30,10 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often the path of an open file is checked to still name that file (moved by logrotate,
 /// removed with its directory).
 const IDENTITY_CHECK: Duration = Duration::from_millis(200);
-/// Units written between two readings of the clock for that check: at line rate a clock
-/// reading per unit cost as much as the rest of the write. The periodic tick checks as well,
-/// so a slow stream is checked at least once a second.
+/// Units written between two readings of the clock for that check: at line rate the check
+/// with a clock reading per unit was a third of the write's instructions (111 of 323 per lean
+/// event, callgrind). The periodic tick checks as well, so a slow stream is checked at least
+/// once a second.
 const IDENTITY_CHECK_UNITS: u32 = 32;
 /// Output files hold attacker data and addresses that not every local user should read.
 const FILE_MODE: u32 = 0o640;
