@@ -45,18 +45,16 @@ fn plain_prefix(bytes: &[u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
-            __m128i, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_loadu_si128,
-            _mm_movemask_epi8, _mm_set1_epi8,
+            __m128i, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+            _mm_set1_epi8,
         };
+
+        use crate::simd::in_range;
         // Bit i: byte i of the block is plain.
         let plain_bits = |v: __m128i| {
             // SAFETY: register-only SSE2 operations, always available on x86-64.
             unsafe {
-                // Signed: bytes above 0x7f are negative, so "above 0x1f" leaves them out.
-                let printable = _mm_andnot_si128(
-                    _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)),
-                    _mm_cmpgt_epi8(v, _mm_set1_epi8(0x1f)),
-                );
+                let printable = in_range(v, 0x20, 0x7e);
                 let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
                 _mm_movemask_epi8(_mm_andnot_si128(backslash, printable)) as u32
             }

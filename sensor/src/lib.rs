@@ -41,4 +41,6 @@ pub mod report;
 pub mod rogue;
 pub mod sampling;
 pub mod session;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub mod sip;

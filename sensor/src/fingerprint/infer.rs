@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::escape::escape_bounded;
 
 use super::facts::parse_ip;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::in_range;
 
 /// Longest decoded SIPVicious tag payload kept (an IPv6 target is 36 characters).
 const SV_TAG_MAX: usize = 48;
@@ -229,20 +231,6 @@ impl ByteClasses {
             hex: bits(u8::is_ascii_hexdigit),
             colon: bits(|b| *b == b':'),
         }
-    }
-}
-
-/// Bytes of `x` from `low` to `high` (both below 0x80), as all-ones bytes. Signed compares:
-/// bytes above 0x7f are negative, below any such range.
-#[cfg(target_arch = "x86_64")]
-fn in_range(x: std::arch::x86_64::__m128i, low: u8, high: u8) -> std::arch::x86_64::__m128i {
-    use std::arch::x86_64::{_mm_andnot_si128, _mm_cmplt_epi8, _mm_set1_epi8};
-    // SAFETY: register-only SSE2 operations, always available on x86-64.
-    unsafe {
-        _mm_andnot_si128(
-            _mm_cmplt_epi8(x, _mm_set1_epi8(low as i8)),
-            _mm_cmplt_epi8(x, _mm_set1_epi8(high as i8 + 1)),
-        )
     }
 }
 

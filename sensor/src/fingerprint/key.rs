@@ -497,9 +497,11 @@ unsafe fn mask_blocks_avx2(src: &[u8], dst: &mut [u8], mut i: usize) -> usize {
 #[cfg(target_arch = "x86_64")]
 fn mask_blocks_sse2(src: &[u8], dst: &mut [u8], mut i: usize) -> usize {
     use std::arch::x86_64::{
-        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
-        _mm_or_si128, _mm_set1_epi8, _mm_storeu_si128,
+        __m128i, _mm_and_si128, _mm_andnot_si128, _mm_loadu_si128, _mm_or_si128, _mm_set1_epi8,
+        _mm_storeu_si128,
     };
+
+    use crate::simd::in_range;
     let end = src.len().min(dst.len());
     i = i.max(1);
     while i + 16 <= end {
@@ -508,15 +510,8 @@ fn mask_blocks_sse2(src: &[u8], dst: &mut [u8], mut i: usize) -> usize {
         unsafe {
             let v = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
             let before = _mm_loadu_si128(src.as_ptr().add(i - 1).cast::<__m128i>());
-            let digit = _mm_and_si128(
-                _mm_cmpgt_epi8(v, _mm_set1_epi8(b'0' as i8 - 1)),
-                _mm_cmplt_epi8(v, _mm_set1_epi8(b'9' as i8 + 1)),
-            );
-            let lower = _mm_or_si128(before, _mm_set1_epi8(0x20));
-            let letter = _mm_and_si128(
-                _mm_cmpgt_epi8(lower, _mm_set1_epi8(b'a' as i8 - 1)),
-                _mm_cmplt_epi8(lower, _mm_set1_epi8(b'z' as i8 + 1)),
-            );
+            let digit = in_range(v, b'0', b'9');
+            let letter = in_range(_mm_or_si128(before, _mm_set1_epi8(0x20)), b'a', b'z');
             let masked = _mm_andnot_si128(letter, digit);
             let out = _mm_or_si128(
                 _mm_andnot_si128(masked, v),
