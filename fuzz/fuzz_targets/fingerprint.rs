@@ -4,24 +4,17 @@
 //! bounded. The input is a record as the kernel writes it (see `sensor_fuzz::record_from`).
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use sensor::{
     event::Event,
-    fingerprint::{Engine, SourceTracker},
+    fingerprint::SourceTracker,
     output::json::EventDoc,
     record::{OwnedRecord, Record},
     sip::SipMessage,
 };
 
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::builtin().expect("the built-in rules load"))
-}
-
 fuzz_target!(|data: &[u8]| {
-    let engine = engine();
+    let engine = sensor_fuzz::engine();
     // As written: whatever the validation says, it must say it without panicking.
     let raw = sensor_fuzz::record_from(data, false);
     let _ = OwnedRecord::new(raw);

@@ -5,21 +5,14 @@
 //! bytes seed the redrawing.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use sensor::{
-    fingerprint::{ClassCache, Engine, Recalled, facts::Facts, recall::described},
+    fingerprint::{ClassCache, Recalled, facts::Facts, recall::described},
     sip::SipMessage,
 };
 
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::builtin().expect("the built-in rules load"))
-}
-
 fuzz_target!(|data: &[u8]| {
-    let engine = engine();
+    let engine = sensor_fuzz::engine();
     let (cut, payload) = match data.split_first() {
         Some((flag, rest)) => (flag & 1 == 1, rest),
         None => (false, data),

@@ -1,7 +1,16 @@
-//! What the fuzz targets share: the checks every output document must pass, and the record a
-//! fuzz input stands for.
+//! What the fuzz targets share: the built-in engine, the checks every output document must
+//! pass, and the record a fuzz input stands for.
 
+use std::sync::OnceLock;
+
+use sensor::fingerprint::Engine;
 use sensor_common::{CaptureRecord, PAYLOAD_CAPACITY, TCP_OPTIONS_CAPACITY, ip_proto};
+
+/// The built-in rules, loaded once per fuzzing process.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::builtin().expect("the built-in rules load"))
+}
 
 /// No string in a document is longer: the longest field is the escaped structural template of
 /// an unknown message (2048 input bytes, up to 4 output bytes each, and the cut marker).
