@@ -8,10 +8,10 @@
 //! pin down. Per packet only those run; the scoring and the choice of the winner are then
 //! remembered per outcome of the remaining predicates.
 //!
-//! Most packets of a template differ from its first only in the values of their digits. The
-//! cache keeps that first packet's parse ([`super::recall`]): such a packet is found by its
-//! payload, without being parsed or building its key, and gets the parse, the places of its
-//! fields and the entry.
+//! Most packets of a template differ from its first only in the values of their digits, or in
+//! random letters at the same places. The cache keeps that first packet's parse
+//! ([`super::recall`]): such a packet is found by its payload, without being parsed or
+//! building its key, and gets the parse, the places of its fields and the entry.
 //!
 //! The verdict is by construction the engine's own ([`Engine::classify_packet`]): the same
 //! scoring function reads the same outcomes. `tests::cache_changes_no_attribution` and the

@@ -158,9 +158,64 @@ static KEPT_TABLE: [(u32, u8); KEPT_SLOTS] = {
     table
 };
 
-/// Whether `run` is a kept word, in any case. Every run of letters of every value comes
-/// through here: its signature finds the one candidate (most runs meet an empty slot at once),
-/// then one comparison.
+/// A run of 2 to 11 letters and digits as two words: its first and last 8 bytes (4 or 2 for a
+/// shorter one; they overlap), little-endian, for comparing it whole.
+const fn packed(run: &[u8]) -> (u64, u64) {
+    let width = if run.len() >= 8 {
+        8
+    } else if run.len() >= 4 {
+        4
+    } else {
+        2
+    };
+    let (mut first, mut last, mut i) = (0u64, 0u64, 0);
+    while i < width {
+        first |= (run[i] as u64) << (8 * i);
+        last |= (run[run.len() - width + i] as u64) << (8 * i);
+        i += 1;
+    }
+    (first, last)
+}
+
+/// [`packed`] read with a load or two, in lower case: setting bit 5 of a letter makes it lower
+/// case and leaves a digit as it is.
+#[inline]
+fn packed_lower(run: &[u8]) -> (u64, u64) {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let len = run.len();
+    if len >= 8 {
+        let word = |at: usize| u64::from_le_bytes(run[at..at + 8].try_into().unwrap_or([0; 8]));
+        (word(0) | CASE, word(len - 8) | CASE)
+    } else if len >= 4 {
+        let word = |at: usize| u32::from_le_bytes(run[at..at + 4].try_into().unwrap_or([0; 4]));
+        (
+            u64::from(word(0) | CASE as u32),
+            u64::from(word(len - 4) | CASE as u32),
+        )
+    } else {
+        let word = |at: usize| u16::from_le_bytes(run[at..at + 2].try_into().unwrap_or([0; 2]));
+        (
+            u64::from(word(0) | CASE as u16),
+            u64::from(word(len - 2) | CASE as u16),
+        )
+    }
+}
+
+/// The kept words packed ([`packed`]), by their index in [`KEPT_WORDS`].
+static KEPT_PACKED: [(u64, u64); KEPT_WORDS.len()] = {
+    let mut words = [(0, 0); KEPT_WORDS.len()];
+    let mut w = 0;
+    while w < KEPT_WORDS.len() {
+        words[w] = packed(KEPT_WORDS[w]);
+        w += 1;
+    }
+    words
+};
+
+/// Whether `run`, letters and digits, is a kept word, in any case. Every run of letters of
+/// every value comes through here: its signature finds the one candidate (most runs meet an
+/// empty slot at once), then one comparison of two words.
+#[inline]
 fn is_kept_word(run: &[u8]) -> bool {
     if run.len() < 2 || run.len() > 11 {
         return false;
@@ -170,9 +225,7 @@ fn is_kept_word(run: &[u8]) -> bool {
     loop {
         match KEPT_TABLE[at] {
             (0, _) => return false,
-            (s, w) if s == signature => {
-                return run.eq_ignore_ascii_case(KEPT_WORDS[usize::from(w)]);
-            }
+            (s, w) if s == signature => return packed_lower(run) == KEPT_PACKED[usize::from(w)],
             _ => at = (at + 1) % KEPT_SLOTS,
         }
     }
@@ -260,6 +313,10 @@ pub struct KeyBuilder {
     /// Runs of digits known by their length range (SIP messages), not their length (others:
     /// the template of a non-SIP payload cuts it at 64 bytes and counts its length).
     digit_ranges: bool,
+    /// The runs the last key abstracts, and the message it is for (its bytes and flags).
+    free: Vec<FreeRun>,
+    built: Vec<u8>,
+    built_flags: u16,
 }
 
 impl KeyBuilder {
@@ -267,6 +324,8 @@ impl KeyBuilder {
     pub fn build(&mut self, msg: &SipMessage<'_>) -> Option<&[u8]> {
         self.key.len = 0;
         self.regions.clear();
+        self.free.clear();
+        self.built.clear();
         let bytes = msg.bytes();
         if bytes.len() > MAX_KEY_BYTES {
             return None;
@@ -285,10 +344,13 @@ impl KeyBuilder {
         for r in &self.regions {
             let (start, end) = (r.start as usize, r.end as usize);
             literal(&mut self.key, &bytes[pos..start]);
-            abstracted(&mut self.key, &bytes[start..end], self.digit_ranges);
+            let part = Part { bytes, start, end };
+            abstracted(&mut self.key, part, self.digit_ranges, &mut self.free);
             pos = end;
         }
         literal(&mut self.key, &bytes[pos..]);
+        self.built.extend_from_slice(bytes);
+        self.built_flags = msg.flags();
         (self.key.len <= MAX_KEY_BYTES).then_some(self.key.get())
     }
 
@@ -315,6 +377,35 @@ impl KeyBuilder {
             pos = end;
         }
         kept
+    }
+
+    /// What another request of `msg`'s template, with its runs of letters and digits at the
+    /// same places (see [`runs_into`]), must have for the same key ([`has_fixed`]): into
+    /// `fixed` (as long as the message), the letters and digits it must repeat, [`ANY_DIGITS`]
+    /// where it may hold any digits, 0 elsewhere; into `free`, the runs of letters it may hold
+    /// others in ([`FreeRun::admits`]). It must repeat every letter and digit outside the parts
+    /// the key abstracts, and inside them the kept words and the magic cookie that starts a
+    /// run. Builds `msg`'s key unless it was the last built.
+    pub fn free_runs(&mut self, msg: &SipMessage<'_>, fixed: &mut [u8], free: &mut Vec<FreeRun>) {
+        let bytes = msg.bytes();
+        if self.built != bytes || self.built_flags != msg.flags() {
+            self.build(msg);
+        }
+        let fixed = &mut fixed[..bytes.len()];
+        for (f, &b) in fixed.iter_mut().zip(bytes) {
+            *f = if CLASS[usize::from(b)] != 0 { b } else { 0 };
+        }
+        free.clear();
+        for run in &self.free {
+            let start = usize::from(run.start) + if run.cookie { COOKIE.len() } else { 0 };
+            let end = usize::from(run.start) + usize::from(run.len);
+            if run.classes == DIGIT {
+                fixed[start..end].fill(ANY_DIGITS);
+            } else {
+                fixed[start..end].fill(0);
+                free.push(*run);
+            }
+        }
     }
 
     /// The key last built.
@@ -524,6 +615,122 @@ fn mask_blocks_sse2(src: &[u8], dst: &mut [u8], mut i: usize) -> usize {
     i
 }
 
+/// Copies `src` into `dst` (as long; the shorter of the two is copied) with every ASCII letter
+/// and digit read as `x`: where a payload's runs of letters and digits are, whatever they hold.
+pub fn runs_into(src: &[u8], dst: &mut [u8]) {
+    let len = src.len().min(dst.len());
+    let (src, dst) = (&src[..len], &mut dst[..len]);
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_and_si128, _mm_andnot_si128, _mm_loadu_si128, _mm_or_si128, _mm_set1_epi8,
+            _mm_storeu_si128,
+        };
+
+        use crate::simd::in_range;
+        while i + 16 <= len {
+            // SAFETY: SSE2 is part of the x86-64 baseline; the load reads 16 bytes inside `src`,
+            // the store writes 16 inside `dst` (as long).
+            unsafe {
+                let v = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
+                let alnum = _mm_or_si128(
+                    in_range(v, b'0', b'9'),
+                    in_range(_mm_or_si128(v, _mm_set1_epi8(0x20)), b'a', b'z'),
+                );
+                let out = _mm_or_si128(
+                    _mm_andnot_si128(alnum, v),
+                    _mm_and_si128(alnum, _mm_set1_epi8(b'x' as i8)),
+                );
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast::<__m128i>(), out);
+            }
+            i += 16;
+        }
+    }
+    for i in i..len {
+        dst[i] = if src[i].is_ascii_alphanumeric() {
+            b'x'
+        } else {
+            src[i]
+        };
+    }
+}
+
+/// In [`KeyBuilder::free_runs`]'s fixed bytes: any digit.
+pub const ANY_DIGITS: u8 = 1;
+
+/// Whether `payload` has the byte `fixed` has wherever that is a letter or digit, and a digit
+/// wherever it is [`ANY_DIGITS`] (`fixed` as long).
+pub fn has_fixed(payload: &[u8], fixed: &[u8]) -> bool {
+    if payload.len() != fixed.len() {
+        return false;
+    }
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_loadu_si128,
+            _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
+        };
+
+        use crate::simd::in_range;
+        while i + 16 <= payload.len() {
+            // SAFETY: SSE2 is part of the x86-64 baseline; both loads read 16 bytes inside
+            // slices of the same length.
+            let same = unsafe {
+                let p = _mm_loadu_si128(payload.as_ptr().add(i).cast::<__m128i>());
+                let f = _mm_loadu_si128(fixed.as_ptr().add(i).cast::<__m128i>());
+                let any = _mm_cmpeq_epi8(f, _mm_set1_epi8(ANY_DIGITS as i8));
+                let digit = _mm_and_si128(any, in_range(p, b'0', b'9'));
+                let same = _mm_andnot_si128(any, _mm_cmpeq_epi8(p, f));
+                _mm_movemask_epi8(_mm_or_si128(
+                    _mm_or_si128(same, digit),
+                    _mm_cmpeq_epi8(f, _mm_setzero_si128()),
+                ))
+            };
+            if same != 0xffff {
+                return false;
+            }
+            i += 16;
+        }
+    }
+    (i..payload.len()).all(|i| match fixed[i] {
+        0 => true,
+        ANY_DIGITS => payload[i].is_ascii_digit(),
+        f => payload[i] == f,
+    })
+}
+
+/// A run the key abstracts, by offset and length; one with letters is a run a request of a
+/// template may hold other letters in ([`KeyBuilder::free_runs`]).
+#[derive(Clone, Copy, Debug)]
+pub struct FreeRun {
+    start: u16,
+    len: u16,
+    /// Its classes (after the cookie, if it starts with it).
+    classes: u8,
+    cookie: bool,
+}
+
+impl FreeRun {
+    /// Whether the run at the same place in `payload` is abstracted in the key as the
+    /// template's: the same classes, no kept word, and no cookie unless the template's had it
+    /// (then it is one of the fixed bytes).
+    pub fn admits(&self, payload: &[u8]) -> bool {
+        let start = usize::from(self.start);
+        let Some(run) = payload.get(start..start + usize::from(self.len)) else {
+            return false;
+        };
+        if self.cookie {
+            return classes_of(&run[COOKIE.len().min(run.len())..]) == self.classes;
+        }
+        let classes = classes_of(run);
+        classes == self.classes
+            && !(classes != DIGIT && is_kept_word(run))
+            && !run.starts_with(COOKIE)
+    }
+}
+
 fn literal(key: &mut Out, bytes: &[u8]) {
     if bytes.is_ascii() {
         key.extend(bytes);
@@ -537,6 +744,7 @@ fn literal(key: &mut Out, bytes: &[u8]) {
     }
 }
 
+#[inline]
 fn push_run(key: &mut Out, classes: u8, mut len: usize, digit_ranges: bool) {
     if digit_ranges && classes == DIGIT && len > 0 {
         key.push(TAG_RUN | classes);
@@ -575,26 +783,47 @@ fn classes_of(run: &[u8]) -> u8 {
     run.iter().fold(0, |c, &b| c | CLASS[usize::from(b)])
 }
 
-fn abstracted(key: &mut Out, bytes: &[u8], digit_ranges: bool) {
-    let mut i = 0;
+/// A part of a message the key abstracts: `bytes[start..end]`.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    bytes: &'a [u8],
+    start: usize,
+    end: usize,
+}
+
+/// Writes a part abstracted into `key`, and the runs it abstracts into `free`.
+fn abstracted(key: &mut Out, part: Part<'_>, digit_ranges: bool, free: &mut Vec<FreeRun>) {
+    let bytes = &part.bytes[..part.end];
+    let mut i = part.start;
     while i < bytes.len() {
-        let (end, classes) = token(bytes, i);
+        let (start, (end, classes)) = (i, token(bytes, i));
         let run = &bytes[i..end];
         i = end;
-        if classes == 0 {
+        let (classes, cookie) = if classes == 0 {
             let b = run[0];
             if b >= 0x80 {
                 key.push(TAG_ESCAPE);
             }
             key.push(b);
+            continue;
         } else if classes != DIGIT && is_kept_word(run) {
             key.extend(run);
+            continue;
         } else if let Some(rest) = run.strip_prefix(COOKIE) {
             key.extend(COOKIE);
-            push_run(key, classes_of(rest), rest.len(), digit_ranges);
+            let classes = classes_of(rest);
+            push_run(key, classes, rest.len(), digit_ranges);
+            (classes, true)
         } else {
             push_run(key, classes, run.len(), digit_ranges);
-        }
+            (classes, false)
+        };
+        free.push(FreeRun {
+            start: start as u16,
+            len: run.len() as u16,
+            classes,
+            cookie,
+        });
     }
 }
 
@@ -772,6 +1001,48 @@ pub(super) mod tests {
                 has_masked_digit(&bytes, start, end),
                 (start..end).any(|i| bytes[i].is_ascii_digit() && !digit_after_letter(i))
             );
+        }
+    }
+
+    #[test]
+    fn runs_and_fixed_bytes_as_the_byte_loop_does() {
+        let alphabet = b"0123456789aZz@[`{/:\x80\xff -\x01\x00";
+        let mut random = below();
+        for _ in 0..4000 {
+            let len = random(100);
+            let bytes: Vec<u8> = (0..len).map(|_| alphabet[random(alphabet.len())]).collect();
+            let mut runs = vec![0xaa; len];
+            runs_into(&bytes, &mut runs);
+            let expected: Vec<u8> = (bytes.iter())
+                .map(|&b| if b.is_ascii_alphanumeric() { b'x' } else { b })
+                .collect();
+            assert_eq!(runs, expected, "{bytes:?}");
+            // Fixed bytes of another payload: its letters and digits, some of them free, some
+            // digits as any digit; and the payload changed in a byte or not.
+            let mut fixed: Vec<u8> = (bytes.iter())
+                .map(|&b| match (b.is_ascii_alphanumeric(), random(4)) {
+                    (true, 0) => 0,
+                    (true, 1) if b.is_ascii_digit() => ANY_DIGITS,
+                    (true, _) => b,
+                    (false, _) => 0,
+                })
+                .collect();
+            let mut payload = bytes.clone();
+            if len > 0 && random(2) == 0 {
+                payload[random(len)] = alphabet[random(alphabet.len())];
+            }
+            let expected = (0..len).all(|i| match fixed[i] {
+                0 => true,
+                ANY_DIGITS => payload[i].is_ascii_digit(),
+                f => payload[i] == f,
+            });
+            assert_eq!(
+                has_fixed(&payload, &fixed),
+                expected,
+                "{payload:?} {fixed:?}"
+            );
+            fixed.push(0);
+            assert!(!has_fixed(&payload, &fixed));
         }
     }
 

@@ -75,6 +75,7 @@ impl UriAt {
         })
     }
 
+    #[inline]
     pub fn at<'a>(&self, bytes: &'a [u8]) -> Uri<'a> {
         let port_raw = self.port_raw.at(bytes);
         Uri {
@@ -148,6 +149,7 @@ impl NameAddrAt {
         })
     }
 
+    #[inline]
     pub fn at<'a>(&self, bytes: &'a [u8]) -> NameAddr<'a> {
         NameAddr {
             display: self.display.map(|d| d.at(bytes)),
