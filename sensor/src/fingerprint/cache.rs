@@ -29,7 +29,7 @@ use super::{
         Alternative, Engine, Fingerprint, Inferences, MAX_ALTERNATIVES, Score, infer, score_by,
         select, template_text_of, unknown_evidence, winner_evidence,
     },
-    facts::{Facts, KeyBearing, Value},
+    facts::{Facts, KeyBearing, Value, number_of},
     ipid::SourceView,
     key::{self, Item, KeyBuilder},
     recall::{Recall, Recalled},
@@ -684,6 +684,8 @@ pub(super) struct Checks {
 enum Check {
     /// A text condition on the bytes at a place.
     Bytes { at: Place, cond: CondRef },
+    /// A condition on the number read from the text at a place.
+    Number { at: Place, cond: CondRef },
     /// A `same_as` condition between the bytes at two places.
     Same {
         at: Place,
@@ -720,6 +722,16 @@ impl Checks {
                     _ => None,
                 }
             };
+            // A number read from a text: checked at its place when packets may differ there.
+            let number = || match facts.number_text(&c.field)? {
+                None => Some(None),
+                Some(text) => {
+                    let at = Place::of(bytes, text)?;
+                    let range = at.range();
+                    let varies = key::has_masked_digit(bytes, range.start, range.end);
+                    Some(varies.then_some(Check::Number { at, cond: cref }))
+                }
+            };
             let check = match &c.op {
                 Op::SameAs(other) => match (place(&c.field), place(other)) {
                     (Some(Some((at, a))), Some(Some((other, b)))) if a || b => Some(Check::Same {
@@ -731,6 +743,7 @@ impl Checks {
                     _ => Some(Check::Facts(cref)),
                 },
                 Op::Order(_) | Op::EqList(_) => Some(Check::Facts(cref)),
+                _ if let Some(check) = number() => check,
                 _ => match place(&c.field) {
                     Some(Some((at, true))) => Some(Check::Bytes { at, cond: cref }),
                     Some(_) => None,
@@ -755,6 +768,9 @@ impl Checks {
         for &(i, check) in self.varying.iter() {
             let holds = match check {
                 Check::Bytes { at, cond } => cond.get(engine).holds_for(Value::Bytes(at.at(bytes))),
+                Check::Number { at, cond } => {
+                    cond.get(engine).holds_for(number_of(Some(at.at(bytes))))
+                }
                 Check::Same { at, other, negate } => (at.at(bytes) == other.at(bytes)) != negate,
                 Check::Facts(cond) => cond.get(engine).holds(facts),
             };

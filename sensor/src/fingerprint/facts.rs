@@ -573,7 +573,25 @@ fn int_or_missing<T: Into<u64>>(n: Option<T>) -> Value<'static> {
     n.map_or(Value::Missing, |n| Value::Int(n.into()))
 }
 
+/// The value of a number field read from `text` ([`Facts::number_text`]).
+pub fn number_of(text: Option<&[u8]>) -> Value<'static> {
+    int_or_missing(text.and_then(parse_u32))
+}
+
 impl<'a> Facts<'a> {
+    /// The text a number field is read from, for the fields read from one text of the message
+    /// ([`number_of`]); `Some(None)` when the message lacks it.
+    pub fn number_text(&self, field: &Field) -> Option<Option<&'a [u8]>> {
+        match field {
+            // CSeq's number as `CSeq::parse` reads it, `parse_u32` of its text.
+            Field::CSeqNum => Some(self.cseq().map(|c| c.number_raw)),
+            Field::MaxForwards => Some(self.msg.header_value(HeaderName::MaxForwards)),
+            // The first Content-Length, as `SipMessage::content_length` reads it.
+            Field::ContentLength => Some(self.msg.header_value(HeaderName::ContentLength)),
+            _ => None,
+        }
+    }
+
     /// Reads a field. List fields yield [`Value::List`]; read them with [`Facts::names`].
     pub fn get<'f>(&'f self, field: &Field) -> Value<'f> {
         let msg = self.msg;
@@ -645,14 +663,11 @@ impl<'a> Facts<'a> {
                 self.call_id()
                     .and_then(|c| c.iter().position(|&b| b == b'@').map(|at| &c[at + 1..])),
             ),
-            Field::CSeqNum => int_or_missing(self.cseq().and_then(|c| c.number)),
+            Field::CSeqNum | Field::MaxForwards | Field::ContentLength => {
+                number_of(self.number_text(field).flatten())
+            }
             Field::CSeqMethod => bytes_or_missing(self.cseq().map(|c| c.method)),
             Field::UserAgent => bytes_or_missing(msg.header_value(HeaderName::UserAgent)),
-            Field::MaxForwards => int_or_missing(
-                msg.header_value(HeaderName::MaxForwards)
-                    .and_then(parse_u32),
-            ),
-            Field::ContentLength => int_or_missing(msg.content_length()),
             Field::Body => bytes_or_missing(msg.body()),
             Field::SdpSession => bytes_or_missing(msg.body().and_then(|b| sdp_line(b, b's'))),
             Field::SdpOrigin => bytes_or_missing(msg.body().and_then(|b| sdp_line(b, b'o'))),
