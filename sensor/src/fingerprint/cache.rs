@@ -261,9 +261,11 @@ impl Doorkeeper {
 }
 
 /// Recalled templates kept per cache entry (an entry has one per combination of its digit-run
-/// lengths): 4,096 in all, each about the size of its message and its header table. On the
-/// offline benchmark's capture (19 k templates, 377-byte messages) 8 per entry took 8.7 MB more
-/// per analyst than 4 and saved 0.1 % of the instructions; 2 saved 3.4 MB and cost 0.2 %.
+/// lengths, and one per packet recognised by its shape): 4,096 in all, each about the size of
+/// its message and its header table, and twice the message's size more for a request learnt
+/// from a parse (its shape). Before shapes, on the offline benchmark's capture (19 k templates,
+/// 377-byte messages), 8 per entry took 8.7 MB more per analyst than 4 and saved 0.1 % of the
+/// instructions; 2 saved 3.4 MB and cost 0.2 %.
 const TEMPLATES_PER_ENTRY: usize = 4;
 
 /// The map's keys are already hashes.

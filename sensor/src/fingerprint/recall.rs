@@ -60,7 +60,8 @@ struct Template {
 /// packet has the template's key and parses as it did.
 struct Shape {
     runs: Box<[u8]>,
-    /// The bytes of the runs a packet of the template repeats, 0 elsewhere.
+    /// The letters and digits a packet of the template repeats, [`key::ANY_DIGITS`] where any
+    /// digits will do, 0 elsewhere ([`key::has_fixed`]).
     fixed: Box<[u8]>,
     free: Box<[FreeRun]>,
     /// The template the shape was learnt with, and its masked payload: the template under that
