@@ -586,8 +586,6 @@ impl<'a> Facts<'a> {
             // CSeq's number as `CSeq::parse` reads it, `parse_u32` of its text.
             Field::CSeqNum => Some(self.cseq().map(|c| c.number_raw)),
             Field::MaxForwards => Some(self.msg.header_value(HeaderName::MaxForwards)),
-            // The first Content-Length, as `SipMessage::content_length` reads it.
-            Field::ContentLength => Some(self.msg.header_value(HeaderName::ContentLength)),
             _ => None,
         }
     }
@@ -663,11 +661,10 @@ impl<'a> Facts<'a> {
                 self.call_id()
                     .and_then(|c| c.iter().position(|&b| b == b'@').map(|at| &c[at + 1..])),
             ),
-            Field::CSeqNum | Field::MaxForwards | Field::ContentLength => {
-                number_of(self.number_text(field).flatten())
-            }
+            Field::CSeqNum | Field::MaxForwards => number_of(self.number_text(field).flatten()),
             Field::CSeqMethod => bytes_or_missing(self.cseq().map(|c| c.method)),
             Field::UserAgent => bytes_or_missing(msg.header_value(HeaderName::UserAgent)),
+            Field::ContentLength => int_or_missing(msg.content_length()),
             Field::Body => bytes_or_missing(msg.body()),
             Field::SdpSession => bytes_or_missing(msg.body().and_then(|b| sdp_line(b, b's'))),
             Field::SdpOrigin => bytes_or_missing(msg.body().and_then(|b| sdp_line(b, b'o'))),

@@ -380,22 +380,21 @@ impl KeyBuilder {
     }
 
     /// What another request of `msg`'s template, with its runs of letters and digits at the
-    /// same places (see [`runs_into`]), must have for the same key ([`has_fixed`]): into
-    /// `fixed` (as long as the message), the letters and digits it must repeat, [`ANY_DIGITS`]
-    /// where it may hold any digits, 0 elsewhere; into `free`, the runs of letters it may hold
-    /// others in ([`FreeRun::admits`]). It must repeat every letter and digit outside the parts
-    /// the key abstracts, and inside them the kept words and the magic cookie that starts a
-    /// run. Builds `msg`'s key unless it was the last built.
-    pub fn free_runs(&mut self, msg: &SipMessage<'_>, fixed: &mut [u8], free: &mut Vec<FreeRun>) {
+    /// same places (see [`runs_into`]), must have for the same key ([`has_fixed`]): the fixed
+    /// bytes (as long as the message), the letters and digits it must repeat, [`ANY_DIGITS`]
+    /// where it may hold any digits, 0 elsewhere; and the runs of letters it may hold others
+    /// in ([`FreeRun::admits`]). It must repeat every letter and digit outside the parts the
+    /// key abstracts, and inside them the kept words and the magic cookie that starts a run.
+    /// Builds `msg`'s key unless it was the last built.
+    pub fn free_runs(&mut self, msg: &SipMessage<'_>) -> (Box<[u8]>, Box<[FreeRun]>) {
         let bytes = msg.bytes();
         if self.built != bytes || self.built_flags != msg.flags() {
             self.build(msg);
         }
-        let fixed = &mut fixed[..bytes.len()];
-        for (f, &b) in fixed.iter_mut().zip(bytes) {
-            *f = if CLASS[usize::from(b)] != 0 { b } else { 0 };
-        }
-        free.clear();
+        let mut fixed: Box<[u8]> = (bytes.iter())
+            .map(|&b| if CLASS[usize::from(b)] != 0 { b } else { 0 })
+            .collect();
+        let mut free = Vec::new();
         for run in &self.free {
             let start = usize::from(run.start) + if run.cookie { COOKIE.len() } else { 0 };
             let end = usize::from(run.start) + usize::from(run.len);
@@ -406,6 +405,7 @@ impl KeyBuilder {
                 free.push(*run);
             }
         }
+        (fixed, free.into())
     }
 
     /// The key last built.

@@ -89,7 +89,6 @@ pub(super) struct Recall {
     masked_hash: u64,
     /// Room for a payload's runs ([`key::runs_into`]).
     runs: Box<[u8]>,
-    free: Vec<FreeRun>,
 }
 
 impl Recall {
@@ -102,7 +101,6 @@ impl Recall {
             masked_len: 0,
             masked_hash: 0,
             runs: vec![0; MAX_KEY_BYTES].into(),
-            free: Vec::new(),
         }
     }
 
@@ -215,12 +213,11 @@ impl Recall {
         let shape = (!cut && msg.kind() == PayloadKind::SipRequest).then(|| {
             let mut runs = vec![0; bytes.len()];
             key::runs_into(bytes, &mut runs);
-            let mut fixed = vec![0; bytes.len()];
-            builder.free_runs(msg, &mut fixed, &mut self.free);
+            let (fixed, free) = builder.free_runs(msg);
             Shape {
                 runs: runs.into(),
-                fixed: fixed.into(),
-                free: self.free.as_slice().into(),
+                fixed,
+                free,
                 template: id,
                 masked: masked.clone(),
             }
