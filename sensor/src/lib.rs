@@ -44,3 +44,4 @@ pub mod session;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 pub mod sip;
+mod words;

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::words::ends;
+
 /// The symbol of every name that did not fit.
 pub const OTHER: u16 = 0;
 const OTHER_NAME: &str = "(other)";
@@ -97,34 +99,17 @@ impl Names {
 /// overlapping loads from each side.
 #[inline(always)]
 fn same_text(a: &[u8], b: &[u8]) -> bool {
-    use std::ptr::read_unaligned;
     let len = a.len();
     if len != b.len() {
         return false;
     }
-    // SAFETY: both slices are `len` long, and every load reads `[0..k]` or `[len - k..len]`
-    // with `k <= len`, or single bytes below `len`.
-    unsafe {
-        let (a, b) = (a.as_ptr(), b.as_ptr());
-        // The two words of `p` that cover `len` bytes (`k` each, overlapping).
-        macro_rules! pair {
-            ($t:ty, $p:expr) => {
-                (
-                    read_unaligned($p.cast::<$t>()),
-                    read_unaligned($p.add(len - size_of::<$t>()).cast::<$t>()),
-                )
-            };
-        }
-        match len {
-            0 => true,
-            1..=3 => {
-                *a == *b && *a.add(len / 2) == *b.add(len / 2) && *a.add(len - 1) == *b.add(len - 1)
-            }
-            4..=7 => pair!(u32, a) == pair!(u32, b),
-            8..=15 => pair!(u64, a) == pair!(u64, b),
-            16..=32 => pair!(u128, a) == pair!(u128, b),
-            _ => std::slice::from_raw_parts(a, len) == std::slice::from_raw_parts(b, len),
-        }
+    match len {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[len / 2] == b[len / 2] && a[len - 1] == b[len - 1],
+        4..=7 => ends::<4>(a) == ends::<4>(b),
+        8..=15 => ends::<8>(a) == ends::<8>(b),
+        16..=32 => ends::<16>(a) == ends::<16>(b),
+        _ => a == b,
     }
 }
 

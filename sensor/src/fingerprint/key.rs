@@ -20,7 +20,10 @@
 //! byte at or above 0x80 is escaped, an abstracted run is a tag byte (0x80 | classes) and its
 //! length.
 
-use crate::sip::{SipMessage, StartLine, places::offset_in};
+use crate::{
+    sip::{SipMessage, StartLine, places::offset_in},
+    words::ends,
+};
 
 /// Character classes of an abstracted run.
 pub const DIGIT: u8 = 1;
@@ -177,28 +180,26 @@ const fn packed(run: &[u8]) -> (u64, u64) {
     (first, last)
 }
 
-/// [`packed`] read with a load or two, in lower case: setting bit 5 of a letter makes it lower
-/// case and leaves a digit as it is.
+/// [`packed`] read with a load or two ([`ends`]), in lower case: setting bit 5 of a letter
+/// makes it lower case and leaves a digit as it is. `None` for a run shorter than 2 bytes.
 #[inline]
-fn packed_lower(run: &[u8]) -> (u64, u64) {
-    const CASE: u64 = 0x2020_2020_2020_2020;
-    let len = run.len();
-    if len >= 8 {
-        let word = |at: usize| u64::from_le_bytes(run[at..at + 8].try_into().unwrap_or([0; 8]));
-        (word(0) | CASE, word(len - 8) | CASE)
-    } else if len >= 4 {
-        let word = |at: usize| u32::from_le_bytes(run[at..at + 4].try_into().unwrap_or([0; 4]));
-        (
-            u64::from(word(0) | CASE as u32),
-            u64::from(word(len - 4) | CASE as u32),
-        )
-    } else {
-        let word = |at: usize| u16::from_le_bytes(run[at..at + 2].try_into().unwrap_or([0; 2]));
-        (
-            u64::from(word(0) | CASE as u16),
-            u64::from(word(len - 2) | CASE as u16),
-        )
-    }
+fn packed_lower(run: &[u8]) -> Option<(u64, u64)> {
+    let ((first, last), width) = match run.len() {
+        8.. => (
+            ends::<8>(run).map(|(f, l)| (u64::from_le_bytes(f), u64::from_le_bytes(l)))?,
+            8,
+        ),
+        4..=7 => {
+            let word = |w| u64::from(u32::from_le_bytes(w));
+            (ends::<4>(run).map(|(f, l)| (word(f), word(l)))?, 4)
+        }
+        _ => {
+            let word = |w| u64::from(u16::from_le_bytes(w));
+            (ends::<2>(run).map(|(f, l)| (word(f), word(l)))?, 2)
+        }
+    };
+    let case = 0x2020_2020_2020_2020u64 >> (64 - 8 * width);
+    Some((first | case, last | case))
 }
 
 /// The kept words packed ([`packed`]), by their index in [`KEPT_WORDS`].
@@ -225,7 +226,9 @@ fn is_kept_word(run: &[u8]) -> bool {
     loop {
         match KEPT_TABLE[at] {
             (0, _) => return false,
-            (s, w) if s == signature => return packed_lower(run) == KEPT_PACKED[usize::from(w)],
+            (s, w) if s == signature => {
+                return packed_lower(run) == Some(KEPT_PACKED[usize::from(w)]);
+            }
             _ => at = (at + 1) % KEPT_SLOTS,
         }
     }
