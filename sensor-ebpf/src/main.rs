@@ -355,19 +355,29 @@ fn write_record<const N: usize>(
         (*r).captured_len = captured as u16;
         (*r).flags = w.flags;
     }
-    // Batch wakeups: the reader also drains on a timer, so a record never waits long.
+    // Batch wakeups: the reader also drains on a timer, so a record never waits long. Only the
+    // record that takes the ring's backlog across the threshold wakes the reader; those after it
+    // do not. A reader above the threshold is awake already or short of CPU, and waking it for
+    // every record would cost an interrupt per record exactly when the CPU is short (on a
+    // virtual machine each is a VM exit): that made the receive path several times dearer once
+    // the reader fell behind.
     let wakeup = if config.wakeup_bytes == 0 {
         0
-    } else if unsafe {
-        bpf_ringbuf_query(
-            core::ptr::from_ref(ring).cast_mut().cast(),
-            u64::from(BPF_RB_AVAIL_DATA),
-        )
-    } >= u64::from(config.wakeup_bytes)
-    {
-        u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
-        u64::from(BPF_RB_NO_WAKEUP)
+        // The backlog counts this record, as reserved: its 8-byte header, rounded to 8 bytes.
+        let span = ((core::mem::size_of::<CaptureRecordOf<N>>() + 8 + 7) & !7) as u64;
+        let backlog = unsafe {
+            bpf_ringbuf_query(
+                core::ptr::from_ref(ring).cast_mut().cast(),
+                u64::from(BPF_RB_AVAIL_DATA),
+            )
+        };
+        let threshold = u64::from(config.wakeup_bytes);
+        if backlog >= threshold && backlog < threshold + span {
+            u64::from(BPF_RB_FORCE_WAKEUP)
+        } else {
+            u64::from(BPF_RB_NO_WAKEUP)
+        }
     };
     entry.submit(wakeup);
     true

@@ -229,6 +229,75 @@ fn records_land_in_the_ring_of_their_cpu() {
     }
 }
 
+/// Edge-triggered readiness events of a ring within `wait_ms`: each is a wakeup the kernel
+/// sent to the ring's waiters.
+fn wakeups(epoll: &std::os::fd::OwnedFd, wait_ms: i32) -> usize {
+    use std::os::fd::AsRawFd as _;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    let mut seen = 0;
+    // SAFETY: a valid epoll descriptor and event buffer.
+    while unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 4, wait_ms) } > 0 {
+        seen += 1;
+    }
+    seen
+}
+
+/// With a wakeup threshold, the record that takes a ring's backlog across it wakes the reader,
+/// and the records after it do not while the backlog stays above it: a reader that has fallen
+/// behind is not interrupted once per record.
+#[test]
+fn a_wakeup_threshold_wakes_the_reader_once_per_crossing() {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let span = (8 + record_bytes(SIP_OPTIONS.len())) as u32;
+    let mut h = Harness::with(
+        SensorConfig::new(MatchAction::Drop, false, 1024).with_wakeup_bytes(2 * span + span / 2),
+        &PortSet::default(),
+        1 << 20,
+    );
+    pin_to_cpu(0);
+    // SAFETY: plain epoll_create1; the descriptor is owned at once.
+    let epoll = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: 0,
+    };
+    // SAFETY: valid descriptors and event; the ring is empty, so no event is queued yet.
+    let added = unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            h.ring_fd(0).as_raw_fd(),
+            &mut event,
+        )
+    };
+    assert_eq!(added, 0, "{}", std::io::Error::last_os_error());
+    let built = sip_frame().build();
+    let record = |h: &mut Harness, n: usize| {
+        for _ in 0..n {
+            let (verdict, _) = h.program.test_run(&built, 1).expect("test run");
+            assert_eq!(verdict, XdpVerdict::Drop);
+        }
+    };
+    record(&mut h, 2);
+    assert_eq!(wakeups(&epoll, 100), 0, "below the threshold: no wakeup");
+    record(&mut h, 1);
+    assert_eq!(
+        wakeups(&epoll, 1000),
+        1,
+        "the crossing record wakes the reader"
+    );
+    record(&mut h, 5);
+    assert_eq!(
+        wakeups(&epoll, 100),
+        0,
+        "above the threshold: no more wakeups"
+    );
+    assert_eq!(h.drain_cpu(0).len(), 8);
+    record(&mut h, 3);
+    assert_eq!(wakeups(&epoll, 1000), 1, "drained, then crossed again");
+    assert_eq!(h.drain_cpu(0).len(), 3);
+}
+
 /// The agent's reader hands out the records of all CPUs oldest first: a source whose packets
 /// reach several CPUs keeps its order (its IP-ID sequence depends on it).
 #[test]
