@@ -24,7 +24,12 @@ pub struct Blaster {
 /// What a paced send achieved.
 #[derive(Clone, Copy, Debug)]
 pub struct SendReport {
+    /// Frames put out to the device.
     pub sent: u64,
+    /// Of them, frames the device could not take (the live generator: veth's ring at the
+    /// receiving end was full). Lost before any consumer, as a NIC drops what its ring cannot
+    /// hold; also in the receiving end's rx_dropped.
+    pub refused: u64,
     pub elapsed: Duration,
 }
 
@@ -154,6 +159,7 @@ impl Blaster {
         }
         Ok(SendReport {
             sent,
+            refused: 0,
             elapsed: start.elapsed(),
         })
     }

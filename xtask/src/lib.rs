@@ -6,6 +6,7 @@ pub mod blaster;
 pub mod frames;
 pub mod fuzz;
 pub mod lab;
+pub mod live_frames;
 pub mod mirror;
 pub mod perf;
 pub mod setup;

@@ -11,7 +11,7 @@ use std::{
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
+pub(crate) const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_XDP: u32 = 37;
 const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -22,7 +22,7 @@ const PASS_PROGRAM: [[u8; 8]; 2] = [
     [0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], // exit
 ];
 
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
+pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
     // SAFETY: attr is a zero-initialised bpf_attr of the size we pass.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
     if ret < 0 {
@@ -32,11 +32,11 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
     }
 }
 
-fn put_u32(attr: &mut [u8; 128], at: usize, v: u32) {
+pub(crate) fn put_u32(attr: &mut [u8; 128], at: usize, v: u32) {
     attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
+pub(crate) fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
     attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
@@ -45,7 +45,7 @@ pub struct PassProgram {
 }
 
 /// Loads `code` (BPF instructions) as an XDP program named `name` (at most 15 bytes).
-fn load_xdp(code: &[[u8; 8]], name: &[u8]) -> io::Result<PassProgram> {
+pub(crate) fn load_xdp(code: &[[u8; 8]], name: &[u8]) -> io::Result<PassProgram> {
     let bytes: Vec<u8> = code.concat();
     let license = b"GPL\0";
     let mut attr = [0u8; 128];
@@ -54,7 +54,25 @@ fn load_xdp(code: &[[u8; 8]], name: &[u8]) -> io::Result<PassProgram> {
     put_u64(&mut attr, 8, bytes.as_ptr() as u64);
     put_u64(&mut attr, 16, license.as_ptr() as u64);
     attr[48..48 + name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
-    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    let fd = match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Again with the verifier's log, which says why.
+            let mut log = vec![0u8; 1 << 16];
+            put_u32(&mut attr, 24, 1);
+            put_u32(&mut attr, 28, log.len() as u32);
+            put_u64(&mut attr, 32, log.as_mut_ptr() as u64);
+            let _ = bpf(BPF_PROG_LOAD, &mut attr);
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}; verifier: {}",
+                    String::from_utf8_lossy(&log[..end]).trim()
+                ),
+            ));
+        }
+    };
     // SAFETY: the kernel returned a new descriptor that we now own.
     Ok(PassProgram {
         fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
@@ -92,6 +110,10 @@ impl PassProgram {
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> io::Result<(u32, Duration)> {
         test_run(self.fd.as_fd(), frame, repeat)
     }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 /// BPF_PROG_TEST_RUN of the XDP program `fd` (any, the sensor's too): the verdict and the kernel's
@@ -115,7 +137,7 @@ const BPF_FUNC_RINGBUF_SUBMIT: i32 = 132;
 const BPF_FUNC_XDP_LOAD_BYTES: i32 = 189;
 
 /// One BPF instruction: opcode, dst and src registers, offset, immediate.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+pub(crate) fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
     let mut b = [0u8; 8];
     b[0] = code;
     b[1] = (src << 4) | dst;
