@@ -217,9 +217,9 @@ struct RunArgs {
     /// (at least a page) [default: 64MiB].
     #[arg(long, value_parser = config::parse_size)]
     ring_bytes: Option<u64>,
-    /// Bytes waiting in the ring before the kernel wakes the agent; 0 leaves it to the kernel
-    /// (a wakeup whenever the agent has caught up). The agent also drains every 10 ms
-    /// [default: 0].
+    /// Bytes waiting in a CPU's ring before the kernel wakes the agent (once, by the record
+    /// that brings the ring to them); 0 leaves it to the kernel (a wakeup whenever the agent has
+    /// caught up). The agent also drains every 10 ms [default: 0].
     #[arg(long)]
     wakeup_bytes: Option<u32>,
     /// Records per second admitted per source by the kernel; 0: unlimited. What a source sends
