@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::words::ends;
+use crate::words::same_text;
 
 /// The symbol of every name that did not fit.
 pub const OTHER: u16 = 0;
@@ -95,43 +95,9 @@ impl Names {
     }
 }
 
-/// `a == b`, without a call to `memcmp` for the short names interned on every event: two
-/// overlapping loads from each side.
-#[inline(always)]
-fn same_text(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len();
-    if len != b.len() {
-        return false;
-    }
-    match len {
-        0 => true,
-        1..=3 => a[0] == b[0] && a[len / 2] == b[len / 2] && a[len - 1] == b[len - 1],
-        4..=7 => ends::<4>(a) == ends::<4>(b),
-        8..=15 => ends::<8>(a) == ends::<8>(b),
-        16..=32 => ends::<16>(a) == ends::<16>(b),
-        _ => a == b,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn same_text_is_equality() {
-        let text: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
-        for len in 0..=40 {
-            let a = &text[..len];
-            let copy = a.to_vec();
-            assert!(same_text(a, &copy));
-            for at in 0..len {
-                let mut b = a.to_vec();
-                b[at] ^= 1;
-                assert!(!same_text(a, &b), "{len} {at}");
-            }
-            assert!(!same_text(a, &text[..(len + 1).min(40)]) || len == 40);
-        }
-    }
 
     #[test]
     fn bounded_table_and_names() {

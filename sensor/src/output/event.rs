@@ -472,6 +472,7 @@ fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+#[inline(always)]
 pub(super) fn uint(out: &mut Vec<u8>, n: u64) {
     put_short(out, itoa::Buffer::new().format(n).as_bytes());
 }

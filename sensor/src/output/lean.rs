@@ -20,11 +20,95 @@ use crate::{
     aggregate::{HostSeen, Observation},
     output::json::SCHEMA_VERSION,
     record::Record,
+    words::same_text,
 };
 
 /// Writes the lean event of `record`, whose observation is `obs`, as one line (without the line
 /// end). The observation's attacker text is escaped already; it is written as JSON strings.
 pub fn write_lean(out: &mut Vec<u8>, record: &Record<'_>, obs: &Observation<'_>, confidence: f64) {
+    write_head(out, record, obs);
+    write_attribution(out, obs, confidence);
+    write_inferences(out, obs);
+}
+
+/// [`write_lean`] for a stream of events: the attribution (tool, variant, category, confidence,
+/// rule, template hash) is the same for every packet of a template, so it is kept as written,
+/// by template, and copied.
+pub struct LeanWriter {
+    /// Direct-mapped by template hash; a slot holds what its bytes were written from, compared
+    /// in full before they are used.
+    attributions: Vec<Option<Attribution>>,
+}
+
+/// Slots of the attribution table (a power of two).
+const ATTRIBUTION_SLOTS: usize = 256;
+
+struct Attribution {
+    template_hash: u64,
+    confidence: u64,
+    tool: Box<str>,
+    variant: Option<Box<str>>,
+    category: Box<str>,
+    rule: Box<str>,
+    bytes: Box<[u8]>,
+}
+
+impl Attribution {
+    fn is_of(&self, obs: &Observation<'_>, confidence: f64) -> bool {
+        let same = |kept: &str, name: &str| same_text(kept.as_bytes(), name.as_bytes());
+        self.template_hash == obs.template_hash
+            && self.confidence == confidence.to_bits()
+            && same(&self.tool, obs.tool)
+            && match (&self.variant, obs.variant) {
+                (Some(kept), Some(variant)) => same(kept, variant),
+                (kept, variant) => kept.is_none() && variant.is_none(),
+            }
+            && same(&self.category, obs.category)
+            && same(&self.rule, obs.rule)
+    }
+}
+
+impl Default for LeanWriter {
+    fn default() -> Self {
+        Self {
+            attributions: (0..ATTRIBUTION_SLOTS).map(|_| None).collect(),
+        }
+    }
+}
+
+impl LeanWriter {
+    /// The same line as [`write_lean`].
+    pub fn write(
+        &mut self,
+        out: &mut Vec<u8>,
+        record: &Record<'_>,
+        obs: &Observation<'_>,
+        confidence: f64,
+    ) {
+        write_head(out, record, obs);
+        let slot = &mut self.attributions[obs.template_hash as usize % ATTRIBUTION_SLOTS];
+        match slot {
+            Some(kept) if kept.is_of(obs, confidence) => out.extend_from_slice(&kept.bytes),
+            _ => {
+                let start = out.len();
+                write_attribution(out, obs, confidence);
+                *slot = Some(Attribution {
+                    template_hash: obs.template_hash,
+                    confidence: confidence.to_bits(),
+                    tool: obs.tool.into(),
+                    variant: obs.variant.map(Into::into),
+                    category: obs.category.into(),
+                    rule: obs.rule.into(),
+                    bytes: out[start..].into(),
+                });
+            }
+        }
+        write_inferences(out, obs);
+    }
+}
+
+/// The packet's own facts and its SIP method and User-Agent.
+fn write_head(out: &mut Vec<u8>, record: &Record<'_>, obs: &Observation<'_>) {
     let raw = record.raw();
     out.extend_from_slice(b"{\"timestamp\":");
     timestamp(out, obs.time_ns);
@@ -73,6 +157,10 @@ pub fn write_lean(out: &mut Vec<u8>, record: &Record<'_>, obs: &Observation<'_>,
         }
         out.push(b'}');
     }
+}
+
+/// From `,"fingerprint":{` to the template hash: what every packet of a template shares.
+fn write_attribution(out: &mut Vec<u8>, obs: &Observation<'_>, confidence: f64) {
     out.extend_from_slice(b",\"fingerprint\":{\"tool\":");
     ascii(out, obs.tool);
     if let Some(variant) = obs.variant {
@@ -87,6 +175,10 @@ pub fn write_lean(out: &mut Vec<u8>, record: &Record<'_>, obs: &Observation<'_>,
     ascii(out, obs.rule);
     out.extend_from_slice(b",\"template_hash\":");
     template_hash(out, obs.template_hash);
+}
+
+/// The per-packet inferences, and the end of the event.
+fn write_inferences(out: &mut Vec<u8>, obs: &Observation<'_>) {
     out.extend_from_slice(b",\"inferences\":{");
     let start = out.len();
     host(out, start, "via_host", obs.via);
@@ -205,6 +297,62 @@ mod tests {
             with_hosts += usize::from(obs.via.is_some() && obs.processes.is_some());
         });
         assert!(checked > 250 && with_hosts > 30, "{checked} {with_hosts}");
+    }
+
+    /// The writer that keeps attributions writes what `write_lean` writes: for every corpus
+    /// record, the first time and again (from the kept bytes), and for an observation that
+    /// shares a template hash with a kept one but not its tool, variant, category, rule or
+    /// confidence.
+    #[test]
+    fn the_lean_writer_writes_what_write_lean_writes() {
+        let mut text = ObservationText::default();
+        let mut writer = LeanWriter::default();
+        let (mut line, mut want) = (Vec::new(), Vec::new());
+        let mut check = |writer: &mut LeanWriter, record: &Record<'_>, obs: &Observation<'_>, c| {
+            line.clear();
+            want.clear();
+            writer.write(&mut line, record, obs, c);
+            write_lean(&mut want, record, obs, c);
+            assert_eq!(
+                String::from_utf8_lossy(&line),
+                String::from_utf8_lossy(&want)
+            );
+        };
+        let checked = for_each_corpus_analysis(|event, msg, a| {
+            let obs = Observation::from_analysis(event, msg, a, a.engine, None, &mut text);
+            let record = &event.record;
+            let c = a.verdict.confidence();
+            check(&mut writer, record, &obs, c);
+            check(&mut writer, record, &obs, c);
+            let others = [
+                Observation {
+                    tool: "other",
+                    ..obs
+                },
+                Observation {
+                    variant: None,
+                    ..obs
+                },
+                Observation {
+                    variant: Some("other"),
+                    ..obs
+                },
+                Observation {
+                    category: "other",
+                    ..obs
+                },
+                Observation {
+                    rule: "other",
+                    ..obs
+                },
+            ];
+            for other in &others {
+                check(&mut writer, record, other, c);
+            }
+            check(&mut writer, record, &obs, c + 0.01);
+            check(&mut writer, record, &obs, c);
+        });
+        assert!(checked > 250, "{checked}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{
         event::{Analysis, EventDetail, write_event},
         fingerprint::{FingerprintDoc, round2},
         json::EventDoc,
-        lean::{TemplateExamples, write_lean},
+        lean::{LeanWriter, TemplateExamples},
         sip::SipDoc,
     },
     record::Record,
@@ -60,6 +60,8 @@ pub struct Analyst {
     sampler: Option<EventSampler>,
     /// Under `--event-detail lean`, which events are their template's compact example.
     template_examples: Option<TemplateExamples>,
+    /// Lean events' writer, which keeps each template's attribution as written.
+    lean_writer: LeanWriter,
     sources: SourceTracker,
     joiner: SynJoiner,
     identity: Option<SensorIdentity>,
@@ -78,6 +80,7 @@ impl Analyst {
             sampler: options.sampling.map(EventSampler::new),
             template_examples: (options.detail == EventDetail::Lean)
                 .then(|| TemplateExamples::new(options.aggregate.campaign_window_s)),
+            lean_writer: LeanWriter::default(),
             sources: SourceTracker::default(),
             joiner: SynJoiner::new(SYN_JOIN_CAPACITY),
             identity: options.identity.clone(),
@@ -148,7 +151,8 @@ impl Analyst {
             };
             let serialised = match detail {
                 EventDetail::Lean => {
-                    write_lean(&mut self.line, &record, &observation, confidence);
+                    self.lean_writer
+                        .write(&mut self.line, &record, &observation, confidence);
                     append_sensor(&mut self.line, identity)
                 }
                 EventDetail::Compact => {
