@@ -95,9 +95,152 @@ impl Names {
     }
 }
 
+/// The symbols of one observation's names: the tool in the tools' table, and the tool, rule,
+/// variant and category in the names' table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Symbols {
+    pub tool: u16,
+    pub campaign_tool: u16,
+    pub rule: u16,
+    pub variant: u16,
+    pub category: u16,
+}
+
+impl Symbols {
+    /// Whether every name has its own symbol (none became [`OTHER`]).
+    pub fn all_known(&self) -> bool {
+        [
+            self.tool,
+            self.campaign_tool,
+            self.rule,
+            self.variant,
+            self.category,
+        ]
+        .iter()
+        .all(|&s| s != OTHER)
+    }
+}
+
+/// Slots of [`RecentNames`] (a power of two).
+const RECENT_NAME_SLOTS: usize = 256;
+
+/// Observations' names and their [`Symbols`], kept by template hash: every packet of a template
+/// has the same four names, and comparing them with the kept ones costs less than interning
+/// each. Only names that all had symbols are kept, so a full table still counts every lookup
+/// that overflowed it.
+pub struct RecentNames {
+    slots: Vec<Option<RecentName>>,
+}
+
+struct RecentName {
+    tool: Box<str>,
+    rule: Box<str>,
+    variant: Box<str>,
+    category: Box<str>,
+    symbols: Symbols,
+}
+
+/// An observation's four names.
+#[derive(Clone, Copy)]
+pub struct NameSet<'a> {
+    pub tool: &'a str,
+    pub rule: &'a str,
+    pub variant: &'a str,
+    pub category: &'a str,
+}
+
+impl Default for RecentNames {
+    fn default() -> Self {
+        Self {
+            slots: (0..RECENT_NAME_SLOTS).map(|_| None).collect(),
+        }
+    }
+}
+
+impl RecentNames {
+    /// The symbols kept for `names` under `key` (a template hash), if they are these names'.
+    pub fn get(&self, key: u64, names: NameSet<'_>) -> Option<Symbols> {
+        let kept = self.slots[key as usize % RECENT_NAME_SLOTS].as_ref()?;
+        let same = |kept: &str, name: &str| same_text(kept.as_bytes(), name.as_bytes());
+        (same(&kept.tool, names.tool)
+            && same(&kept.rule, names.rule)
+            && same(&kept.variant, names.variant)
+            && same(&kept.category, names.category))
+        .then_some(kept.symbols)
+    }
+
+    pub fn keep(&mut self, key: u64, names: NameSet<'_>, symbols: Symbols) {
+        self.slots[key as usize % RECENT_NAME_SLOTS] = Some(RecentName {
+            tool: names.tool.into(),
+            rule: names.rule.into(),
+            variant: names.variant.into(),
+            category: names.category.into(),
+            symbols,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_names_answer_only_for_the_same_names() {
+        let mut recent = RecentNames::default();
+        let names = NameSet {
+            tool: "sipvicious",
+            rule: "sipvicious-svmap-py3",
+            variant: "svmap",
+            category: "scanner",
+        };
+        let symbols = Symbols {
+            tool: 1,
+            campaign_tool: 2,
+            rule: 3,
+            variant: 4,
+            category: 5,
+        };
+        assert_eq!(recent.get(7, names), None);
+        recent.keep(7, names, symbols);
+        assert_eq!(recent.get(7, names), Some(symbols));
+        // Another key on the same slot, with the same names: the names decide.
+        assert_eq!(
+            recent.get(7 + RECENT_NAME_SLOTS as u64, names),
+            Some(symbols)
+        );
+        for other in [
+            NameSet {
+                tool: "sipviciouz",
+                ..names
+            },
+            NameSet {
+                rule: "sipvicious-svmap-py2",
+                ..names
+            },
+            NameSet {
+                variant: "svwar",
+                ..names
+            },
+            NameSet {
+                variant: "",
+                ..names
+            },
+            NameSet {
+                category: "scanners",
+                ..names
+            },
+        ] {
+            assert_eq!(recent.get(7, other), None);
+        }
+        assert!(symbols.all_known());
+        assert!(
+            !Symbols {
+                rule: OTHER,
+                ..symbols
+            }
+            .all_known()
+        );
+    }
 
     #[test]
     fn bounded_table_and_names() {

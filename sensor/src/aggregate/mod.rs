@@ -43,7 +43,7 @@ use classes::{
     method_index, protocol_index, source_id_class, ttl_class, ttl_family,
 };
 use distinct::DistinctCounter;
-use intern::Names;
+use intern::{NameSet, Names, RecentNames, Symbols};
 use source::{SourceRecord, SourceTable, flags, key_of};
 use timeseries::Timeseries;
 use tools::{HostClassCount, SensorTally, ToolTally, host_classes};
@@ -229,6 +229,8 @@ pub struct Aggregator {
     names: Names,
     tool_names: Names,
     sensor_names: Names,
+    /// The symbols of recent observations' names, by template.
+    recent_names: RecentNames,
     sources: SourceTable,
     campaigns: CampaignTable,
     /// Indexed by tool symbol.
@@ -284,6 +286,7 @@ impl Aggregator {
             names: Names::new(MAX_NAMES),
             tool_names: Names::new(MAX_TOOLS),
             sensor_names: Names::new(MAX_SENSORS),
+            recent_names: RecentNames::default(),
             sources: SourceTable::new(config.max_sources),
             campaigns: CampaignTable::new(config.max_campaigns),
             tools: Vec::new(),
@@ -403,6 +406,32 @@ impl Aggregator {
         std::mem::take(&mut self.closed_queue)
     }
 
+    /// The symbols of `o`'s names, from the recent ones or interned.
+    fn name_symbols(&mut self, o: &Observation<'_>) -> Symbols {
+        let names = NameSet {
+            tool: o.tool,
+            rule: o.rule,
+            variant: o.variant.unwrap_or(""),
+            category: o.category,
+        };
+        if let Some(symbols) = self.recent_names.get(o.template_hash, names) {
+            return symbols;
+        }
+        let symbols = Symbols {
+            tool: self.tool_names.intern(o.tool),
+            // Campaigns name their tool from the larger table (tools beyond MAX_TOOLS still
+            // read).
+            campaign_tool: self.names.intern(o.tool),
+            rule: self.names.intern(o.rule),
+            variant: self.names.intern(names.variant),
+            category: self.names.intern(o.category),
+        };
+        if symbols.all_known() {
+            self.recent_names.keep(o.template_hash, names, symbols);
+        }
+        symbols
+    }
+
     pub fn observe(&mut self, o: &Observation<'_>) {
         let t = o.time_ns;
         self.counters.events += 1;
@@ -410,12 +439,13 @@ impl Aggregator {
         self.last_ns = self.last_ns.max(t);
         self.expire(t);
 
-        let tool_sym = self.tool_names.intern(o.tool);
-        // Campaigns name their tool from the larger table (tools beyond MAX_TOOLS still read).
-        let campaign_tool_sym = self.names.intern(o.tool);
-        let rule_sym = self.names.intern(o.rule);
-        let variant_sym = self.names.intern(o.variant.unwrap_or(""));
-        let category_sym = self.names.intern(o.category);
+        let Symbols {
+            tool: tool_sym,
+            campaign_tool: campaign_tool_sym,
+            rule: rule_sym,
+            variant: variant_sym,
+            category: category_sym,
+        } = self.name_symbols(o);
         let key = if o.rule.is_empty() || o.rule == UNKNOWN {
             CampaignKey::Template(o.template_hash)
         } else {

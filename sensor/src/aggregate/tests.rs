@@ -256,3 +256,62 @@ fn via_contact_leaks_and_processes_per_tool() {
     assert_eq!(top[0].src_ports, "5063");
     assert_eq!(top[0].max_processes, Some(4));
 }
+
+/// Names kept by template answer only for the same names: observations that share a template
+/// hash but not a name are each tallied under their own, and a table that is full counts every
+/// lookup that overflowed it, as without the kept names.
+#[test]
+fn names_kept_by_template_are_checked_and_overflows_still_counted() {
+    let mut a = Aggregator::new(config(1000, 0, 86_400, 16));
+    let names = [
+        ("t1", "r1", "v1", "c1"),
+        ("t1", "r2", "v1", "c1"),
+        ("t1", "r1", "v2", "c1"),
+        ("t1", "r1", "v1", "c2"),
+        ("t2", "r1", "v1", "c1"),
+    ];
+    for round in 0..3u64 {
+        for (i, &(tool, rule, variant, category)) in names.iter().enumerate() {
+            let o = Observation {
+                variant: Some(variant),
+                category,
+                ..obs("198.51.100.7", T0 + round * 5 + i as u64, tool, rule)
+            };
+            a.observe(&o);
+        }
+    }
+    let tools: std::collections::BTreeMap<&str, u64> = a.tool_events().collect();
+    assert_eq!(tools, [("t1", 12), ("t2", 3)].into_iter().collect());
+    let mut campaigns: Vec<(String, String, String, u64)> = a
+        .top_campaigns(16)
+        .into_iter()
+        .map(|c| {
+            (
+                c.rule.clone(),
+                c.variant.clone().unwrap_or_default(),
+                c.category.clone(),
+                c.packets,
+            )
+        })
+        .collect();
+    campaigns.sort();
+    // Campaigns are keyed by rule: r1 opened with variant v1 and category c1.
+    assert_eq!(
+        campaigns,
+        vec![
+            ("r1".into(), "v1".into(), "c1".into(), 12),
+            ("r2".into(), "v1".into(), "c1".into(), 3)
+        ]
+    );
+
+    // Beyond MAX_TOOLS tools, every lookup of a new one overflows, under one template or not:
+    // each tool twice in a row, as a scanner repeats its template.
+    let mut a = Aggregator::new(config(1000, 0, 86_400, 16));
+    let tools: Vec<String> = (0..MAX_TOOLS + 10).map(|i| format!("tool{i}")).collect();
+    for (i, tool) in tools.iter().enumerate() {
+        for repeat in 0..2u64 {
+            a.observe(&obs("198.51.100.7", T0 + 2 * i as u64 + repeat, tool, "r1"));
+        }
+    }
+    assert_eq!(a.counters().names_overflowed, 2 * 10);
+}
