@@ -421,21 +421,24 @@ pub fn end_to_end(
     receive: Receive,
 ) -> Result<(Vec<StepResult>, Vec<StepResult>)> {
     let lab = Lab::create("bench")?;
-    // veth takes redirected frames only with NAPI on at the receiving end: GRO turns it on for
-    // tcpdump's steps (the sensor's XDP program does for its own).
-    crate::cmd(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &lab.dark_ns,
-            "ethtool",
-            "-K",
-            &lab.dark_if,
-            "gro",
-            "on",
-        ],
-    )?;
+    if generator == Generator::Live {
+        // veth takes redirected frames only with NAPI on at the receiving end: GRO turns it on
+        // for tcpdump's steps (the sensor's XDP program does for its own). Not for the packet
+        // generator, whose runs keep the conditions of the earlier ones.
+        crate::cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &lab.dark_ns,
+                "ethtool",
+                "-K",
+                &lab.dark_if,
+                "gro",
+                "on",
+            ],
+        )?;
+    }
     if receive == Receive::Consumer {
         if generator != Generator::Live {
             bail!("the receive side on the consumer's CPU needs the live generator");

@@ -16,9 +16,9 @@
 //! UDP checksums, which sum both, stay valid. The frames must be IPv4 from x.x.x.2 to x.x.x.250.
 //!
 //! The darknet end must have NAPI running to take such frames: an XDP program attached (the
-//! sensor) or GRO on (`ethtool -K <if> gro on`, which the benchmark does for tcpdump). Frames veth
-//! could not queue there are counted by veth (`tx_queue_N_xdp_xmit_errors` of the sending end)
-//! and are not counted as sent: `sent` is what reached the darknet end's ring.
+//! sensor) or GRO on (`ethtool -K <if> gro on`, which the benchmark does). Frames veth could not
+//! queue there are counted by veth (`tx_queue_N_xdp_xmit_errors` of the sending end) and reported
+//! as refused: lost before any consumer, as a NIC drops what its ring cannot hold.
 
 use std::{
     io,
@@ -31,7 +31,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     blaster::SendReport,
-    xdp_pass::{BPF_PROG_TEST_RUN, PassProgram, bpf, insn, load_xdp, put_u32, put_u64},
+    xdp_pass::{BPF_PROG_TEST_RUN, bpf, insn, load_xdp, put_u32, put_u64},
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -49,13 +49,13 @@ const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 /// takes at most 8,192 branches in a row.
 const SPINS: i32 = 4_096;
 /// Sources (and destinations) the program draws from.
-pub const SOURCES: i32 = 241;
+const SOURCES: i32 = 241;
 /// Where the IPv4 source's and destination's last bytes are in an untagged Ethernet frame.
 const SRC_LAST: i16 = 14 + 15;
 const DST_LAST: i16 = 14 + 19;
 
 pub struct LiveFrames {
-    program: PassProgram,
+    program: OwnedFd,
     /// One entry: the next frame's time (ns, `bpf_ktime_get_ns`) and the time between frames.
     pacing: OwnedFd,
     interface: String,
@@ -174,7 +174,8 @@ impl LiveFrames {
         // SAFETY: the kernel returned a new descriptor that we now own.
         let pacing = unsafe { OwnedFd::from_raw_fd(map as i32) };
         let program = load_xdp(&program(ifindex, pacing.as_raw_fd()), b"live_gen")
-            .context("load the generator program")?;
+            .context("load the generator program")?
+            .into_fd();
         Ok(Self {
             program,
             pacing,
@@ -211,7 +212,7 @@ impl LiveFrames {
         let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
         self.set_pacing(now_ns, gap_ns).context("set the pacing")?;
         let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, self.program.fd().as_raw_fd() as u32);
+        put_u32(&mut attr, 0, self.program.as_raw_fd() as u32);
         put_u32(&mut attr, 8, self.frame.len() as u32);
         put_u64(&mut attr, 16, self.frame.as_ptr() as u64);
         put_u32(&mut attr, 32, frames);

@@ -111,8 +111,10 @@ impl PassProgram {
         test_run(self.fd.as_fd(), frame, repeat)
     }
 
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The program's descriptor, for a program loaded with [`load_xdp`] that is not the pass
+    /// program.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.fd
     }
 }
 
