@@ -76,21 +76,8 @@ fn take_frames(socket: &OwnedFd) -> Vec<Vec<u8>> {
 fn live_frames_arrive_valid_and_from_many_sources() {
     const FRAMES: u64 = 3_000;
     let lab = Lab::create("gen").expect("lab");
-    // Redirected frames need NAPI at the receiving end; GRO turns it on.
-    xtask::cmd(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &lab.dark_ns,
-            "ethtool",
-            "-K",
-            &lab.dark_if,
-            "gro",
-            "on",
-        ],
-    )
-    .expect("gro on");
+    lab.take_redirected_frames()
+        .expect("GRO on at the darknet end");
     let socket = {
         let _ns = lab.enter_dark().expect("enter the darknet namespace");
         capture_socket(&lab.dark_if)

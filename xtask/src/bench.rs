@@ -422,22 +422,9 @@ pub fn end_to_end(
 ) -> Result<(Vec<StepResult>, Vec<StepResult>)> {
     let lab = Lab::create("bench")?;
     if generator == Generator::Live {
-        // veth takes redirected frames only with NAPI on at the receiving end: GRO turns it on
-        // for tcpdump's steps (the sensor's XDP program does for its own). Not for the packet
-        // generator, whose runs keep the conditions of the earlier ones.
-        crate::cmd(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &lab.dark_ns,
-                "ethtool",
-                "-K",
-                &lab.dark_if,
-                "gro",
-                "on",
-            ],
-        )?;
+        // For tcpdump's steps (the sensor's XDP program lets veth take them for its own). Not
+        // for the packet generator, whose runs keep the conditions of the earlier ones.
+        lab.take_redirected_frames()?;
     }
     if receive == Receive::Consumer {
         if generator != Generator::Live {

@@ -177,6 +177,24 @@ impl Lab {
             .context("attach XDP_PASS to the scanner end")
     }
 
+    /// Turns GRO on at the darknet end, which gives it NAPI: veth takes frames redirected to it
+    /// from XDP (the live-frames generator's) only then, unless an XDP program is attached there.
+    pub fn take_redirected_frames(&self) -> Result<()> {
+        cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.dark_ns,
+                "ethtool",
+                "-K",
+                &self.dark_if,
+                "gro",
+                "on",
+            ],
+        )
+    }
+
     /// Gives the scanner's interface another address of its subnet (198.51.100.0/24 or
     /// 2001:db8:5060::/64), to send from as another source.
     pub fn add_scan_address(&self, addr: IpAddr) -> Result<()> {
