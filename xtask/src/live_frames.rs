@@ -22,7 +22,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     process::Command,
     time::Duration,
 };
@@ -31,12 +31,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     blaster::SendReport,
-    xdp_pass::{BPF_PROG_TEST_RUN, bpf, insn, load_xdp, put_u32, put_u64},
+    xdp_pass::{BPF_MAP_TYPE_ARRAY, create_map, insn, load_xdp, test_run_with, update_elem},
 };
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_KTIME_GET_NS: i32 = 5;
 const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
@@ -165,14 +162,7 @@ impl LiveFrames {
         if ifindex == 0 {
             bail!("no interface {interface} in this namespace");
         }
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_MAP_TYPE_ARRAY);
-        put_u32(&mut attr, 4, 4);
-        put_u32(&mut attr, 8, 16);
-        put_u32(&mut attr, 12, 1);
-        let map = bpf(BPF_MAP_CREATE, &mut attr).context("create the pacing map")?;
-        // SAFETY: the kernel returned a new descriptor that we now own.
-        let pacing = unsafe { OwnedFd::from_raw_fd(map as i32) };
+        let pacing = create_map(BPF_MAP_TYPE_ARRAY, 4, 16, 1).context("create the pacing map")?;
         let program = load_xdp(&program(ifindex, pacing.as_raw_fd()), b"live_gen")
             .context("load the generator program")?
             .into_fd();
@@ -186,15 +176,10 @@ impl LiveFrames {
     }
 
     fn set_pacing(&self, next_ns: u64, gap_ns: u64) -> io::Result<()> {
-        let key = 0u32;
         let mut value = [0u8; 16];
         value[..8].copy_from_slice(&next_ns.to_ne_bytes());
         value[8..].copy_from_slice(&gap_ns.to_ne_bytes());
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, self.pacing.as_raw_fd() as u32);
-        put_u64(&mut attr, 8, (&key as *const u32) as u64);
-        put_u64(&mut attr, 16, value.as_ptr() as u64);
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+        update_elem(self.pacing.as_fd(), &0u32.to_ne_bytes(), &value)
     }
 
     /// Offers `total` frames at `rate` frames per second (0: as fast as possible) in one test
@@ -211,16 +196,15 @@ impl LiveFrames {
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
         let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
         self.set_pacing(now_ns, gap_ns).context("set the pacing")?;
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, self.program.as_raw_fd() as u32);
-        put_u32(&mut attr, 8, self.frame.len() as u32);
-        put_u64(&mut attr, 16, self.frame.as_ptr() as u64);
-        put_u32(&mut attr, 32, frames);
-        put_u32(&mut attr, 64, BPF_F_TEST_XDP_LIVE_FRAMES);
-        bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN in live frames mode")?;
         // The kernel's mean time per frame over the runs, without the call's set-up and its
         // tear-down (about 25 ms).
-        let mean_ns = u32::from_ne_bytes(attr[36..40].try_into().unwrap_or_default());
+        let (_, mean) = test_run_with(
+            self.program.as_fd(),
+            &self.frame,
+            frames,
+            BPF_F_TEST_XDP_LIVE_FRAMES,
+        )
+        .context("BPF_PROG_TEST_RUN in live frames mode")?;
         let (queued_after, refused_after) = xdp_xmit_counters(&self.namespace, &self.interface)?;
         let queued = queued_after.saturating_sub(queued_before);
         let refused = refused_after.saturating_sub(refused_before);
@@ -230,7 +214,7 @@ impl LiveFrames {
         Ok(SendReport {
             sent: total,
             refused,
-            elapsed: Duration::from_nanos(u64::from(mean_ns).max(1) * total),
+            elapsed: mean.max(Duration::from_nanos(1)) * frames,
         })
     }
 }

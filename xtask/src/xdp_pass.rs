@@ -11,7 +11,7 @@ use std::{
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;
-pub(crate) const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_XDP: u32 = 37;
 const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -22,7 +22,7 @@ const PASS_PROGRAM: [[u8; 8]; 2] = [
     [0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], // exit
 ];
 
-pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
     // SAFETY: attr is a zero-initialised bpf_attr of the size we pass.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
     if ret < 0 {
@@ -32,11 +32,11 @@ pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
     }
 }
 
-pub(crate) fn put_u32(attr: &mut [u8; 128], at: usize, v: u32) {
+fn put_u32(attr: &mut [u8; 128], at: usize, v: u32) {
     attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
-pub(crate) fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
+fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
     attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
@@ -121,18 +121,57 @@ impl PassProgram {
 /// BPF_PROG_TEST_RUN of the XDP program `fd` (any, the sensor's too): the verdict and the kernel's
 /// mean time per run. Callable from several threads at once.
 pub fn test_run(fd: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<(u32, Duration)> {
+    test_run_with(fd, frame, repeat, 0)
+}
+
+/// [`test_run`] with the command's `flags` (`BPF_F_TEST_XDP_LIVE_FRAMES`).
+pub(crate) fn test_run_with(
+    fd: BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+    flags: u32,
+) -> io::Result<(u32, Duration)> {
     let mut attr = [0u8; 128];
     put_u32(&mut attr, 0, fd.as_raw_fd() as u32);
     put_u32(&mut attr, 8, frame.len() as u32);
     put_u64(&mut attr, 16, frame.as_ptr() as u64);
     put_u32(&mut attr, 32, repeat);
+    put_u32(&mut attr, 64, flags);
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
     let retval = u32::from_ne_bytes(attr[4..8].try_into().unwrap_or_default());
     let duration = u32::from_ne_bytes(attr[36..40].try_into().unwrap_or_default());
     Ok((retval, Duration::from_nanos(u64::from(duration))))
 }
 
+/// BPF_MAP_CREATE: a map of `kind` (`BPF_MAP_TYPE_*`) with keys and values of these sizes.
+pub(crate) fn create_map(
+    kind: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, kind);
+    put_u32(&mut attr, 4, key_size);
+    put_u32(&mut attr, 8, value_size);
+    put_u32(&mut attr, 12, max_entries);
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// BPF_MAP_UPDATE_ELEM: `key` to `value` in `map` (each as many bytes as the map's sizes).
+pub(crate) fn update_elem(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, map.as_raw_fd() as u32);
+    put_u64(&mut attr, 8, key.as_ptr() as u64);
+    put_u64(&mut attr, 16, value.as_ptr() as u64);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+pub(crate) const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 const BPF_FUNC_RINGBUF_RESERVE: i32 = 131;
 const BPF_FUNC_RINGBUF_SUBMIT: i32 = 132;
@@ -162,12 +201,7 @@ impl RingFloor {
     /// A ring of `ring_bytes` (a power-of-two number of pages) and records of `record` bytes
     /// (`copy` <= `record` bytes of each frame copied in; 0: none).
     pub fn load(ring_bytes: u32, record: u32, copy: u32) -> io::Result<Self> {
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_MAP_TYPE_RINGBUF);
-        put_u32(&mut attr, 12, ring_bytes);
-        let map = bpf(BPF_MAP_CREATE, &mut attr)?;
-        // SAFETY: the kernel returned a new descriptor that we now own.
-        let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
+        let map = create_map(BPF_MAP_TYPE_RINGBUF, 0, 0, ring_bytes)?;
         let fd = map.as_raw_fd();
         let mut code: Vec<[u8; 8]> = vec![
             insn(0xbf, 6, 1, 0, 0),  // r6 = r1 (ctx)
@@ -211,7 +245,6 @@ impl RingFloor {
     }
 }
 
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_TYPE_PERF_EVENT_ARRAY: u32 = 4;
 const BPF_FUNC_PERF_EVENT_OUTPUT: i32 = 25;
 const BPF_F_CURRENT_CPU: u64 = 0xffff_ffff;
@@ -340,23 +373,12 @@ pub struct PerfFloor {
 impl PerfFloor {
     /// `data_len` bytes of perf buffer per CPU (a power-of-two number of pages).
     pub fn load(cpus: u32, data_len: usize, copy: u32) -> io::Result<Self> {
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
-        put_u32(&mut attr, 4, 4);
-        put_u32(&mut attr, 8, 4);
-        put_u32(&mut attr, 12, cpus);
-        let map = bpf(BPF_MAP_CREATE, &mut attr)?;
-        // SAFETY: the kernel returned a new descriptor that we now own.
-        let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
+        let map = create_map(BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, cpus)?;
         let mut buffers = Vec::new();
         for cpu in 0..cpus {
             let buffer = PerfBuffer::open(cpu, data_len)?;
-            let (key, value) = (cpu, buffer.event.as_raw_fd() as u32);
-            let mut attr = [0u8; 128];
-            put_u32(&mut attr, 0, map.as_raw_fd() as u32);
-            put_u64(&mut attr, 8, &key as *const u32 as u64);
-            put_u64(&mut attr, 16, &value as *const u32 as u64);
-            bpf(BPF_MAP_UPDATE_ELEM, &mut attr)?;
+            let value = buffer.event.as_raw_fd() as u32;
+            update_elem(map.as_fd(), &cpu.to_ne_bytes(), &value.to_ne_bytes())?;
             buffers.push(buffer);
         }
         let flags = (u64::from(copy) << 32) | BPF_F_CURRENT_CPU;
