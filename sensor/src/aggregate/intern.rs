@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use super::Observation;
 use crate::words::same_text;
 
 /// The symbol of every name that did not fit.
@@ -124,29 +125,64 @@ impl Symbols {
 /// Slots of [`RecentNames`] (a power of two).
 const RECENT_NAME_SLOTS: usize = 256;
 
-/// Observations' names and their [`Symbols`], kept by template hash: every packet of a template
-/// has the same four names, and comparing them with the kept ones costs less than interning
-/// each. Only names that all had symbols are kept, so a full table still counts every lookup
-/// that overflowed it.
-pub struct RecentNames {
-    slots: Vec<Option<RecentName>>,
-}
-
-struct RecentName {
-    tool: Box<str>,
-    rule: Box<str>,
-    variant: Box<str>,
-    category: Box<str>,
-    symbols: Symbols,
-}
-
-/// An observation's four names.
+/// An observation's four names, borrowed.
 #[derive(Clone, Copy)]
 pub struct NameSet<'a> {
     pub tool: &'a str,
     pub rule: &'a str,
-    pub variant: &'a str,
+    pub variant: Option<&'a str>,
     pub category: &'a str,
+}
+
+impl<'a> NameSet<'a> {
+    pub fn of(o: &Observation<'a>) -> Self {
+        Self {
+            tool: o.tool,
+            rule: o.rule,
+            variant: o.variant,
+            category: o.category,
+        }
+    }
+}
+
+/// Four names kept for a template (by the aggregator and the lean events' writer): every packet
+/// of a template has the same names, and comparing them with the kept ones, in full, costs less
+/// than what was done with them.
+pub struct KeptNames {
+    tool: Box<str>,
+    rule: Box<str>,
+    variant: Option<Box<str>>,
+    category: Box<str>,
+}
+
+impl KeptNames {
+    pub fn new(names: NameSet<'_>) -> Self {
+        Self {
+            tool: names.tool.into(),
+            rule: names.rule.into(),
+            variant: names.variant.map(Into::into),
+            category: names.category.into(),
+        }
+    }
+
+    /// Whether these are `names`.
+    pub fn are(&self, names: NameSet<'_>) -> bool {
+        let same = |kept: &str, name: &str| same_text(kept.as_bytes(), name.as_bytes());
+        same(&self.tool, names.tool)
+            && same(&self.rule, names.rule)
+            && match (&self.variant, names.variant) {
+                (Some(kept), Some(variant)) => same(kept, variant),
+                (kept, variant) => kept.is_none() && variant.is_none(),
+            }
+            && same(&self.category, names.category)
+    }
+}
+
+/// Observations' names and their [`Symbols`], kept by template hash, so that the names are
+/// compared instead of interned one by one. Only names that all had symbols are kept, so a full
+/// table still counts every lookup that overflowed it.
+pub struct RecentNames {
+    slots: Vec<Option<(KeptNames, Symbols)>>,
 }
 
 impl Default for RecentNames {
@@ -160,23 +196,12 @@ impl Default for RecentNames {
 impl RecentNames {
     /// The symbols kept for `names` under `key` (a template hash), if they are these names'.
     pub fn get(&self, key: u64, names: NameSet<'_>) -> Option<Symbols> {
-        let kept = self.slots[key as usize % RECENT_NAME_SLOTS].as_ref()?;
-        let same = |kept: &str, name: &str| same_text(kept.as_bytes(), name.as_bytes());
-        (same(&kept.tool, names.tool)
-            && same(&kept.rule, names.rule)
-            && same(&kept.variant, names.variant)
-            && same(&kept.category, names.category))
-        .then_some(kept.symbols)
+        let (kept, symbols) = self.slots[key as usize % RECENT_NAME_SLOTS].as_ref()?;
+        kept.are(names).then_some(*symbols)
     }
 
     pub fn keep(&mut self, key: u64, names: NameSet<'_>, symbols: Symbols) {
-        self.slots[key as usize % RECENT_NAME_SLOTS] = Some(RecentName {
-            tool: names.tool.into(),
-            rule: names.rule.into(),
-            variant: names.variant.into(),
-            category: names.category.into(),
-            symbols,
-        });
+        self.slots[key as usize % RECENT_NAME_SLOTS] = Some((KeptNames::new(names), symbols));
     }
 }
 
@@ -190,7 +215,7 @@ mod tests {
         let names = NameSet {
             tool: "sipvicious",
             rule: "sipvicious-svmap-py3",
-            variant: "svmap",
+            variant: Some("svmap"),
             category: "scanner",
         };
         let symbols = Symbols {
@@ -218,11 +243,11 @@ mod tests {
                 ..names
             },
             NameSet {
-                variant: "svwar",
+                variant: Some("svwar"),
                 ..names
             },
             NameSet {
-                variant: "",
+                variant: None,
                 ..names
             },
             NameSet {

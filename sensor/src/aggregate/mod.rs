@@ -408,12 +408,7 @@ impl Aggregator {
 
     /// The symbols of `o`'s names, from the recent ones or interned.
     fn name_symbols(&mut self, o: &Observation<'_>) -> Symbols {
-        let names = NameSet {
-            tool: o.tool,
-            rule: o.rule,
-            variant: o.variant.unwrap_or(""),
-            category: o.category,
-        };
+        let names = NameSet::of(o);
         if let Some(symbols) = self.recent_names.get(o.template_hash, names) {
             return symbols;
         }
@@ -423,7 +418,7 @@ impl Aggregator {
             // read).
             campaign_tool: self.names.intern(o.tool),
             rule: self.names.intern(o.rule),
-            variant: self.names.intern(names.variant),
+            variant: self.names.intern(o.variant.unwrap_or("")),
             category: self.names.intern(o.category),
         };
         if symbols.all_known() {

@@ -17,10 +17,12 @@
 
 use super::event::{ascii, boolean, float, ip, template_hash, timestamp, uint};
 use crate::{
-    aggregate::{HostSeen, Observation},
+    aggregate::{
+        HostSeen, Observation,
+        intern::{KeptNames, NameSet},
+    },
     output::json::SCHEMA_VERSION,
     record::Record,
-    words::same_text,
 };
 
 /// Writes the lean event of `record`, whose observation is `obs`, as one line (without the line
@@ -46,25 +48,15 @@ const ATTRIBUTION_SLOTS: usize = 256;
 struct Attribution {
     template_hash: u64,
     confidence: u64,
-    tool: Box<str>,
-    variant: Option<Box<str>>,
-    category: Box<str>,
-    rule: Box<str>,
+    names: KeptNames,
     bytes: Box<[u8]>,
 }
 
 impl Attribution {
     fn is_of(&self, obs: &Observation<'_>, confidence: f64) -> bool {
-        let same = |kept: &str, name: &str| same_text(kept.as_bytes(), name.as_bytes());
         self.template_hash == obs.template_hash
             && self.confidence == confidence.to_bits()
-            && same(&self.tool, obs.tool)
-            && match (&self.variant, obs.variant) {
-                (Some(kept), Some(variant)) => same(kept, variant),
-                (kept, variant) => kept.is_none() && variant.is_none(),
-            }
-            && same(&self.category, obs.category)
-            && same(&self.rule, obs.rule)
+            && self.names.are(NameSet::of(obs))
     }
 }
 
@@ -95,10 +87,7 @@ impl LeanWriter {
                 *slot = Some(Attribution {
                     template_hash: obs.template_hash,
                     confidence: confidence.to_bits(),
-                    tool: obs.tool.into(),
-                    variant: obs.variant.map(Into::into),
-                    category: obs.category.into(),
-                    rule: obs.rule.into(),
+                    names: KeptNames::new(NameSet::of(obs)),
                     bytes: out[start..].into(),
                 });
             }
