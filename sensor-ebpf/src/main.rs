@@ -10,7 +10,9 @@ mod parse;
 mod reactive;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_action},
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RINGBUF_HDR_SZ, xdp_action,
+    },
     btf_maps::{ArrayOfMaps, RingBuf},
     helpers::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_query, bpf_xdp_get_buff_len,
@@ -364,8 +366,10 @@ fn write_record<const N: usize>(
     let wakeup = if config.wakeup_bytes == 0 {
         0
     } else {
-        // The backlog counts this record, as reserved: its 8-byte header, rounded to 8 bytes.
-        let span = ((core::mem::size_of::<CaptureRecordOf<N>>() + 8 + 7) & !7) as u64;
+        // The backlog counts this record, as reserved: with the ring's header, rounded to 8.
+        let span = (core::mem::size_of::<CaptureRecordOf<N>>() as u64
+            + u64::from(BPF_RINGBUF_HDR_SZ))
+        .next_multiple_of(8);
         let backlog = unsafe {
             bpf_ringbuf_query(
                 core::ptr::from_ref(ring).cast_mut().cast(),
