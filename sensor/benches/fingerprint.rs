@@ -23,7 +23,11 @@
 //! - agent, NDJSON lean: the same with `--event-detail lean` (one event per packet, lean but
 //!   for each template's first),
 //! - agent, NDJSON, sampled: the same with `--events-per-template 8` (not the issue's
-//!   target figure: most events are counted and aggregated, not written).
+//!   target figure: most events are counted and aggregated, not written),
+//! - agent, many sources: the lean stage with every record given one of 65,536 sources at
+//!   random, as a darknet's senders arrive, once with each source's state fetched ahead (as the
+//!   agent does) and once without: their ratio is what fetching ahead gains when that state is
+//!   far larger than the caches.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -49,6 +53,9 @@ use support::{Instructions, Sample};
 
 const PACKETS: usize = 4096;
 const SOURCES: usize = 512;
+/// Sources of the many-sources stages: within the IP-ID tracker's default capacity, so that
+/// they measure fetching state, not evicting it.
+const MANY_SOURCES: u32 = 65_536;
 
 fn packet(s: &Sample) -> Packet {
     Packet {
@@ -111,17 +118,47 @@ fn measure(name: &str, budget: Duration, mut pass: impl FnMut() -> usize) -> Opt
     })
 }
 
+/// How a pipeline stage hands its records to the pipeline.
+#[derive(Clone, Copy)]
+struct Feed {
+    /// Each pass gives every record the next of this many source addresses (198.18.0.0/15,
+    /// the benchmarking range), for the per-source state of a large darknet's many senders;
+    /// `None`: the traffic's own 512.
+    sources: Option<u32>,
+    /// Each record comes with the next as the item to fetch ahead for, as the ring reader
+    /// gives it; without, only the next record's bytes are fetched ahead.
+    ahead: bool,
+}
+
+impl Feed {
+    const TRAFFIC: Feed = Feed {
+        sources: None,
+        ahead: true,
+    };
+}
+
 /// The pipeline's whole per-record work with NDJSON written to `out_path`, one flush per pass
 /// of ring items as the agent does; returns the rate and the pipeline's counters.
+/// What every pipeline stage runs over: the records, the clock and the output file.
+struct Traffic<'a> {
+    records: &'a [CaptureRecord],
+    clock: &'a WallClock,
+    out_path: &'a std::path::Path,
+}
+
 fn pipeline_stage(
     name: &str,
     budget: Duration,
-    records: &[CaptureRecord],
-    clock: &WallClock,
-    out_path: &std::path::Path,
+    traffic: &Traffic<'_>,
     sampling: Option<sensor::sampling::SamplingConfig>,
     detail: EventDetail,
+    feed: Feed,
 ) -> (Option<Rate>, AgentCounters) {
+    let Traffic {
+        records,
+        clock,
+        out_path,
+    } = *traffic;
     let _ = std::fs::remove_file(out_path);
     let mut pipeline = Pipeline::new(&PipelineOptions {
         outputs: sensor::output::OutputOptions::ndjson_file(out_path.to_path_buf()),
@@ -130,13 +167,32 @@ fn pipeline_stage(
         ..PipelineOptions::default()
     })
     .expect("pipeline");
+    let mut records = records.to_vec();
+    let mut counter = 0u32;
     let rate = measure(name, budget, || {
-        for (i, r) in records.iter().enumerate() {
-            // As the ring reader does: the next record is fetched while this one is handled.
-            if let Some(next) = records.get(i + 1) {
-                sensor::record::prefetch(support::record_bytes(next).as_ptr());
+        if let Some(sources) = feed.sources {
+            for r in &mut records {
+                // Drawn at random, as a darknet's senders arrive: in order, each source's state
+                // would lie next to the last one's and be fetched by the CPU's own prefetcher.
+                counter += 1;
+                let mut x = counter.wrapping_mul(0x9e37_79b9);
+                x ^= x >> 16;
+                x = x.wrapping_mul(0x85eb_ca6b);
+                x ^= x >> 13;
+                let source = x % sources;
+                r.src_addr[..4].copy_from_slice(&(0xc612_0000 + source).to_be_bytes());
             }
-            pipeline.ring_item(black_box(support::record_bytes(r)), clock);
+        }
+        for (i, r) in records.iter().enumerate() {
+            let bytes = |at: usize| records.get(at).map(support::record_bytes);
+            // As the ring reader does: the record after the next is fetched, and the next is
+            // given to fetch its state; without that, the next record is fetched.
+            let fetched = if feed.ahead { i + 2 } else { i + 1 };
+            if let Some(fetched) = bytes(fetched) {
+                sensor::record::prefetch(fetched.as_ptr());
+            }
+            let next = bytes(i + 1).filter(|_| feed.ahead);
+            pipeline.ring_item(black_box(support::record_bytes(r)), next, clock);
         }
         pipeline.flush();
         // Keep the file small: the writes happened, the disk need not keep them.
@@ -282,43 +338,73 @@ fn main() {
     );
     let out_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fingerprint-bench.ndjson");
     let clock = WallClock::now();
+    let traffic = Traffic {
+        records: &records,
+        clock: &clock,
+        out_path: &out_path,
+    };
     let (ndjson, counters) = pipeline_stage(
         "agent, NDJSON to a file",
         budget,
-        &records,
-        &clock,
-        &out_path,
+        &traffic,
         None,
         EventDetail::Compact,
+        Feed::TRAFFIC,
     );
     let events = counters.events_written;
     // The same with `--event-detail lean`: one event per packet, each template's first compact.
     let (lean, counters) = pipeline_stage(
         "agent, NDJSON lean",
         budget,
-        &records,
-        &clock,
-        &out_path,
+        &traffic,
         None,
         EventDetail::Lean,
+        Feed::TRAFFIC,
     );
     println!(
         "  events written {}, of them lean {}",
         counters.events_written, counters.events_lean
     );
+    // The lean stage again with many sources, their state fetched ahead and not: the ratio of
+    // the two, in the same run, is what fetching ahead gains when the per-source state is far
+    // larger than the caches.
+    let many = |ahead| {
+        pipeline_stage(
+            if ahead {
+                "agent, many sources: NDJSON lean"
+            } else {
+                "agent, many sources: not fetched ahead"
+            },
+            budget,
+            &traffic,
+            None,
+            EventDetail::Lean,
+            Feed {
+                sources: Some(MANY_SOURCES),
+                ahead,
+            },
+        )
+        .0
+    };
+    let (many_ahead, many_not_ahead) = (many(true), many(false));
+    if let (Some(ahead), Some(not_ahead)) = (&many_ahead, &many_not_ahead) {
+        println!(
+            "  many sources: {:.2}x the rate with each source's state fetched ahead",
+            ahead.per_second / not_ahead.per_second
+        );
+    }
     // The same with `--events-per-template 8`: every pass after the first repeats each
     // source's templates, as a long scan does, so nearly every event is counted, not written.
     let (sampled, counters) = pipeline_stage(
         "agent, NDJSON, 8 events per template",
         budget,
-        &records,
-        &clock,
-        &out_path,
+        &traffic,
         Some(sensor::sampling::SamplingConfig {
             per_template: 8,
             window_s: 86_400,
         }),
         EventDetail::Compact,
+        Feed::TRAFFIC,
     );
     println!(
         "  events written {}, sampled out {}",
@@ -335,7 +421,7 @@ fn main() {
         })
         .expect("pipeline");
         for r in &records {
-            sizing.ring_item(support::record_bytes(r), &clock);
+            sizing.ring_item(support::record_bytes(r), None, &clock);
         }
         sizing.flush();
         let bytes = std::fs::metadata(&out_path).map_or(0, |m| m.len()) / PACKETS as u64;

@@ -51,7 +51,7 @@ fn main() {
     let mut feed = |pipeline: &mut Pipeline, i: usize, source: Ipv4Addr| {
         record = support::record(&samples[i % samples.len()], i as u64 * 1000);
         record.src_addr[..4].copy_from_slice(&source.octets());
-        pipeline.ring_item(support::record_bytes(&record), &clock);
+        pipeline.ring_item(support::record_bytes(&record), None, &clock);
         if i % 4096 == 4095 {
             pipeline.flush();
         }

@@ -466,7 +466,7 @@ pub async fn run_with(
             () = rung(analysed.as_deref()), if pipeline.awaiting_analysts() => {
                 pipeline.flush();
             }
-            drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes| pipeline.ring_item(bytes, &clock)) => {
+            drained = reader.drain_batch(BATCH, DRAIN_TICK, |bytes, next| pipeline.ring_item(bytes, next, &clock)) => {
                 if let Err(e) = drained {
                     break Err(e.into());
                 }
@@ -494,10 +494,10 @@ pub async fn run_with(
     attachment.detach();
     result?;
     // Records committed before the detach are still in the ring: take them too.
-    reader.drain_now(|bytes| pipeline.ring_item(bytes, &clock));
+    reader.drain_now(|bytes, next| pipeline.ring_item(bytes, next, &clock));
     // Let in-flight program runs on other CPUs finish their counter updates.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    reader.drain_now(|bytes| pipeline.ring_item(bytes, &clock));
+    reader.drain_now(|bytes, next| pipeline.ring_item(bytes, next, &clock));
     let kernel = program.counters()?;
     // Every record read is written and aggregated before the report.
     pipeline.settle();

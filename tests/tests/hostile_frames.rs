@@ -147,7 +147,7 @@ impl<'c> Bombard<'c> {
         if Record::from_bytes(item).is_err() || OwnedRecord::from_unaligned(item).is_err() {
             self.tally.undecodable += 1;
         }
-        self.pipeline.ring_item(item, &self.clock);
+        self.pipeline.ring_item(item, None, &self.clock);
         // A corrupted copy: bytes of the header, the option length, the lengths and the
         // payload overwritten, as a kernel bug or a hostile writer might leave them.
         let mut copy = aligned(item);
@@ -170,7 +170,8 @@ impl<'c> Bombard<'c> {
         } else {
             len
         };
-        self.corrupted.ring_item(as_bytes(&copy, cut), &self.clock);
+        self.corrupted
+            .ring_item(as_bytes(&copy, cut), None, &self.clock);
         self.tally.corrupted_records += 1;
     }
 

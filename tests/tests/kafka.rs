@@ -81,7 +81,7 @@ struct EventSink {
 
 impl EventSink {
     fn handle(&mut self, item: &[u8]) {
-        self.pipeline.ring_item(item, &self.clock);
+        self.pipeline.ring_item(item, None, &self.clock);
     }
 
     fn flush(&mut self) {

@@ -331,15 +331,29 @@ fn records_of_all_cpus_come_out_oldest_first() {
         }
     }
     let mut seen = Vec::new();
-    reader.drain_now(|bytes| {
+    let mut ahead = Vec::new();
+    reader.drain_now(|bytes, next| {
         let record = Record::from_bytes(bytes).expect("record");
         seen.push((record.timestamp_ns(), record.src_port()));
+        ahead.push(next.map(|n| Record::from_bytes(n).expect("next record").src_port()));
     });
     let ports: Vec<u16> = seen.iter().map(|&(_, p)| p).collect();
     assert_eq!(
         ports,
         (1..=15).collect::<Vec<u16>>(),
         "records in the order run"
+    );
+    // Each record comes with the one after it in its own ring: the second CPU's ring holds
+    // 1 – 5 and 11 – 15, the first's 6 – 10.
+    let after_in_ring = |p: u16| match p {
+        5 => Some(11),
+        10 | 15 => None,
+        p => Some(p + 1),
+    };
+    assert_eq!(
+        ahead,
+        ports.iter().map(|&p| after_in_ring(p)).collect::<Vec<_>>(),
+        "the record after each in its ring"
     );
     assert!(
         seen.windows(2).all(|w| w[0].0 <= w[1].0),

@@ -427,6 +427,11 @@ impl Aggregator {
         symbols
     }
 
+    /// Fetches ahead the source record [`observe`](Self::observe) will read for `source`.
+    pub fn prefetch_source(&self, source: IpAddr) {
+        self.sources.prefetch(source);
+    }
+
     pub fn observe(&mut self, o: &Observation<'_>) {
         let t = o.time_ns;
         self.counters.events += 1;

@@ -10,7 +10,7 @@ use std::{
 
 use hashbrown::HashTable;
 
-use crate::fingerprint::ipid::SourceHashing;
+use crate::{fingerprint::ipid::SourceHashing, record::prefetch_bytes};
 
 use super::{
     distinct::DestSketch,
@@ -149,6 +149,22 @@ impl SourceTable {
 
     pub fn max_sources(&self) -> usize {
         self.max_sources
+    }
+
+    /// Asks the CPU to fetch what [`entry`](Self::entry) for `addr` will read: the index is
+    /// probed (its buckets are a few bytes a source), and the record each matching bucket
+    /// points at, the read that waits on memory when sources are many, is only asked for. For
+    /// the next packet's source, while this one's is handled.
+    pub fn prefetch(&self, addr: IpAddr) {
+        let hash = self.hashing.hash_one(key_of(addr));
+        let records = self.records.as_ptr();
+        self.index.find(hash, |&i| {
+            prefetch_bytes(
+                records.wrapping_add(i as usize).cast(),
+                size_of::<SourceRecord>(),
+            );
+            false
+        });
     }
 
     /// The slot of `addr`, made most recently used; a new record if it is not there, after

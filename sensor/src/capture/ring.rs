@@ -24,6 +24,11 @@ const BUSY_BIT: u32 = 1 << 31;
 const DISCARD_BIT: u32 = 1 << 30;
 const HEADER_BYTES: u64 = 8;
 
+/// The ring bytes a record of `len` bytes takes: its header and body, rounded up to 8.
+fn span(len: u32) -> u64 {
+    (u64::from(len) + HEADER_BYTES).next_multiple_of(8)
+}
+
 /// A ring buffer map's pages, mapped for reading records in place: the record at the consumer
 /// position can be looked at before it is taken.
 pub struct RingPages {
@@ -151,8 +156,36 @@ impl RingPages {
     /// turn ([`record::prefetch`]), from its header on: where it starts if it is there already
     /// (the data pages are mapped twice, so the address is inside the mapping either way).
     fn prefetch_next(&self, len: u32) {
-        let next = self.pos + (u64::from(len) + HEADER_BYTES).next_multiple_of(8);
+        let next = self.pos + span(len);
         record::prefetch(self.data.wrapping_add((next & self.mask) as usize));
+    }
+
+    /// The record after the one at the consumer position (of `len` bytes) if it is committed,
+    /// for its state to be fetched while this one is handled; the record after it is fetched
+    /// ahead. When it is not committed yet, it is fetched ahead itself, and `None`. Takes
+    /// nothing.
+    fn ahead(&self, len: u32) -> Option<&[u8]> {
+        let next = self.pos + span(len);
+        if next >= self.produced {
+            self.prefetch_next(len);
+            return None;
+        }
+        let at = (next & self.mask) as usize;
+        // SAFETY: `at` is inside the ring and 8-byte aligned; the header of a position before the
+        // producer's is written.
+        let header = unsafe { (*self.data.add(at).cast::<AtomicU32>()).load(Ordering::Acquire) };
+        if header & (BUSY_BIT | DISCARD_BIT) != 0 {
+            self.prefetch_next(len);
+            return None;
+        }
+        let next_len = header & !(BUSY_BIT | DISCARD_BIT);
+        let after = next + span(next_len);
+        record::prefetch(self.data.wrapping_add((after & self.mask) as usize));
+        // SAFETY: as in `body`: a committed record lies within the double mapping and stays
+        // unchanged until the consumer position passes it.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.data.add(at + HEADER_BYTES as usize), next_len as usize)
+        })
     }
 
     /// Hands every record written before the call to `handle`, in ring order; returns how many.
@@ -170,7 +203,7 @@ impl RingPages {
 
     /// Marks the record at the consumer position, of `len` bytes, consumed.
     pub fn skip(&mut self, len: u32) {
-        self.pos += (u64::from(len) + HEADER_BYTES).next_multiple_of(8);
+        self.pos += span(len);
         self.head = None;
         // SAFETY: the consumer page is mapped read-write for the life of self.
         unsafe { (*self.consumer).store(self.pos, Ordering::Release) };
@@ -251,11 +284,15 @@ impl RingReader {
     /// Waits until records are available (woken by the kernel, or at the latest after `tick`,
     /// since the kernel may batch wakeups), then hands each one to `handle`, oldest first, until
     /// the rings are empty or `max` records were handled. Returns the number handled.
+    ///
+    /// `handle` gets each record with the one after it in the same ring, when that one is
+    /// committed already: most often the next handed out, so that what it needs can be fetched
+    /// ahead.
     pub async fn drain_batch(
         &mut self,
         max: usize,
         tick: Duration,
-        mut handle: impl FnMut(&[u8]),
+        mut handle: impl FnMut(&[u8], Option<&[u8]>),
     ) -> Result<usize, CaptureError> {
         loop {
             let handled = self.drain(max, &mut handle);
@@ -274,13 +311,14 @@ impl RingReader {
         }
     }
 
-    /// Hands every record available now to `handle`, oldest first, without waiting.
-    pub fn drain_now(&mut self, mut handle: impl FnMut(&[u8])) -> usize {
+    /// Hands every record available now to `handle`, oldest first, without waiting (with the
+    /// next, as [`drain_batch`](Self::drain_batch)).
+    pub fn drain_now(&mut self, mut handle: impl FnMut(&[u8], Option<&[u8]>)) -> usize {
         self.drain(usize::MAX, &mut handle)
     }
 
     /// Up to `max` of the records written before the call, merged by timestamp.
-    fn drain(&mut self, max: usize, handle: &mut impl FnMut(&[u8])) -> usize {
+    fn drain(&mut self, max: usize, handle: &mut impl FnMut(&[u8], Option<&[u8]>)) -> usize {
         // The rings with records: a machine has many CPUs, few of them receiving.
         self.active.clear();
         for (index, ring) in self.rings.iter_mut().enumerate() {
@@ -303,8 +341,7 @@ impl RingReader {
             }
             let ring = &mut self.rings[self.active[oldest]].pages;
             let Some((_, len)) = ring.head else { break };
-            ring.prefetch_next(len);
-            handle(ring.body(len));
+            handle(ring.body(len), ring.ahead(len));
             ring.skip(len);
             handled += 1;
             if ring.look().is_none() {

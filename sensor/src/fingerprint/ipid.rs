@@ -10,6 +10,7 @@ use std::{hash::BuildHasher as _, net::IpAddr};
 use hashbrown::HashTable;
 
 use super::facts::Packet;
+use crate::record::prefetch_bytes;
 
 /// zmap before 4.1 writes this ID into every packet.
 pub const ZMAP_IP_ID: u16 = 54321;
@@ -448,6 +449,17 @@ impl SourceTracker {
         let (nodes, hashing) = (&self.nodes, &self.hashing);
         self.index
             .insert_unique(hash, slot, |&i| hashing.hash_one(nodes[i as usize].key));
+    }
+
+    /// Asks the CPU to fetch what [`observe`](Self::observe) for `addr` will read (as
+    /// `SourceTable::prefetch`): the index is probed, the node it points at only asked for.
+    pub fn prefetch(&self, addr: IpAddr) {
+        let hash = self.hashing.hash_one(addr);
+        let nodes = self.nodes.as_ptr();
+        self.index.find(hash, |&i| {
+            prefetch_bytes(nodes.wrapping_add(i as usize).cast(), size_of::<Node>());
+            false
+        });
     }
 
     /// Records a packet and returns its source's view.

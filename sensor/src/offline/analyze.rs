@@ -162,12 +162,24 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
     // One record buffer, reused: the pipeline borrows it for the duration of a packet (with
     // analyst threads, it copies the record into a round).
     let mut record = Box::new(CaptureRecord::zeroed());
-    while let Some(timestamp_ns) = frames.next_record(&mut record) {
+    let mut next = Box::new(CaptureRecord::zeroed());
+    let mut time = frames.next_record(&mut record);
+    while let Some(timestamp_ns) = time {
+        // The next record is read first, so that its source's state is fetched while this
+        // one is handled.
+        let next_time = frames.next_record(&mut next);
+        if next_time.is_some()
+            && let Ok(view) = Record::new(&next)
+        {
+            pipeline.prefetch_source(view.src_ip());
+        }
         pipeline.counters.records_read += 1;
         match Record::new(&record) {
             Ok(view) => pipeline.record(view, timestamp_ns),
             Err(_) => pipeline.counters.records_undecodable += 1,
         }
+        std::mem::swap(&mut record, &mut next);
+        time = next_time;
     }
     pipeline.settle();
     let kernel = frames.kernel;
@@ -255,6 +267,7 @@ mod tests {
     use crate::{
         capture::PortSet, output::OutputOptions, output::event::EventDetail, rogue::TrackerConfig,
     };
+    use sensor_common::Counter;
 
     /// Every Ethernet packet of every corpus capture, in one nanosecond pcap file, each file's
     /// packets after the previous file's.
@@ -347,6 +360,8 @@ mod tests {
         assert_eq!(three.packets, one.packets);
         let records = one.agent.records_read;
         assert!(records > 200, "{records}");
+        // Every frame matched is handled, the last one too (records are read one ahead).
+        assert_eq!(records, one.kernel.get(Counter::Matched));
         assert_eq!(three.agent.records_read, records);
         assert_eq!(three.agent.events_written, one.agent.events_written);
         // The reader fills rounds of 7 far faster than analysts empty them.

@@ -3,7 +3,7 @@
 //! keeps is keyed by the source address (or by the template, within one analyst), so records
 //! can be shared out among analysts by source and each analyses its share alone.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use sensor_common::record_flags;
 
@@ -96,6 +96,11 @@ impl Analyst {
     /// The sensor name this analyst writes into observations.
     pub fn sensor_name(&self) -> Option<&str> {
         self.identity.as_ref().map(|i| i.name.as_str())
+    }
+
+    /// Fetches ahead the state [`analyse`](Self::analyse) will read for a packet from `source`.
+    pub fn prefetch_source(&self, source: IpAddr) {
+        self.sources.prefetch(source);
     }
 
     /// One record, with its wall-clock time.

@@ -2,7 +2,7 @@
 //! them to the outputs, counts tools, aggregates sources and campaigns and follows servers.
 //! Campaigns span sources, so there is one sink however many analysts feed it.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use super::{
     PipelineError, PipelineOptions,
@@ -63,6 +63,11 @@ impl Sink {
             self.kafka = Some(KafkaOutput::start(&config, &name)?);
         }
         Ok(())
+    }
+
+    /// Fetches ahead the state [`take`](Self::take) will read for a packet from `source`.
+    pub fn prefetch_source(&self, source: IpAddr) {
+        self.aggregate.prefetch_source(source);
     }
 
     /// One analysed record.
