@@ -19,6 +19,13 @@ impl Default for Links {
     }
 }
 
+impl Links {
+    /// The slots before and after this one ([`NIL`] at an end).
+    pub fn neighbours(&self) -> [u32; 2] {
+        [self.prev, self.next]
+    }
+}
+
 pub trait Linked {
     fn links(&mut self) -> &mut Links;
 }

@@ -432,6 +432,12 @@ impl Aggregator {
         self.sources.prefetch(source);
     }
 
+    /// Fetches ahead the records [`observe`](Self::observe) will relink for `source`, whose own
+    /// record was fetched ahead already ([`prefetch_source`](Self::prefetch_source)).
+    pub fn prefetch_neighbours(&self, source: IpAddr) {
+        self.sources.prefetch_neighbours(source);
+    }
+
     pub fn observe(&mut self, o: &Observation<'_>) {
         let t = o.time_ns;
         self.counters.events += 1;

@@ -167,6 +167,22 @@ impl SourceTable {
         });
     }
 
+    /// Asks the CPU to fetch the records next to `addr`'s in the recency order, which
+    /// [`entry`](Self::entry) writes when it moves the record to the front: once the record
+    /// itself is in cache ([`prefetch`](Self::prefetch)), its neighbours are known.
+    pub fn prefetch_neighbours(&self, addr: IpAddr) {
+        let key = key_of(addr);
+        let hash = self.hashing.hash_one(key);
+        let records = &self.records;
+        if let Some(&slot) = self.index.find(hash, |&i| records[i as usize].addr == key) {
+            for n in records[slot as usize].links.neighbours() {
+                if let Some(r) = records.get(n as usize) {
+                    prefetch_bytes((&r.links as *const Links).cast(), size_of::<Links>());
+                }
+            }
+        }
+    }
+
     /// The slot of `addr`, made most recently used; a new record if it is not there, after
     /// evicting the least recently seen source when the table is full (returned, so its owner
     /// can keep what it wants of it).

@@ -89,6 +89,10 @@ pub struct Pipeline {
     pool: Option<AnalystPool>,
     sink: Sink,
     pub counters: AgentCounters,
+    /// The source last fetched ahead ([`prefetch_source`](Self::prefetch_source)), and the one
+    /// before it: the next record's and, while a record is handled, most likely its own.
+    fetched: Option<IpAddr>,
+    fetched_before: Option<IpAddr>,
 }
 
 impl Pipeline {
@@ -109,6 +113,8 @@ impl Pipeline {
             pool: None,
             sink: Sink::new(options)?,
             counters: AgentCounters::default(),
+            fetched: None,
+            fetched_before: None,
         })
     }
 
@@ -148,10 +154,11 @@ impl Pipeline {
     /// `source` will read: for the next record, while this one is handled. With many sources
     /// that state is megabytes, and waiting on it was the largest part of a record's time.
     /// Without analyst threads only (with them, the records are handled in rounds elsewhere).
-    pub fn prefetch_source(&self, source: IpAddr) {
+    pub fn prefetch_source(&mut self, source: IpAddr) {
         if self.fetches_ahead() {
             self.analyst.prefetch_source(source);
             self.sink.prefetch_source(source);
+            self.fetched = Some(source);
         }
     }
 
@@ -167,6 +174,14 @@ impl Pipeline {
     pub fn record(&mut self, record: Record<'_>, wall_ns: u64) {
         match &mut self.pool {
             None => {
+                // A record whose source's state was fetched ahead: that state is in cache now,
+                // so what the aggregator will relink beside it is known, and fetched while the
+                // record is analysed.
+                let source = record.src_ip();
+                if self.fetched_before.take() == Some(source) {
+                    self.sink.prefetch_neighbours(source);
+                }
+                self.fetched_before = self.fetched.take();
                 let analysed = self.analyst.analyse(record, wall_ns);
                 self.sink
                     .take(record, wall_ns, &analysed, &mut self.counters);

@@ -70,6 +70,12 @@ impl Sink {
         self.aggregate.prefetch_source(source);
     }
 
+    /// Fetches ahead the state [`take`](Self::take) will write besides `source`'s own: the
+    /// records next to it in the aggregator's recency order.
+    pub fn prefetch_neighbours(&self, source: IpAddr) {
+        self.aggregate.prefetch_neighbours(source);
+    }
+
     /// One analysed record.
     pub fn take(
         &mut self,
