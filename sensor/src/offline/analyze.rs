@@ -9,7 +9,7 @@ use std::{
 
 use sensor_common::{CaptureRecord, Counter, MatchAction, SensorConfig};
 
-use super::{CaptureFileError, CaptureReader, FrameContext, extract};
+use super::{CaptureFileError, CaptureReader, FrameContext, extract_into};
 use crate::{
     capture::PortSet,
     counters::{AgentCounters, KernelCounters},
@@ -135,11 +135,17 @@ impl Frames {
                 rx_queue: 0,
             };
             self.kernel.add(Counter::FramesSeen, 1);
-            match extract(&frame, wire_len, &self.config, &self.ports, &context) {
-                Ok(extracted) => {
+            match extract_into(
+                &frame,
+                wire_len,
+                &self.config,
+                &self.ports,
+                &context,
+                record,
+            ) {
+                Ok(()) => {
                     self.kernel.add(Counter::Matched, 1);
                     self.kernel.add(Counter::Emitted, 1);
-                    *record = extracted;
                     return Some(timestamp_ns);
                 }
                 Err(outcome) => self.kernel.add(outcome, 1),

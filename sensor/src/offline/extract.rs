@@ -100,6 +100,23 @@ pub fn extract(
     ports: &PortSet,
     context: &FrameContext,
 ) -> Result<CaptureRecord, Counter> {
+    let mut record = CaptureRecord::zeroed();
+    extract_into(frame, wire_len, config, ports, context, &mut record)?;
+    Ok(record)
+}
+
+/// [`extract`] into `record`, which holds a record `extract_into` wrote or is zeroed: only the
+/// bytes this record and the last one wrote are written, instead of a whole 1,176-byte record
+/// being zeroed, built and copied for every frame of a capture. On an error `record` is left
+/// as it was.
+pub fn extract_into(
+    frame: &[u8],
+    wire_len: u32,
+    config: &SensorConfig,
+    ports: &PortSet,
+    context: &FrameContext,
+    record: &mut CaptureRecord,
+) -> Result<(), Counter> {
     let headers = parse(frame)?;
     let flags = if ports.contains(headers.dst_port) {
         record_flags::MATCHED_DST_PORT
@@ -109,14 +126,16 @@ pub fn extract(
         return Err(Counter::PortMiss);
     };
     let frame_len = wire_len.max(u32::try_from(frame.len()).unwrap_or(u32::MAX));
-    Ok(emit(
+    emit(
         frame,
         frame_len,
         &headers,
         flags,
         config.prefix_len,
         context,
-    ))
+        record,
+    );
+    Ok(())
 }
 
 /// `try_parse` in `sensor-ebpf/src/parse.rs`.
@@ -289,8 +308,15 @@ fn emit(
     mut flags: u8,
     prefix_len: u32,
     context: &FrameContext,
-) -> CaptureRecord {
-    let mut r = CaptureRecord::zeroed();
+    r: &mut CaptureRecord,
+) {
+    // What the last record wrote and this one may not: its payload (zero past
+    // `captured_len`, as in a zeroed record), the TCP options, the reserved bytes. Every other
+    // field is written below.
+    let last_captured = usize::from(r.captured_len).min(PAYLOAD_CAPACITY);
+    r.captured_len = 0;
+    r.tcp_options = [0; TCP_OPTIONS_CAPACITY];
+    r.reserved = [0; 8];
     // Payload present in the frame: Ethernet padding of short frames lies beyond the IP length,
     // so bound by what the headers declare as well as by what the frame holds.
     let in_frame = frame_len.saturating_sub(u32::from(h.payload_offset));
@@ -315,6 +341,10 @@ fn emit(
             r.payload[..bytes.len()].copy_from_slice(bytes);
             r.captured_len = bytes.len() as u16;
         }
+    }
+    let captured = usize::from(r.captured_len);
+    if captured < last_captured {
+        r.payload[captured..last_captured].fill(0);
     }
     let opts = usize::from(h.tcp_options_len);
     if opts > 0 && opts <= TCP_OPTIONS_CAPACITY {
@@ -351,7 +381,6 @@ fn emit(
     r.tcp_flags = h.tcp_flags;
     r.tcp_data_offset = h.tcp_data_offset;
     r.tcp_options_len = h.tcp_options_len;
-    r
 }
 
 #[cfg(test)]
@@ -374,6 +403,51 @@ mod tests {
         f.extend_from_slice(&[0, 0]);
         f.extend_from_slice(payload);
         f
+    }
+
+    fn bytes(r: &CaptureRecord) -> &[u8] {
+        // SAFETY: a CaptureRecord is plain integers without padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (r as *const CaptureRecord).cast::<u8>(),
+                size_of::<CaptureRecord>(),
+            )
+        }
+    }
+
+    /// One record extracted into again and again holds, byte for byte, what `extract` makes of
+    /// each frame: nothing of the record before stays. Every corpus frame, with prefixes that
+    /// take the payloads whole and cut them short in turn; frames that do not match leave the
+    /// record as it was.
+    #[test]
+    fn extracting_into_a_used_record_makes_what_extract_makes() {
+        let mut ports = PortSet::empty();
+        ports.insert(5060);
+        let mut record = CaptureRecord::zeroed();
+        let (mut same, mut refused, mut frames) = (0, 0, 0);
+        crate::offline::for_each_corpus_frame(|frame, wire_len, ctx| {
+            let prefix = [1024, 7, 300][frames % 3];
+            frames += 1;
+            // Destination port 5060 only: the corpus's answers and its 5061 frames are refused.
+            let config = SensorConfig::new(MatchAction::Drop, false, prefix);
+            let before = record;
+            match (
+                extract(frame, wire_len, &config, &ports, ctx),
+                extract_into(frame, wire_len, &config, &ports, ctx, &mut record),
+            ) {
+                (Ok(want), Ok(())) => {
+                    assert_eq!(bytes(&record), bytes(&want), "frame {frames}");
+                    same += 1;
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a, b);
+                    assert_eq!(bytes(&record), bytes(&before), "frame {frames}");
+                    refused += 1;
+                }
+                (a, b) => panic!("frame {frames}: {:?} / {b:?}", a.err()),
+            }
+        });
+        assert!(same > 150 && refused > 20, "{same} {refused}");
     }
 
     fn run(frame: &[u8], config: SensorConfig) -> Result<CaptureRecord, Counter> {

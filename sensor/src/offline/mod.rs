@@ -9,27 +9,20 @@ pub mod analyze;
 pub mod extract;
 pub mod pcap;
 
-pub use extract::{FrameContext, extract};
+pub use extract::{FrameContext, extract, extract_into};
 pub use pcap::{CaptureFileError, CaptureFormat, CaptureReader, LinkType, Packet};
 
-/// For unit tests: every record of every capture in `tests/corpus`, as the userspace extractor
-/// makes them (ports 5060 and 5061, both directions, 1024-byte prefix), files in name order,
-/// each record stamped with its packet's time on ifindex 3, queue 1.
+/// For unit tests: every Ethernet frame of every capture in `tests/corpus`, files in name order,
+/// with its wire length and its context (the packet's time, ifindex 3, queue 1).
 #[cfg(test)]
-pub(crate) fn corpus_records() -> Vec<sensor_common::CaptureRecord> {
-    use sensor_common::{MatchAction, SensorConfig};
+pub(crate) fn for_each_corpus_frame(mut each: impl FnMut(&[u8], u32, &FrameContext)) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
-    let mut ports = crate::capture::PortSet::empty();
-    ports.insert(5060);
-    ports.insert(5061);
-    let config = SensorConfig::new(MatchAction::Drop, true, 1024);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("corpus directory")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
         .collect();
     files.sort();
-    let mut out = Vec::new();
     for file in files {
         for packet in CaptureReader::open(&file).expect("corpus file") {
             let packet = packet.expect("corpus packet");
@@ -41,11 +34,27 @@ pub(crate) fn corpus_records() -> Vec<sensor_common::CaptureRecord> {
                 ifindex: 3,
                 rx_queue: 1,
             };
-            if let Ok(raw) = extract(&frame, wire_len, &config, &ports, &ctx) {
-                out.push(raw);
-            }
+            each(&frame, wire_len, &ctx);
         }
     }
+}
+
+/// For unit tests: every record of every capture in `tests/corpus`, as the userspace extractor
+/// makes them (ports 5060 and 5061, both directions, 1024-byte prefix), files in name order,
+/// each record stamped with its packet's time on ifindex 3, queue 1.
+#[cfg(test)]
+pub(crate) fn corpus_records() -> Vec<sensor_common::CaptureRecord> {
+    use sensor_common::{MatchAction, SensorConfig};
+    let mut ports = crate::capture::PortSet::empty();
+    ports.insert(5060);
+    ports.insert(5061);
+    let config = SensorConfig::new(MatchAction::Drop, true, 1024);
+    let mut out = Vec::new();
+    for_each_corpus_frame(|frame, wire_len, ctx| {
+        if let Ok(raw) = extract(frame, wire_len, &config, &ports, ctx) {
+            out.push(raw);
+        }
+    });
     out
 }
 
