@@ -100,8 +100,9 @@ impl CampaignTable {
     }
 
     /// The open campaign of `key`, or a new one (after closing the least recently active when
-    /// the table is full: returned). `true` when new.
-    pub fn entry(&mut self, key: CampaignKey, now_ns: u64) -> (u32, bool, Option<Campaign>) {
+    /// the table is full: returned, boxed, because a campaign is 512 bytes and the result was
+    /// copied whole for every event, closed campaign or not). `true` when new.
+    pub fn entry(&mut self, key: CampaignKey, now_ns: u64) -> (u32, bool, Option<Box<Campaign>>) {
         if let Some(&slot) = self.index.get(&key) {
             self.lru.touch(&mut self.slots, slot);
             return (slot, false, None);
@@ -110,7 +111,7 @@ impl CampaignTable {
         if self.index.len() >= self.max_campaigns
             && let Some(oldest) = self.lru.oldest()
         {
-            closed = Some(self.remove(oldest));
+            closed = Some(Box::new(self.remove(oldest)));
         }
         let campaign = Campaign {
             key: Some(key),
