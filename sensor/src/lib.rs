@@ -33,6 +33,7 @@ pub mod identity;
 pub mod offline;
 pub mod output;
 pub mod pipeline;
+pub mod prefetch;
 pub mod prefix;
 pub mod privilege;
 pub mod probe;

@@ -246,7 +246,6 @@ impl OwnedRecord {
     }
 }
 
-/// TCP flags as tcpdump prints them (`S`, `S.`, `P.`, `R`, `F.`, ...): FIN S RST PSH ACK URG ECE CWR.
 /// Bytes of a record worth fetching ahead: its fixed part and the start of its payload, where
 /// the parse and the recall read first (eight cache lines).
 pub const PREFETCH_BYTES: usize = 512;
@@ -257,28 +256,10 @@ pub const PREFETCH_BYTES: usize = 512;
 /// with a wide spread). Only a hint: any address may be given; none is read.
 #[inline]
 pub fn prefetch(at: *const u8) {
-    prefetch_bytes(at, PREFETCH_BYTES);
+    crate::prefetch::bytes(at, PREFETCH_BYTES);
 }
 
-/// Asks the CPU to fetch the cache lines holding the `len` bytes at `at`. Only a hint: any address
-/// may be given; none is read.
-#[inline]
-pub fn prefetch_bytes(at: *const u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let offset = at as usize & 63;
-        let start = at.wrapping_sub(offset);
-        for line in 0..(offset + len).div_ceil(64) {
-            // SAFETY: a prefetch neither faults nor reads into the program's state, whatever the
-            // address; `wrapping_add` forms the address without claiming it is in bounds.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line * 64).cast::<i8>()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (at, len);
-}
-
+/// TCP flags as tcpdump prints them (`S`, `S.`, `P.`, `R`, `F.`, ...): FIN S RST PSH ACK URG ECE CWR.
 pub fn tcp_flags_string(flags: u8) -> String {
     const LETTERS: [(u8, char); 8] = [
         (0x01, 'F'),

@@ -10,7 +10,7 @@ use std::{
 
 use hashbrown::HashTable;
 
-use crate::{fingerprint::ipid::SourceHashing, record::prefetch_bytes};
+use crate::{fingerprint::ipid::SourceHashing, prefetch};
 
 use super::{
     distinct::DestSketch,
@@ -159,10 +159,7 @@ impl SourceTable {
         let hash = self.hashing.hash_one(key_of(addr));
         let records = self.records.as_ptr();
         self.index.find(hash, |&i| {
-            prefetch_bytes(
-                records.wrapping_add(i as usize).cast(),
-                size_of::<SourceRecord>(),
-            );
+            prefetch::object(records.wrapping_add(i as usize));
             false
         });
     }
@@ -177,7 +174,7 @@ impl SourceTable {
         if let Some(&slot) = self.index.find(hash, |&i| records[i as usize].addr == key) {
             for n in records[slot as usize].links.neighbours() {
                 if let Some(r) = records.get(n as usize) {
-                    prefetch_bytes((&r.links as *const Links).cast(), size_of::<Links>());
+                    prefetch::object(&r.links);
                 }
             }
         }

@@ -10,7 +10,7 @@ use std::{hash::BuildHasher as _, net::IpAddr};
 use hashbrown::HashTable;
 
 use super::facts::Packet;
-use crate::record::prefetch_bytes;
+use crate::prefetch;
 
 /// zmap before 4.1 writes this ID into every packet.
 pub const ZMAP_IP_ID: u16 = 54321;
@@ -457,7 +457,7 @@ impl SourceTracker {
         let hash = self.hashing.hash_one(addr);
         let nodes = self.nodes.as_ptr();
         self.index.find(hash, |&i| {
-            prefetch_bytes(nodes.wrapping_add(i as usize).cast(), size_of::<Node>());
+            prefetch::object(nodes.wrapping_add(i as usize));
             false
         });
     }
