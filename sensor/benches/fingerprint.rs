@@ -121,9 +121,9 @@ fn measure(name: &str, budget: Duration, mut pass: impl FnMut() -> usize) -> Opt
 /// How a pipeline stage hands its records to the pipeline.
 #[derive(Clone, Copy)]
 struct Feed {
-    /// Each pass gives every record the next of this many source addresses (198.18.0.0/15,
-    /// the benchmarking range), for the per-source state of a large darknet's many senders;
-    /// `None`: the traffic's own 512.
+    /// Each pass gives every record one of this many source addresses (198.18.0.0/15, the
+    /// benchmarking range), drawn at random, for the per-source state of a large darknet's many
+    /// senders; `None`: the traffic's own 512.
     sources: Option<u32>,
     /// Each record comes with the next as the item to fetch ahead for, as the ring reader
     /// gives it; without, only the next record's bytes are fetched ahead.
@@ -137,8 +137,6 @@ impl Feed {
     };
 }
 
-/// The pipeline's whole per-record work with NDJSON written to `out_path`, one flush per pass
-/// of ring items as the agent does; returns the rate and the pipeline's counters.
 /// What every pipeline stage runs over: the records, the clock and the output file.
 struct Traffic<'a> {
     records: &'a [CaptureRecord],
@@ -146,6 +144,8 @@ struct Traffic<'a> {
     out_path: &'a std::path::Path,
 }
 
+/// The pipeline's whole per-record work with NDJSON written to the traffic's output file, one
+/// flush per pass of ring items as the agent does; returns the rate and the pipeline's counters.
 fn pipeline_stage(
     name: &str,
     budget: Duration,

@@ -165,8 +165,9 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
     pipeline_options.outputs.interface_names = InterfaceNames::Capture(label);
     let mut pipeline = Pipeline::new(&pipeline_options)?;
     pipeline.start_outputs()?;
-    // One record buffer, reused: the pipeline borrows it for the duration of a packet (with
-    // analyst threads, it copies the record into a round).
+    // Two record buffers, reused in turn: the pipeline borrows one for the duration of a packet
+    // (with analyst threads, it copies the record into a round) while the next record is read
+    // into the other.
     let mut record = Box::new(CaptureRecord::zeroed());
     let mut next = Box::new(CaptureRecord::zeroed());
     let mut time = frames.next_record(&mut record);

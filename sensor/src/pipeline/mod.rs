@@ -152,8 +152,9 @@ impl Pipeline {
 
     /// Fetches ahead, into the CPU's caches, the per-source state that handling a record from
     /// `source` will read: for the next record, while this one is handled. With many sources
-    /// that state is megabytes, and waiting on it was the largest part of a record's time.
-    /// Without analyst threads only (with them, the records are handled in rounds elsewhere).
+    /// that state is megabytes, and the two lookups waiting on it were the two largest items of
+    /// a profile of `sensor analyze` (18 % of its samples, 20,000 sources). Without analyst
+    /// threads only (with them, the records are handled in rounds elsewhere).
     pub fn prefetch_source(&mut self, source: IpAddr) {
         if self.fetches_ahead() {
             self.analyst.prefetch_source(source);
