@@ -22,8 +22,8 @@ fuzz_target!(|data: &[u8]| {
     let classify = |cache: &mut ClassCache, bytes: &[u8]| {
         let mut msg = SipMessage::unparsed(bytes, cut);
         let recalled = cache.parse(&mut msg);
-        let facts = Facts::new(&msg, None).with_places(recalled.and_then(Recalled::places));
-        let verdict = cache.classify(engine, &facts, recalled);
+        let facts = Facts::new(&msg, None).with_places(recalled.as_ref().and_then(Recalled::places));
+        let verdict = cache.classify(engine, &facts, recalled.as_ref());
         let cached = cache.fingerprint(engine, &verdict, &facts, None);
         let parsed = SipMessage::parse_captured(bytes, cut);
         assert_eq!(described(&facts), described(&Facts::new(&parsed, None)));

@@ -231,9 +231,9 @@ fn agent_pass(
             let recalled = cache.parse(&mut sip);
             let packet = Packet::from_event(&event);
             let view = sources.observe(&packet, event.wall_ns);
-            let facts =
-                Facts::new(&sip, Some(packet)).with_places(recalled.and_then(Recalled::places));
-            let verdict = cache.classify(engine, &facts, recalled);
+            let facts = Facts::new(&sip, Some(packet))
+                .with_places(recalled.as_ref().and_then(Recalled::places));
+            let verdict = cache.classify(engine, &facts, recalled.as_ref());
             black_box(view);
             verdict.winner.map_or(0, |(r, _)| usize::from(r))
         })

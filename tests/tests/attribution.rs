@@ -153,8 +153,8 @@ fn the_classification_cache_changes_no_attribution() {
                         SipMessage::unparsed(record.payload(), record.payload_truncated());
                     let recalled = cache.parse(&mut recalled_sip);
                     let facts = Facts::new(&recalled_sip, Some(packet))
-                        .with_places(recalled.and_then(Recalled::places));
-                    let verdict = cache.classify(&engine, &facts, recalled);
+                        .with_places(recalled.as_ref().and_then(Recalled::places));
+                    let verdict = cache.classify(&engine, &facts, recalled.as_ref());
                     let cached = cache.fingerprint(&engine, &verdict, &facts, Some(source));
                     let describe = |fp: &Fingerprint| {
                         format!(

@@ -338,9 +338,9 @@ impl ClassCache {
         &mut self,
         engine: &Engine,
         facts: &Facts<'_>,
-        recalled: Option<Recalled>,
+        recalled: Option<&Recalled>,
     ) -> Verdict {
-        if let Some(r) = &recalled
+        if let Some(r) = recalled
             && let Some(kept) = self.recall.kept_mut(r)
             && let Some(entry) = self.entries.get_mut(kept.entry as usize)
             && entry.generation == kept.generation
@@ -352,7 +352,7 @@ impl ClassCache {
             return evaluate_all(engine, facts);
         };
         let entry = &mut self.entries[slot as usize];
-        let checks = match &recalled {
+        let checks = match recalled {
             Some(r) => self.recall.kept_mut(r).map(|kept| {
                 *kept = Kept::new(slot, entry.generation);
                 &mut kept.checks
@@ -852,8 +852,9 @@ mod tests {
         // The cache's own way in: recalled templates' parses and field places included.
         let mut msg = SipMessage::unparsed(payload, cut);
         let recalled = cache.parse(&mut msg);
-        let facts = Facts::new(&msg, Some(p)).with_places(recalled.and_then(Recalled::places));
-        let verdict = cache.classify(engine, &facts, recalled);
+        let facts =
+            Facts::new(&msg, Some(p)).with_places(recalled.as_ref().and_then(Recalled::places));
+        let verdict = cache.classify(engine, &facts, recalled.as_ref());
         let cached = cache.fingerprint(engine, &verdict, &facts, None);
         let parsed = SipMessage::parse_captured(payload, cut);
         let reference = engine.classify_packet(&parsed, Some(p), None);

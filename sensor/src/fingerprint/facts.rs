@@ -65,7 +65,7 @@ pub struct Facts<'a> {
     sv_tag: OnceCell<Option<SvTag>>,
     /// Where the structured fields lie, when the message's template is known: laid over the
     /// message instead of parsing them.
-    places: Option<FieldPlaces>,
+    places: Option<&'a FieldPlaces>,
 }
 
 /// Where a template's structured fields lie (see [`crate::sip::places`]): what [`Facts`] would
@@ -121,7 +121,7 @@ impl<'a> Facts<'a> {
 
     /// Reads the structured fields from `places` instead of parsing them. The places must be
     /// those of a message of the same template ([`crate::sip::Layout`]).
-    pub fn with_places(mut self, places: Option<FieldPlaces>) -> Self {
+    pub fn with_places(mut self, places: Option<&'a FieldPlaces>) -> Self {
         self.places = places;
         self
     }

@@ -35,8 +35,8 @@ pub struct Recalled {
 }
 
 impl Recalled {
-    pub fn places(self) -> Option<FieldPlaces> {
-        self.places
+    pub fn places(&self) -> Option<&FieldPlaces> {
+        self.places.as_ref()
     }
 }
 

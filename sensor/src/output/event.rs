@@ -1266,8 +1266,9 @@ pub(crate) fn for_each_corpus_analysis(
         let recalled = cache.parse(&mut msg);
         let packet = Packet::from_event(&event);
         let source = sources.observe(&packet, event.wall_ns);
-        let facts = Facts::new(&msg, Some(packet)).with_places(recalled.and_then(Recalled::places));
-        let verdict = cache.classify(&engine, &facts, recalled);
+        let facts = Facts::new(&msg, Some(packet))
+            .with_places(recalled.as_ref().and_then(Recalled::places));
+        let verdict = cache.classify(&engine, &facts, recalled.as_ref());
         let analysis = Analysis {
             engine: &engine,
             cache: &cache,

@@ -110,8 +110,9 @@ impl Analyst {
         let recalled = self.cache.parse(&mut sip);
         let packet = Packet::from_event(&event);
         let source = self.sources.observe(&packet, wall_ns);
-        let facts = Facts::new(&sip, Some(packet)).with_places(recalled.and_then(Recalled::places));
-        let verdict = self.cache.classify(&self.engine, &facts, recalled);
+        let facts = Facts::new(&sip, Some(packet))
+            .with_places(recalled.as_ref().and_then(Recalled::places));
+        let verdict = self.cache.classify(&self.engine, &facts, recalled.as_ref());
         // The join table forgets the SYN once its request arrives, written or not.
         let syn = if record.raw().flags
             & (record_flags::SYN_ANSWERED | record_flags::REACTIVE_SESSION)
