@@ -126,49 +126,61 @@ impl<'a> Facts<'a> {
         self
     }
 
-    pub fn ruri(&self) -> Option<Uri<'a>> {
-        *self.ruri.get_or_init(|| match &self.places {
-            Some(p) => p.ruri.map(|at| at.at(self.msg.bytes())),
-            None => self.msg.request_uri().map(Uri::parse),
-        })
+    pub fn ruri(&self) -> Option<&Uri<'a>> {
+        self.ruri
+            .get_or_init(|| match &self.places {
+                Some(p) => p.ruri.map(|at| at.at(self.msg.bytes())),
+                None => self.msg.request_uri().map(Uri::parse),
+            })
+            .as_ref()
     }
 
-    pub fn via(&self) -> Option<Via<'a>> {
-        *self.via.get_or_init(|| match &self.places {
-            Some(p) => p.via.map(|at| at.at(self.msg.bytes())),
-            None => self.msg.header_value(HeaderName::Via).map(Via::parse),
-        })
+    pub fn via(&self) -> Option<&Via<'a>> {
+        self.via
+            .get_or_init(|| match &self.places {
+                Some(p) => p.via.map(|at| at.at(self.msg.bytes())),
+                None => self.msg.header_value(HeaderName::Via).map(Via::parse),
+            })
+            .as_ref()
     }
 
-    pub fn from(&self) -> Option<NameAddr<'a>> {
-        *self.from.get_or_init(|| match &self.places {
-            Some(p) => p.from.map(|at| at.at(self.msg.bytes())),
-            None => self.msg.header_value(HeaderName::From).map(NameAddr::parse),
-        })
+    pub fn from(&self) -> Option<&NameAddr<'a>> {
+        self.from
+            .get_or_init(|| match &self.places {
+                Some(p) => p.from.map(|at| at.at(self.msg.bytes())),
+                None => self.msg.header_value(HeaderName::From).map(NameAddr::parse),
+            })
+            .as_ref()
     }
 
-    pub fn to(&self) -> Option<NameAddr<'a>> {
-        *self.to.get_or_init(|| match &self.places {
-            Some(p) => p.to.map(|at| at.at(self.msg.bytes())),
-            None => self.msg.header_value(HeaderName::To).map(NameAddr::parse),
-        })
+    pub fn to(&self) -> Option<&NameAddr<'a>> {
+        self.to
+            .get_or_init(|| match &self.places {
+                Some(p) => p.to.map(|at| at.at(self.msg.bytes())),
+                None => self.msg.header_value(HeaderName::To).map(NameAddr::parse),
+            })
+            .as_ref()
     }
 
-    pub fn contact(&self) -> Option<NameAddr<'a>> {
-        *self.contact.get_or_init(|| match &self.places {
-            Some(p) => p.contact.map(|at| at.at(self.msg.bytes())),
-            None => self
-                .msg
-                .header_value(HeaderName::Contact)
-                .map(NameAddr::parse),
-        })
+    pub fn contact(&self) -> Option<&NameAddr<'a>> {
+        self.contact
+            .get_or_init(|| match &self.places {
+                Some(p) => p.contact.map(|at| at.at(self.msg.bytes())),
+                None => self
+                    .msg
+                    .header_value(HeaderName::Contact)
+                    .map(NameAddr::parse),
+            })
+            .as_ref()
     }
 
-    pub fn cseq(&self) -> Option<CSeq<'a>> {
-        *self.cseq.get_or_init(|| match &self.places {
-            Some(p) => p.cseq.map(|at| at.at(self.msg.bytes())),
-            None => self.msg.header_value(HeaderName::CSeq).map(CSeq::parse),
-        })
+    pub fn cseq(&self) -> Option<&CSeq<'a>> {
+        self.cseq
+            .get_or_init(|| match &self.places {
+                Some(p) => p.cseq.map(|at| at.at(self.msg.bytes())),
+                None => self.msg.header_value(HeaderName::CSeq).map(CSeq::parse),
+            })
+            .as_ref()
     }
 
     pub fn call_id(&self) -> Option<&'a [u8]> {

@@ -894,7 +894,7 @@ pub fn write_sip(out: &mut Vec<u8>, msg: &SipMessage<'_>, facts: &Facts<'_>) {
     ] {
         if let Some(a) = a {
             next(out, name);
-            addr(out, &a);
+            addr(out, a);
         }
     }
     if let Some(c) = facts.call_id() {
