@@ -126,61 +126,71 @@ impl<'a> Facts<'a> {
         self
     }
 
+    /// A structured field, found once: laid over the message from the template's places when
+    /// there are some, parsed from the message otherwise.
+    fn field<'s, T>(
+        &'s self,
+        cell: &'s OnceCell<Option<T>>,
+        laid: impl FnOnce(&FieldPlaces, &'a [u8]) -> Option<T>,
+        parsed: impl FnOnce() -> Option<T>,
+    ) -> Option<&'s T> {
+        cell.get_or_init(|| match self.places {
+            Some(places) => laid(places, self.msg.bytes()),
+            None => parsed(),
+        })
+        .as_ref()
+    }
+
     pub fn ruri(&self) -> Option<&Uri<'a>> {
-        self.ruri
-            .get_or_init(|| match &self.places {
-                Some(p) => p.ruri.map(|at| at.at(self.msg.bytes())),
-                None => self.msg.request_uri().map(Uri::parse),
-            })
-            .as_ref()
+        self.field(
+            &self.ruri,
+            |p, bytes| p.ruri.map(|at| at.at(bytes)),
+            || self.msg.request_uri().map(Uri::parse),
+        )
     }
 
     pub fn via(&self) -> Option<&Via<'a>> {
-        self.via
-            .get_or_init(|| match &self.places {
-                Some(p) => p.via.map(|at| at.at(self.msg.bytes())),
-                None => self.msg.header_value(HeaderName::Via).map(Via::parse),
-            })
-            .as_ref()
+        self.field(
+            &self.via,
+            |p, bytes| p.via.map(|at| at.at(bytes)),
+            || self.msg.header_value(HeaderName::Via).map(Via::parse),
+        )
     }
 
     pub fn from(&self) -> Option<&NameAddr<'a>> {
-        self.from
-            .get_or_init(|| match &self.places {
-                Some(p) => p.from.map(|at| at.at(self.msg.bytes())),
-                None => self.msg.header_value(HeaderName::From).map(NameAddr::parse),
-            })
-            .as_ref()
+        self.field(
+            &self.from,
+            |p, bytes| p.from.map(|at| at.at(bytes)),
+            || self.msg.header_value(HeaderName::From).map(NameAddr::parse),
+        )
     }
 
     pub fn to(&self) -> Option<&NameAddr<'a>> {
-        self.to
-            .get_or_init(|| match &self.places {
-                Some(p) => p.to.map(|at| at.at(self.msg.bytes())),
-                None => self.msg.header_value(HeaderName::To).map(NameAddr::parse),
-            })
-            .as_ref()
+        self.field(
+            &self.to,
+            |p, bytes| p.to.map(|at| at.at(bytes)),
+            || self.msg.header_value(HeaderName::To).map(NameAddr::parse),
+        )
     }
 
     pub fn contact(&self) -> Option<&NameAddr<'a>> {
-        self.contact
-            .get_or_init(|| match &self.places {
-                Some(p) => p.contact.map(|at| at.at(self.msg.bytes())),
-                None => self
-                    .msg
+        self.field(
+            &self.contact,
+            |p, bytes| p.contact.map(|at| at.at(bytes)),
+            || {
+                self.msg
                     .header_value(HeaderName::Contact)
-                    .map(NameAddr::parse),
-            })
-            .as_ref()
+                    .map(NameAddr::parse)
+            },
+        )
     }
 
     pub fn cseq(&self) -> Option<&CSeq<'a>> {
-        self.cseq
-            .get_or_init(|| match &self.places {
-                Some(p) => p.cseq.map(|at| at.at(self.msg.bytes())),
-                None => self.msg.header_value(HeaderName::CSeq).map(CSeq::parse),
-            })
-            .as_ref()
+        self.field(
+            &self.cseq,
+            |p, bytes| p.cseq.map(|at| at.at(bytes)),
+            || self.msg.header_value(HeaderName::CSeq).map(CSeq::parse),
+        )
     }
 
     pub fn call_id(&self) -> Option<&'a [u8]> {
