@@ -31,14 +31,16 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     blaster::SendReport,
-    xdp_pass::{BPF_MAP_TYPE_ARRAY, create_map, insn, load_xdp, test_run_with, update_elem},
+    xdp_pass::{
+        BPF_MAP_TYPE_ARRAY, BPF_PSEUDO_MAP_FD, create_map, insn, load_xdp, test_run_with,
+        update_elem,
+    },
 };
 
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_KTIME_GET_NS: i32 = 5;
 const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
 const BPF_FUNC_REDIRECT: i32 = 23;
-const BPF_PSEUDO_MAP_FD: u8 = 1;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 /// Reads of the clock a frame waits at most (about 25 ns each here, so about 100 us: rates below

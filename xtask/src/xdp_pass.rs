@@ -172,6 +172,8 @@ pub(crate) fn update_elem(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 pub(crate) const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// `ld_imm64`'s source register for "the map whose descriptor is the immediate".
+pub(crate) const BPF_PSEUDO_MAP_FD: u8 = 1;
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 const BPF_FUNC_RINGBUF_RESERVE: i32 = 131;
 const BPF_FUNC_RINGBUF_SUBMIT: i32 = 132;
@@ -204,8 +206,8 @@ impl RingFloor {
         let map = create_map(BPF_MAP_TYPE_RINGBUF, 0, 0, ring_bytes)?;
         let fd = map.as_raw_fd();
         let mut code: Vec<[u8; 8]> = vec![
-            insn(0xbf, 6, 1, 0, 0),  // r6 = r1 (ctx)
-            insn(0x18, 1, 1, 0, fd), // r1 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
+            insn(0xbf, 6, 1, 0, 0),                  // r6 = r1 (ctx)
+            insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, fd), // r1 = map (ld_imm64)
             insn(0, 0, 0, 0, 0),
             insn(0xb7, 2, 0, 0, record as i32), // r2 = size
             insn(0xb7, 3, 0, 0, 0),             // r3 = 0
@@ -383,10 +385,10 @@ impl PerfFloor {
         }
         let flags = (u64::from(copy) << 32) | BPF_F_CURRENT_CPU;
         let code: Vec<[u8; 8]> = vec![
-            insn(0xbf, 6, 1, 0, 0),               // r6 = r1 (ctx)
-            insn(0x7a, 10, 0, -8, 0),             // *(u64 *)(r10 - 8) = 0: the header
-            insn(0xbf, 1, 6, 0, 0),               // r1 = ctx
-            insn(0x18, 2, 1, 0, map.as_raw_fd()), // r2 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
+            insn(0xbf, 6, 1, 0, 0),                               // r6 = r1 (ctx)
+            insn(0x7a, 10, 0, -8, 0), // *(u64 *)(r10 - 8) = 0: the header
+            insn(0xbf, 1, 6, 0, 0),   // r1 = ctx
+            insn(0x18, 2, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()), // r2 = map (ld_imm64)
             insn(0, 0, 0, 0, 0),
             insn(0x18, 3, 0, 0, flags as u32 as i32), // r3 = flags (ld_imm64)
             insn(0, 0, 0, 0, (flags >> 32) as u32 as i32),
