@@ -134,22 +134,35 @@ impl Batch {
         self.lines.clear();
     }
 
-    /// Copies `record` (its fixed part and captured payload) into the batch.
+    /// Copies `record` (its fixed part and captured payload) into the batch. The words are
+    /// written once: zeroing them first, then copying over them, was a `memset` per record.
     pub fn push(&mut self, record: Record<'_>, wall_ns: u64) {
         let payload = record.payload();
         let len = RecordHead::SIZE + payload.len();
+        let words = len.div_ceil(8);
         let start = self.words.len();
-        self.words.resize(start + len.div_ceil(8), 0);
-        let bytes = words_as_bytes_mut(&mut self.words[start..]);
-        // SAFETY: `RecordHead` is plain bytes (`#[repr(C)]`, no padding), `SIZE` of them.
-        let head = unsafe {
-            std::slice::from_raw_parts(
+        self.words.reserve(words);
+        // SAFETY: `words` words are reserved past `start`; `words >= 1` since the head is not
+        // empty. The last one is zeroed first (the record may end inside it), then the head's
+        // `SIZE` bytes and the payload's are copied over the first `len <= 8 * words` bytes, so
+        // every word below the new length is initialised. `RecordHead` is plain bytes
+        // (`#[repr(C)]`, no padding), `SIZE` of them; the payload is another allocation.
+        unsafe {
+            let dst = self.words.as_mut_ptr().add(start);
+            dst.add(words - 1).write(0);
+            let bytes = dst.cast::<u8>();
+            std::ptr::copy_nonoverlapping(
                 (record.raw() as *const RecordHead).cast::<u8>(),
+                bytes,
                 RecordHead::SIZE,
-            )
-        };
-        bytes[..RecordHead::SIZE].copy_from_slice(head);
-        bytes[RecordHead::SIZE..len].copy_from_slice(payload);
+            );
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                bytes.add(RecordHead::SIZE),
+                payload.len(),
+            );
+            self.words.set_len(start + words);
+        }
         self.records.push((start as u32, len as u32));
         self.times.push(wall_ns);
     }
@@ -172,23 +185,26 @@ impl Batch {
         analyst.fill_counters(&mut self.analyst_counters);
     }
 
-    /// The `i`th record, its time, and its analysis (`None` if it failed validation, or the
-    /// batch was not analysed). `engine`: the analysts' engine; `sensor`: their sensor name.
-    pub fn get<'a>(
-        &'a self,
+    /// Calls `f` with the `i`th record, its time, and its analysis (`None` if the batch was not
+    /// analysed, or the record failed validation then); `None` without calling `f` if there is
+    /// no such record or it fails validation now. `engine`: the analysts' engine; `sensor`:
+    /// their sensor name. The analysis is lent, not returned: it is a few hundred bytes, and
+    /// each move of it was a copy on the thread every record goes through.
+    pub fn with<R>(
+        &self,
         i: usize,
-        engine: &'a Engine,
-        sensor: Option<&'a str>,
-    ) -> Option<(Record<'a>, u64, Option<Analysed<'a>>)> {
+        engine: &Engine,
+        sensor: Option<&str>,
+        f: impl FnOnce(Record<'_>, u64, Option<&Analysed<'_>>) -> R,
+    ) -> Option<R> {
         let wall_ns = *self.times.get(i)?;
         let record = record_at(&self.words, &self.records, i)?;
         let analysed = self
             .analyses
             .get(i)
-            .copied()
-            .flatten()
-            .map(|s| view(&s, &self.text, &self.lines, engine, sensor));
-        Some((record, wall_ns, analysed))
+            .and_then(Option::as_ref)
+            .map(|s| view(s, &self.text, &self.lines, engine, sensor));
+        Some(f(record, wall_ns, analysed.as_ref()))
     }
 }
 
@@ -202,11 +218,6 @@ fn record_at<'a>(words: &'a [u64], records: &[(u32, u32)], i: usize) -> Option<R
 fn words_as_bytes(words: &[u64]) -> &[u8] {
     // SAFETY: any `u64` is eight valid bytes; the length is the same memory's.
     unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) }
-}
-
-fn words_as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
-    // SAFETY: as above, and any bytes are a valid `u64`.
-    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 fn store(a: &Analysed<'_>, text: &mut String, lines: &mut Vec<u8>) -> StoredAnalysis {
@@ -340,21 +351,28 @@ mod tests {
             assert_eq!(batch.len(), valid.len());
             let mut compared = 0;
             for (j, &(i, record)) in valid.iter().enumerate() {
-                let (copy, wall_ns, from_batch) = batch.get(j, &engine, None).unwrap();
-                assert_eq!(wall_ns, 1_795_313_043_000_000_000 + i as u64);
-                assert_eq!(copy.payload(), record.payload(), "record {i}");
-                assert_eq!(copy.src_ip(), record.src_ip());
-                assert_eq!(copy.tcp_options(), record.tcp_options());
-                assert_eq!(copy.timestamp_ns(), record.timestamp_ns());
-                let expected = direct.analyse(record, wall_ns);
-                let got = from_batch.unwrap();
-                assert_eq!(got.observation, expected.observation, "record {i}");
-                assert_eq!(got.rule_index, expected.rule_index);
-                assert_eq!(got.confidence, expected.confidence);
-                assert_eq!(got.output, expected.output, "record {i}");
+                batch
+                    .with(j, &engine, None, |copy, wall_ns, from_batch| {
+                        assert_eq!(wall_ns, 1_795_313_043_000_000_000 + i as u64);
+                        assert_eq!(copy.payload(), record.payload(), "record {i}");
+                        assert_eq!(copy.src_ip(), record.src_ip());
+                        assert_eq!(copy.tcp_options(), record.tcp_options());
+                        assert_eq!(copy.timestamp_ns(), record.timestamp_ns());
+                        let expected = direct.analyse(record, wall_ns);
+                        let got = from_batch.unwrap();
+                        assert_eq!(got.observation, expected.observation, "record {i}");
+                        assert_eq!(got.rule_index, expected.rule_index);
+                        assert_eq!(got.confidence, expected.confidence);
+                        assert_eq!(got.output, expected.output, "record {i}");
+                    })
+                    .unwrap();
                 compared += 1;
             }
-            assert!(batch.get(valid.len(), &engine, None).is_none());
+            assert!(
+                batch
+                    .with(valid.len(), &engine, None, |_, _, _| ())
+                    .is_none()
+            );
             assert!(compared > 200, "{compared}");
             batch.clear();
             assert!(batch.is_empty());

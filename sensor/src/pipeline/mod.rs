@@ -352,7 +352,7 @@ fn send_round(pool: &mut AnalystPool, sink: &mut Sink, counters: &mut AgentCount
 /// One round the analysts have sent back (waiting for it if need be), through the sink.
 fn write_round(pool: &mut AnalystPool, sink: &mut Sink, counters: &mut AgentCounters) {
     pool.take(|item| match item {
-        Some((record, wall_ns, analysed)) => sink.take(record, wall_ns, &analysed, counters),
+        Some((record, wall_ns, analysed)) => sink.take(record, wall_ns, analysed, counters),
         None => counters.records_undecodable += 1,
     });
 }

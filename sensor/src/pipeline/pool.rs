@@ -219,7 +219,7 @@ impl AnalystPool {
     /// Hands each record of the oldest round to `each`, in the order pushed, with its
     /// analysis (`None`: the copy failed validation, never expected). Call when
     /// [`oldest_done`](Self::oldest_done) or after [`wait`](Self::wait); otherwise waits.
-    pub fn take(&mut self, mut each: impl FnMut(Option<(Record<'_>, u64, Analysed<'_>)>)) {
+    pub fn take(&mut self, mut each: impl FnMut(Option<(Record<'_>, u64, &Analysed<'_>)>)) {
         self.wait();
         let Some(order) = self.out.pop_front() else {
             return;
@@ -231,12 +231,14 @@ impl AnalystPool {
             let shard = usize::from(shard);
             let i = cursors[shard];
             cursors[shard] += 1;
-            let item = self.workers[shard]
-                .arrived
-                .as_ref()
-                .and_then(|batch| batch.get(i, &self.engine, sensor))
-                .and_then(|(record, wall_ns, analysed)| Some((record, wall_ns, analysed?)));
-            each(item);
+            let handed = self.workers[shard].arrived.as_ref().and_then(|batch| {
+                batch.with(i, &self.engine, sensor, |record, wall_ns, analysed| {
+                    analysed.map(|analysed| each(Some((record, wall_ns, analysed))))
+                })
+            });
+            if handed.flatten().is_none() {
+                each(None);
+            }
         }
         for worker in &mut self.workers {
             if let Some(batch) = worker.arrived.take() {
