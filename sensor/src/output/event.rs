@@ -486,32 +486,49 @@ pub(super) fn float(out: &mut Vec<u8>, x: f64) {
     let _ = serde_json::to_writer(&mut *out, &x);
 }
 
+/// Each octet in decimal: up to three digits, then the digit count in the last byte.
+static OCTET_TEXT: [[u8; 4]; 256] = {
+    let mut t = [[0u8; 4]; 256];
+    let mut o = 0;
+    while o < 256 {
+        let e = &mut t[o];
+        let d = [(o / 100) as u8, (o / 10 % 10) as u8, (o % 10) as u8];
+        let first = if o >= 100 {
+            0
+        } else if o >= 10 {
+            1
+        } else {
+            2
+        };
+        let mut k = 0;
+        while first + k < 3 {
+            e[k] = b'0' + d[first + k];
+            k += 1;
+        }
+        e[3] = k as u8;
+        o += 1;
+    }
+    t
+};
+
 pub(super) fn ip(out: &mut Vec<u8>, addr: IpAddr) {
     match addr {
         IpAddr::V4(v4) => {
-            // Digit by digit into a buffer, stored at once: two addresses per event, and a
-            // formatter costs more than the address.
-            let mut text = [0u8; 17];
+            // Each octet's digits from a table, stored four bytes at a time into a buffer that
+            // is stored at once: two addresses per event, and a formatter costs more than the
+            // address.
+            let mut text = [0u8; 24];
             text[0] = b'"';
             let mut n = 1;
             for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text[n] = b'.';
-                    n += 1;
-                }
-                if o >= 100 {
-                    text[n] = b'0' + o / 100;
-                    n += 1;
-                }
-                if o >= 10 {
-                    text[n] = b'0' + o / 10 % 10;
-                    n += 1;
-                }
-                text[n] = b'0' + o % 10;
+                let digits = OCTET_TEXT[usize::from(o)];
+                // n <= 1 + 4 * 4 = 17 here, so n + 4 <= 21 stays inside the buffer.
+                text[n..n + 4].copy_from_slice(&digits);
+                n += usize::from(digits[3]);
+                text[n] = if i < 3 { b'.' } else { b'"' };
                 n += 1;
             }
-            text[n] = b'"';
-            put_short(out, &text[..n + 1]);
+            put_short(out, &text[..n]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "\"{v6}\"");
@@ -1467,6 +1484,13 @@ mod tests {
                     assert_eq!(out, format!("\"{addr}\"").into_bytes());
                 }
             }
+        }
+        // Every octet value in every position (the digits come from a table).
+        for o in 0..=255u8 {
+            let addr = std::net::Ipv4Addr::new(o, 255 - o, o.wrapping_mul(7), o / 3);
+            let mut out = b"x".to_vec();
+            ip(&mut out, IpAddr::V4(addr));
+            assert_eq!(out, format!("x\"{addr}\"").into_bytes());
         }
         let v6: std::net::Ipv6Addr = "2001:db8::5060".parse().unwrap();
         let mut out = Vec::new();
