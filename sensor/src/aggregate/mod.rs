@@ -459,7 +459,6 @@ impl Aggregator {
         };
         let src_hash = self.hash(o.src_ip);
         let dest_hash = self.hash(o.dest_ip);
-        self.all_sources.insert(src_hash);
         self.all_dests.insert(dest_hash);
 
         let (cslot, campaign_new, closed) = self.campaigns.entry(key, t);
@@ -480,8 +479,11 @@ impl Aggregator {
             self.counters.sources_evicted_capacity += 1;
             self.keep_evicted(&evicted);
         }
+        // A source with a record was counted when the record was made: the source-keyed
+        // distinct counters below take a source's address only when it may be new to them.
         if source_new {
             self.counters.source_records += 1;
+            self.all_sources.insert(src_hash);
         }
 
         // The source's record.
@@ -564,14 +566,16 @@ impl Aggregator {
         c.packets += 1;
         c.first_ns = c.first_ns.min(t);
         c.last_ns = c.last_ns.max(t);
-        let new_in_campaign = c.sources.insert(src_hash);
+        // A source last counted in this campaign is in its counter already.
+        let counted_here = !source_new && old_campaign == serial;
+        let new_in_campaign = !counted_here && c.sources.insert(src_hash);
         c.dests.insert(dest_hash);
         c.methods[method] += 1;
         c.protocols[proto] += 1;
         c.id_packets[packet_class as usize] += 1;
         c.ttl_packets[usize::from(family)] += 1;
         c.max_processes = c.max_processes.max(o.processes.unwrap_or(0));
-        if !source_new && old_campaign == serial {
+        if counted_here {
             move_count(&mut c.id_sources, old_id_class, id_class);
             move_count(&mut c.ttl_sources, old_ttl_class, ttl_cls);
         } else if new_in_campaign {
@@ -593,7 +597,8 @@ impl Aggregator {
         tool.packets += 1;
         tool.first_ns = tool.first_ns.min(t);
         tool.last_ns = tool.last_ns.max(t);
-        let new_in_tool = tool.sources.insert(src_hash);
+        let counted_by_tool = !source_new && old_tool == tool_sym;
+        let new_in_tool = !counted_by_tool && tool.sources.insert(src_hash);
         tool.variants.add(o.variant.unwrap_or(""));
         if let Some(ua) = o.user_agent {
             tool.user_agents.add(ua);
@@ -604,7 +609,7 @@ impl Aggregator {
             tool.df_packets += 1;
         }
         tool.ttl_packets[usize::from(family)] += 1;
-        if !source_new && old_tool == tool_sym {
+        if counted_by_tool {
             move_count(&mut tool.id_sources, old_id_class, id_class);
             move_count(&mut tool.ttl_sources, old_ttl_class, ttl_cls);
         } else if new_in_tool {

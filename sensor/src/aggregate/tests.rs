@@ -89,6 +89,34 @@ fn a_returning_source_is_one_source() {
     assert_eq!(a.top_campaigns(1)[0].ip_id.sources.values().sum::<u64>(), 1);
 }
 
+/// The distinct counters skip a source already counted in them (its record says it was): a
+/// source that moves to another tool and campaign is counted there, and once only when it
+/// comes back.
+#[test]
+fn a_source_moving_between_tools_is_counted_once_in_each() {
+    let mut a = Aggregator::new(config(1000, 0, 86_400, 16));
+    for (i, (tool, rule)) in [
+        ("sipvicious", "svmap"),
+        ("sipvicious", "svmap"),
+        ("nmap", "nmap-options"),
+        ("sipvicious", "svmap"),
+        ("nmap", "nmap-options"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        a.observe(&obs("198.51.100.7", T0 + i as u64, tool, rule));
+    }
+    a.observe(&obs("198.51.100.8", T0 + 9, "nmap", "nmap-options"));
+    let tools = a.tools();
+    let sources = |name: &str| tools.iter().find(|t| t.name == name).unwrap().sources;
+    assert_eq!((sources("sipvicious"), sources("nmap")), (1, 2));
+    let campaigns = a.top_campaigns(5);
+    let by_rule = |rule: &str| campaigns.iter().find(|c| c.key == rule).unwrap().sources;
+    assert_eq!((by_rule("svmap"), by_rule("nmap-options")), (1, 2));
+    assert_eq!(a.totals().sources, 2);
+}
+
 #[test]
 fn campaigns_group_sources_by_rule_or_template_within_the_window() {
     let mut a = Aggregator::new(config(1000, 0, 3600, 16));
