@@ -522,7 +522,8 @@ pub(super) fn ip(out: &mut Vec<u8>, addr: IpAddr) {
             let mut n = 1;
             for (i, o) in v4.octets().into_iter().enumerate() {
                 let digits = OCTET_TEXT[usize::from(o)];
-                // n <= 1 + 4 * 4 = 17 here, so n + 4 <= 21 stays inside the buffer.
+                // The quote and at most three octets of four bytes each precede: n <= 13, and
+                // the four bytes stored end inside the buffer.
                 text[n..n + 4].copy_from_slice(&digits);
                 n += usize::from(digits[3]);
                 text[n] = if i < 3 { b'.' } else { b'"' };
