@@ -146,6 +146,33 @@ impl SourceIdClass {
     }
 }
 
+/// The static name of a packet IP-ID class read from a document: the names
+/// [`PacketIdClass::of`] tells apart, and `non_zero` for any other, which it reads so too.
+pub fn packet_id_name(packet: &str) -> &'static str {
+    match packet {
+        "zero" => "zero",
+        "fixed_54321" => "fixed_54321",
+        "masscan_derived" => "masscan_derived",
+        _ => "non_zero",
+    }
+}
+
+/// The static name of a per-source behaviour read from a document, `None` for a name this
+/// version does not write ([`behaviour_code`] reads those as none reported).
+pub fn behaviour_name(behaviour: &str) -> Option<&'static str> {
+    BEHAVIOURS.into_iter().find(|b| *b == behaviour)
+}
+
+/// The behaviours the engine writes (`IpIdBehaviour::as_str`).
+const BEHAVIOURS: [&str; 6] = [
+    "insufficient",
+    "zero",
+    "constant",
+    "incrementing",
+    "incrementing_shared",
+    "random",
+];
+
 /// The engine's per-source sequence behaviour, as a byte (0: none reported).
 pub fn behaviour_code(behaviour: Option<&str>) -> u8 {
     match behaviour {
@@ -286,6 +313,57 @@ mod tests {
             HOST_CLASSES[host_class_index(c.as_str())],
             "loopback_unresolved"
         );
+    }
+
+    /// A document's IP-ID names become static names that the aggregator reads as it reads the
+    /// document's own: every name the engine writes, and names it does not know.
+    #[test]
+    fn ip_id_names_from_documents_read_as_the_documents_do() {
+        use crate::fingerprint::ipid::{IpIdBehaviour, PacketIpId};
+        let packets = [
+            PacketIpId::Zero,
+            PacketIpId::Zmap,
+            PacketIpId::MasscanDerived,
+            PacketIpId::NonZero,
+            PacketIpId::NotApplicable,
+        ];
+        let names = packets.map(PacketIpId::as_str);
+        for packet in names.into_iter().chain(["", "zero_df", "ZERO", "other"]) {
+            for df in [false, true] {
+                assert_eq!(
+                    PacketIdClass::of(Some(packet_id_name(packet)), df),
+                    PacketIdClass::of(Some(packet), df),
+                    "{packet}"
+                );
+            }
+        }
+        let behaviours = [
+            IpIdBehaviour::Insufficient,
+            IpIdBehaviour::Zero,
+            IpIdBehaviour::Constant(7),
+            IpIdBehaviour::Incrementing {
+                step: 1,
+                strict: true,
+            },
+            IpIdBehaviour::Incrementing {
+                step: 1,
+                strict: false,
+            },
+            IpIdBehaviour::Random,
+        ];
+        let names = behaviours.map(IpIdBehaviour::as_str);
+        for behaviour in names.into_iter().chain(["", "Random", "other"]) {
+            assert_eq!(
+                behaviour_code(behaviour_name(behaviour)),
+                behaviour_code(Some(behaviour)),
+                "{behaviour}"
+            );
+        }
+        // Every name the engine writes is kept.
+        for name in names {
+            assert_eq!(behaviour_name(name), Some(name));
+        }
+        assert_eq!(BEHAVIOURS.len(), names.len());
     }
 
     #[test]

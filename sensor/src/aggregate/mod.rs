@@ -132,7 +132,8 @@ impl AggregateCounters {
 /// The host a tool wrote in Via or Contact, as the fingerprint's inference classified it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostSeen<'a> {
-    pub class: &'a str,
+    /// One of `classes::HOST_CLASSES`.
+    pub class: &'static str,
     pub host: &'a str,
 }
 
@@ -144,7 +145,10 @@ pub struct Observation<'a> {
     pub src_port: u16,
     pub dest_ip: IpAddr,
     pub dest_port: u16,
-    pub proto: &'a str,
+    /// The names of closed vocabularies (transport, IP-ID classes, host classes) are the
+    /// static names this version writes: the analyst threads hand them to the sink as they
+    /// are, where a name borrowed from the message is copied.
+    pub proto: &'static str,
     pub ttl: Option<u8>,
     /// IPv4 only.
     pub ip_id: Option<u16>,
@@ -159,9 +163,9 @@ pub struct Observation<'a> {
     pub rule: &'a str,
     pub template_hash: u64,
     /// `fingerprint.inferences.ip_id.packet`.
-    pub id_packet: Option<&'a str>,
+    pub id_packet: Option<&'static str>,
     /// `fingerprint.inferences.ip_id.source.behaviour`.
-    pub id_behaviour: Option<&'a str>,
+    pub id_behaviour: Option<&'static str>,
     /// `fingerprint.inferences.ttl.initial`.
     pub ttl_initial: Option<u8>,
     pub processes: Option<u32>,

@@ -57,7 +57,7 @@ impl Span {
 
 #[derive(Clone, Copy, Debug)]
 struct StoredHost {
-    class: Span,
+    class: &'static str,
     host: Span,
 }
 
@@ -68,7 +68,8 @@ enum StoredOutput {
     Unserialisable,
 }
 
-/// An [`Analysed`] with its strings in the batch's buffers.
+/// An [`Analysed`] with the strings it borrows from the message in the batch's buffers (the
+/// static names of closed vocabularies are kept as they are).
 #[derive(Clone, Copy, Debug)]
 struct StoredAnalysis {
     time_ns: u64,
@@ -76,7 +77,7 @@ struct StoredAnalysis {
     src_port: u16,
     dest_ip: IpAddr,
     dest_port: u16,
-    proto: Span,
+    proto: &'static str,
     ttl: Option<u8>,
     ip_id: Option<u16>,
     df: bool,
@@ -85,8 +86,8 @@ struct StoredAnalysis {
     user_agent: Option<Span>,
     rule_index: Option<u16>,
     template_hash: u64,
-    id_packet: Option<Span>,
-    id_behaviour: Option<Span>,
+    id_packet: Option<&'static str>,
+    id_behaviour: Option<&'static str>,
     ttl_initial: Option<u8>,
     processes: Option<u32>,
     process_base: Option<u16>,
@@ -223,7 +224,7 @@ fn words_as_bytes(words: &[u64]) -> &[u8] {
 fn store(a: &Analysed<'_>, text: &mut String, lines: &mut Vec<u8>) -> StoredAnalysis {
     let o = &a.observation;
     let mut host = |h: &HostSeen<'_>| StoredHost {
-        class: Span::put(text, h.class),
+        class: h.class,
         host: Span::put(text, h.host),
     };
     let via = o.via.as_ref().map(&mut host);
@@ -243,7 +244,7 @@ fn store(a: &Analysed<'_>, text: &mut String, lines: &mut Vec<u8>) -> StoredAnal
         src_port: o.src_port,
         dest_ip: o.dest_ip,
         dest_port: o.dest_port,
-        proto: put(o.proto),
+        proto: o.proto,
         ttl: o.ttl,
         ip_id: o.ip_id,
         df: o.df,
@@ -252,8 +253,8 @@ fn store(a: &Analysed<'_>, text: &mut String, lines: &mut Vec<u8>) -> StoredAnal
         user_agent: o.user_agent.map(&mut put),
         rule_index: a.rule_index,
         template_hash: o.template_hash,
-        id_packet: o.id_packet.map(&mut put),
-        id_behaviour: o.id_behaviour.map(&mut put),
+        id_packet: o.id_packet,
+        id_behaviour: o.id_behaviour,
         ttl_initial: o.ttl_initial,
         processes: o.processes,
         process_base: o.process_base,
@@ -275,7 +276,7 @@ fn view<'a>(
         .rule_index
         .and_then(|i| engine.rules().get(usize::from(i)));
     let host = |h: StoredHost| HostSeen {
-        class: h.class.get(text),
+        class: h.class,
         host: h.host.get(text),
     };
     Analysed {
@@ -285,7 +286,7 @@ fn view<'a>(
             src_port: s.src_port,
             dest_ip: s.dest_ip,
             dest_port: s.dest_port,
-            proto: s.proto.get(text),
+            proto: s.proto,
             ttl: s.ttl,
             ip_id: s.ip_id,
             df: s.df,
@@ -297,8 +298,8 @@ fn view<'a>(
             category: rule.map_or(UNKNOWN, |r| r.category.as_str()),
             rule: rule.map_or(UNKNOWN, |r| r.id.as_str()),
             template_hash: s.template_hash,
-            id_packet: s.id_packet.map(|p| p.get(text)),
-            id_behaviour: s.id_behaviour.map(|b| b.get(text)),
+            id_packet: s.id_packet,
+            id_behaviour: s.id_behaviour,
             ttl_initial: s.ttl_initial,
             processes: s.processes,
             process_base: s.process_base,

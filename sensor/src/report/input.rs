@@ -12,7 +12,13 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    aggregate::{HostSeen, Observation, UNKNOWN},
+    aggregate::{
+        HostSeen, Observation, UNKNOWN,
+        classes::{
+            HOST_CLASSES, PROTOCOLS, behaviour_name, host_class_index, packet_id_name,
+            protocol_index,
+        },
+    },
     clock::parse_rfc3339,
 };
 
@@ -152,7 +158,9 @@ fn text<'a>(t: &'a Text<'_>) -> Option<&'a str> {
 
 fn host_seen<'a>(h: Option<&'a HostInput<'_>>) -> Option<HostSeen<'a>> {
     h.map(|h| HostSeen {
-        class: text(&h.class).unwrap_or("other"),
+        // The aggregator keeps the class's index: a name this version does not know counts
+        // as `other` either way.
+        class: HOST_CLASSES[host_class_index(text(&h.class).unwrap_or("other"))],
         host: text(&h.host).unwrap_or(""),
     })
 }
@@ -186,7 +194,7 @@ impl ProbeInput<'_> {
             src_port: self.src_port.unwrap_or(0),
             dest_ip: dest_ip.to_canonical(),
             dest_port: self.dest_port.unwrap_or(0),
-            proto: text(&self.proto).unwrap_or(""),
+            proto: PROTOCOLS[protocol_index(text(&self.proto).unwrap_or(""))],
             ttl: ip.and_then(|i| i.ttl),
             ip_id,
             df: ip.and_then(|i| i.df).unwrap_or(false),
@@ -204,11 +212,13 @@ impl ProbeInput<'_> {
             id_packet: inf
                 .and_then(|i| i.ip_id.as_ref())
                 .and_then(|i| text(&i.packet))
+                .map(packet_id_name)
                 .or_else(|| ip_id.map(|id| if id == 0 { "zero" } else { "non_zero" })),
             id_behaviour: inf
                 .and_then(|i| i.ip_id.as_ref())
                 .and_then(|i| i.source.as_ref())
-                .and_then(|s| text(&s.behaviour)),
+                .and_then(|s| text(&s.behaviour))
+                .and_then(behaviour_name),
             ttl_initial: inf.and_then(|i| i.ttl.as_ref()).and_then(|t| t.initial),
             processes: inf
                 .and_then(|i| i.processes.as_ref())
