@@ -246,6 +246,18 @@ impl OwnedRecord {
     }
 }
 
+/// For tests: a whole record's bytes, as a ring item of the largest class.
+#[cfg(test)]
+pub(crate) fn record_bytes(r: &CaptureRecord) -> &[u8] {
+    // SAFETY: a CaptureRecord is plain integers without padding, `SIZE` bytes of them.
+    unsafe {
+        std::slice::from_raw_parts(
+            (r as *const CaptureRecord).cast::<u8>(),
+            CaptureRecord::SIZE,
+        )
+    }
+}
+
 /// Bytes of a record worth fetching ahead: its fixed part and the start of its payload, where
 /// the parse and the recall read first (eight cache lines).
 pub const PREFETCH_BYTES: usize = 512;
@@ -367,12 +379,7 @@ mod tests {
     #[test]
     fn round_trips_through_bytes() {
         let raw = sample();
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&*raw as *const CaptureRecord).cast::<u8>(),
-                CaptureRecord::SIZE,
-            )
-        };
+        let bytes = record_bytes(&raw);
         let mut shifted = vec![0u8; CaptureRecord::SIZE + 1];
         shifted[1..].copy_from_slice(bytes);
         let owned = OwnedRecord::from_unaligned(&shifted[1..]).unwrap();

@@ -387,6 +387,8 @@ fn emit(
 mod tests {
     use sensor_common::MatchAction;
 
+    use crate::record::record_bytes;
+
     use super::*;
 
     /// Ethernet + IPv4 (DF, TTL 64, ID 0x1234) + UDP 5060 -> `dst_port` + payload.
@@ -403,16 +405,6 @@ mod tests {
         f.extend_from_slice(&[0, 0]);
         f.extend_from_slice(payload);
         f
-    }
-
-    fn bytes(r: &CaptureRecord) -> &[u8] {
-        // SAFETY: a CaptureRecord is plain integers without padding.
-        unsafe {
-            std::slice::from_raw_parts(
-                (r as *const CaptureRecord).cast::<u8>(),
-                size_of::<CaptureRecord>(),
-            )
-        }
     }
 
     /// One record extracted into again and again holds, byte for byte, what `extract` makes of
@@ -436,12 +428,16 @@ mod tests {
                 extract_into(frame, wire_len, &config, &ports, ctx, &mut record),
             ) {
                 (Ok(want), Ok(())) => {
-                    assert_eq!(bytes(&record), bytes(&want), "frame {frames}");
+                    assert_eq!(record_bytes(&record), record_bytes(&want), "frame {frames}");
                     same += 1;
                 }
                 (Err(a), Err(b)) => {
                     assert_eq!(a, b);
-                    assert_eq!(bytes(&record), bytes(&before), "frame {frames}");
+                    assert_eq!(
+                        record_bytes(&record),
+                        record_bytes(&before),
+                        "frame {frames}"
+                    );
                     refused += 1;
                 }
                 (a, b) => panic!("frame {frames}: {:?} / {b:?}", a.err()),

@@ -413,15 +413,7 @@ mod tests {
                 r
             })
             .collect();
-        let bytes = |r: &CaptureRecord| {
-            // SAFETY: a CaptureRecord is plain integers without padding.
-            unsafe {
-                std::slice::from_raw_parts(
-                    (r as *const CaptureRecord).cast::<u8>(),
-                    size_of::<CaptureRecord>(),
-                )
-            }
-        };
+        let bytes = crate::record::record_bytes;
         let zeroed = CaptureRecord::zeroed();
         let clock = WallClock::now();
         let options = PipelineOptions {
