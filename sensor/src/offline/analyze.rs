@@ -176,6 +176,7 @@ pub fn analyze(path: &Path, options: &AnalyzeOptions) -> Result<AnalyzeSummary, 
         // one is handled.
         let next_time = frames.next_record(&mut next);
         if next_time.is_some()
+            && pipeline.fetches_ahead()
             && let Ok(view) = Record::new(&next)
         {
             pipeline.prefetch_source(view.src_ip());

@@ -166,7 +166,7 @@ impl Pipeline {
     /// Whether [`prefetch_source`](Self::prefetch_source) does anything: not with analyst
     /// threads, and not while the sources are few enough for their state to stay in the CPU's
     /// caches, where fetching it ahead only costs instructions.
-    fn fetches_ahead(&self) -> bool {
+    pub fn fetches_ahead(&self) -> bool {
         self.pool.is_none() && self.analyst.tracked_sources() >= FETCH_AHEAD_SOURCES
     }
 
